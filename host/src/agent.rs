@@ -1,0 +1,456 @@
+//! The agent container in the Docker VM: created, adopted, replaced and
+//! removed by the daemon through the Docker API.
+//!
+//! A container is adopted after a daemon restart when its recorded spec (the
+//! agent's command line and image ID) equals what the daemon would create now;
+//! otherwise it is replaced. The agent's private key is generated per container
+//! and copied into it as a file, so it never appears in `docker inspect`.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
+    RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
+};
+use bollard::Docker;
+use connector_tunnel::keys::{self, PublicKey, StaticSecret};
+use futures_util::StreamExt;
+
+use crate::config::Config;
+
+pub const LABEL_MANAGED: &str = "io.connector.managed";
+pub const LABEL_SPEC: &str = "io.connector.spec";
+pub const LABEL_AGENT_KEY: &str = "io.connector.agent-public-key";
+pub const LABEL_VERSION: &str = "io.connector.version";
+/// Comment tag the agent puts on its firewall rules.
+pub const RULE_TAG: &str = "connector";
+/// The agent's tun inside the VM. Distinct from the host's `connector0` so
+/// both can coexist when Docker runs natively on the host.
+pub const AGENT_TUN: &str = "connector-vm";
+pub const AGENT_KEY_PATH: &str = "/etc/connector/agent.key";
+/// ≤ 25 s keeps Docker Desktop's ~90 s UDP mapping alive with margin.
+pub const KEEPALIVE_SECS: u16 = 20;
+/// How long the agent gets to remove its firewall rules on stop.
+const STOP_TIMEOUT_SECS: i32 = 10;
+
+/// The agent the tunnel should talk to.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub container_id: String,
+    pub public_key: PublicKey,
+    pub image: String,
+    /// `true` when an existing container was kept (daemon restart).
+    pub adopted: bool,
+}
+
+/// The agent's command line for this config (no secrets in it).
+pub fn agent_command(config: &Config, host_public: &PublicKey) -> Vec<String> {
+    let endpoint = match config.host_address.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => format!("[{v6}]:{}", config.listen_port),
+        Err(_) => format!("{}:{}", config.host_address, config.listen_port),
+    };
+    [
+        "run",
+        "--tun-name",
+        AGENT_TUN,
+        "--address",
+        &config.agent_tunnel_ip().to_string(),
+        "--peer-address",
+        &config.host_tunnel_ip().to_string(),
+        "--prefix",
+        &config.tunnel.prefix_len().to_string(),
+        "--mtu",
+        &config.mtu.to_string(),
+        "--endpoint",
+        &endpoint,
+        "--peer-public-key",
+        &keys::encode_public(host_public),
+        "--private-key-file",
+        AGENT_KEY_PATH,
+        "--nat",
+        config.nat.as_str(),
+        "--tag",
+        RULE_TAG,
+        "--keepalive",
+        &KEEPALIVE_SECS.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// What identifies an agent container's configuration.
+pub fn spec_label(command: &[String], image_id: &str) -> String {
+    format!("{image_id} {}", command.join(" "))
+}
+
+/// What to do with the container found under the agent's name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Create,
+    Adopt,
+    Replace(&'static str),
+    Foreign,
+}
+
+/// Pure decision, unit-tested: `found` is (labels, running) of the container
+/// named like our agent, if any.
+pub fn judge(found: Option<(&HashMap<String, String>, bool)>, wanted_spec: &str) -> Verdict {
+    match found {
+        None => Verdict::Create,
+        Some((labels, _)) if labels.get(LABEL_MANAGED).map(String::as_str) != Some("true") => {
+            Verdict::Foreign
+        }
+        Some((labels, running)) => {
+            if labels.get(LABEL_SPEC).map(String::as_str) != Some(wanted_spec) {
+                Verdict::Replace("its configuration differs")
+            } else if labels.get(LABEL_AGENT_KEY).is_none() {
+                Verdict::Replace("it has no recorded key")
+            } else if !running {
+                Verdict::Replace("it is not running")
+            } else {
+                Verdict::Adopt
+            }
+        }
+    }
+}
+
+fn is_not_found(e: &DockerError) -> bool {
+    matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. })
+}
+
+pub struct AgentManager {
+    docker: Docker,
+    image: String,
+    name: String,
+    command: Vec<String>,
+}
+
+impl AgentManager {
+    pub fn new(docker: Docker, config: &Config, host_public: &PublicKey) -> Self {
+        AgentManager {
+            docker,
+            image: config.agent_image.clone(),
+            name: config.agent_name.clone(),
+            command: agent_command(config, host_public),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The image's ID, pulling it if it is missing.
+    pub async fn image_id(&self) -> Result<String> {
+        match self.docker.inspect_image(&self.image).await {
+            Ok(image) => return image.id.ok_or_else(|| anyhow!("image {} has no ID", self.image)),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot inspect agent image {}", self.image)),
+        }
+        tracing::info!(image = %self.image, "agent image missing; pulling");
+        let mut pull = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(self.image.clone()),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(step) = pull.next().await {
+            if let Err(e) = step {
+                bail!(
+                    "agent image {} is not present and cannot be pulled ({e}); build it with \
+                     `scripts/agent-image --local` or set agent_image",
+                    self.image
+                );
+            }
+        }
+        let image = self
+            .docker
+            .inspect_image(&self.image)
+            .await
+            .with_context(|| format!("agent image {} missing after pull", self.image))?;
+        image.id.ok_or_else(|| anyhow!("image {} has no ID", self.image))
+    }
+
+    /// Makes sure exactly one agent container of ours runs with the current
+    /// configuration; returns its public key.
+    pub async fn ensure(&self) -> Result<Agent> {
+        let image_id = self.image_id().await?;
+        let spec = spec_label(&self.command, &image_id);
+        self.remove_strays().await?;
+
+        let found = match self.docker.inspect_container(&self.name, None).await {
+            Ok(c) => Some(c),
+            Err(e) if is_not_found(&e) => None,
+            Err(e) => return Err(e).with_context(|| format!("cannot inspect container {}", self.name)),
+        };
+        let labels = found
+            .as_ref()
+            .and_then(|c| c.config.as_ref())
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        let running = found
+            .as_ref()
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        match judge(found.as_ref().map(|_| (&labels, running)), &spec) {
+            Verdict::Foreign => bail!(
+                "a container named {:?} exists and was not created by connector; remove it or set agent_name",
+                self.name
+            ),
+            Verdict::Adopt => {
+                let key = keys::parse_public_key(&labels[LABEL_AGENT_KEY])
+                    .context("agent container has a bad public key label")?;
+                let id = found.and_then(|c| c.id).unwrap_or_default();
+                tracing::info!(container = %self.name, "adopting running agent container");
+                return Ok(Agent {
+                    container_id: id,
+                    public_key: key,
+                    image: self.image.clone(),
+                    adopted: true,
+                });
+            }
+            Verdict::Replace(why) => {
+                tracing::info!(container = %self.name, reason = why, "replacing agent container");
+                self.remove_container(&self.name).await?;
+            }
+            Verdict::Create => {}
+        }
+        self.create(&spec).await
+    }
+
+    async fn create(&self, spec: &str) -> Result<Agent> {
+        let private: StaticSecret = keys::generate();
+        let public = PublicKey::from(&private);
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_SPEC.to_owned(), spec.to_owned()),
+            (LABEL_AGENT_KEY.to_owned(), keys::encode_public(&public)),
+            (LABEL_VERSION.to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(self.image.clone()),
+            cmd: Some(self.command.clone()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some("host".to_owned()),
+                cap_add: Some(vec!["NET_ADMIN".to_owned()]),
+                devices: Some(vec![DeviceMapping {
+                    path_on_host: Some("/dev/net/tun".to_owned()),
+                    path_in_container: Some("/dev/net/tun".to_owned()),
+                    cgroup_permissions: Some("rwm".to_owned()),
+                }]),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                init: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(self.name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .with_context(|| format!("cannot create agent container {}", self.name))?;
+        let result = async {
+            self.docker
+                .upload_to_container(
+                    &created.id,
+                    Some(UploadToContainerOptions {
+                        path: "/".to_owned(),
+                        ..Default::default()
+                    }),
+                    bollard::body_full(key_archive(&private)?.into()),
+                )
+                .await
+                .context("cannot copy the agent key into the container")?;
+            self.docker
+                .start_container(&created.id, None)
+                .await
+                .context("cannot start the agent container")
+        }
+        .await;
+        if let Err(e) = result {
+            // Leave nothing half-made behind.
+            let _ = self.remove_container(&created.id).await;
+            return Err(e);
+        }
+        tracing::info!(container = %self.name, image = %self.image, "agent container started");
+        Ok(Agent {
+            container_id: created.id,
+            public_key: public,
+            image: self.image.clone(),
+            adopted: false,
+        })
+    }
+
+    /// Asks a running agent to start a new handshake (after a daemon restart
+    /// the host side has lost the session).
+    pub async fn nudge(&self) -> Result<()> {
+        self.docker
+            .kill_container(
+                &self.name,
+                Some(KillContainerOptions {
+                    signal: "SIGUSR1".to_owned(),
+                }),
+            )
+            .await
+            .context("cannot signal the agent container")
+    }
+
+    /// Containers labelled as ours under another name (an older `agent_name`).
+    async fn remove_strays(&self) -> Result<()> {
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_MANAGED}=true")])]);
+        let ours = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .context("cannot list containers")?;
+        for c in ours {
+            let names = c.names.unwrap_or_default();
+            if names.iter().any(|n| n.trim_start_matches('/') == self.name) {
+                continue;
+            }
+            let id = c.id.unwrap_or_default();
+            tracing::info!(container = ?names, "removing stray agent container");
+            self.remove_container(&id).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the agent gracefully (it removes its firewall rules on SIGTERM),
+    /// then removes the container.
+    pub async fn remove(&self) -> Result<()> {
+        self.remove_container(&self.name).await
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<()> {
+        match self
+            .docker
+            .stop_container(
+                id,
+                Some(StopContainerOptions {
+                    t: Some(STOP_TIMEOUT_SECS),
+                    signal: None,
+                }),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => return Ok(()),
+            // 304: already stopped.
+            Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => {}
+            Err(e) => tracing::warn!(container = id, error = %e, "stop failed; forcing removal"),
+        }
+        match self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove container {id}")),
+        }
+    }
+}
+
+/// A tar archive holding the agent key at [`AGENT_KEY_PATH`], mode 0600.
+fn key_archive(private: &StaticSecret) -> Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o700);
+    dir.set_size(0);
+    builder.append_data(&mut dir, "etc/connector/", std::io::empty())?;
+    let text = keys::encode_private(private);
+    let mut file = tar::Header::new_gnu();
+    file.set_mode(0o600);
+    file.set_size(text.len() as u64);
+    builder.append_data(&mut file, AGENT_KEY_PATH.trim_start_matches('/'), text.as_bytes())?;
+    Ok(builder.into_inner()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(extra: &str) -> Config {
+        Config::from_toml(extra, Path::new("t")).unwrap()
+    }
+
+    #[test]
+    fn command_carries_the_config_and_no_secret() {
+        let host = PublicKey::from(&keys::generate());
+        let cmd = agent_command(&config("host_address = \"10.0.0.2\"\nlisten_port = 4000\nnat = \"routed\""), &host);
+        let joined = cmd.join(" ");
+        assert!(joined.contains("--endpoint 10.0.0.2:4000"), "{joined}");
+        assert!(joined.contains("--address 10.254.253.2 --peer-address 10.254.253.1 --prefix 30"));
+        assert!(joined.contains("--nat routed"));
+        assert!(joined.contains(&keys::encode_public(&host)));
+        assert!(joined.contains("--keepalive 20"));
+    }
+
+    #[test]
+    fn ipv6_host_address_is_bracketed() {
+        let host = PublicKey::from(&keys::generate());
+        let cmd = agent_command(&config("host_address = \"fd00::1\""), &host);
+        assert!(cmd.join(" ").contains("--endpoint [fd00::1]:51871"));
+    }
+
+    #[test]
+    fn verdicts() {
+        let mut labels = HashMap::new();
+        assert_eq!(judge(None, "s"), Verdict::Create);
+        assert_eq!(judge(Some((&labels, true)), "s"), Verdict::Foreign);
+        labels.insert(LABEL_MANAGED.into(), "true".into());
+        labels.insert(LABEL_SPEC.into(), "old".into());
+        assert!(matches!(judge(Some((&labels, true)), "s"), Verdict::Replace(_)));
+        labels.insert(LABEL_SPEC.into(), "s".into());
+        labels.insert(LABEL_AGENT_KEY.into(), "k".into());
+        assert!(matches!(judge(Some((&labels, false)), "s"), Verdict::Replace(_)));
+        assert_eq!(judge(Some((&labels, true)), "s"), Verdict::Adopt);
+    }
+
+    #[test]
+    fn key_archive_holds_the_key_file_with_mode_0600() {
+        let key = keys::generate();
+        let bytes = key_archive(&key).unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut found = false;
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.path().unwrap() == Path::new("etc/connector/agent.key") {
+                assert_eq!(entry.header().mode().unwrap(), 0o600);
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+                assert_eq!(text, keys::encode_private(&key));
+                found = true;
+            }
+        }
+        assert!(found);
+    }
+}

@@ -1,0 +1,400 @@
+//! The TOML configuration. Every key is optional; an empty file (or none)
+//! gives the embedded defaults. Unknown keys and bad values are errors that
+//! name the key and the value.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_MTU: u16 = 1420;
+/// Docker Desktop's user-space relay drops larger UDP payloads; see README.
+pub const MAX_MTU: u16 = 1420;
+pub const MIN_MTU: u16 = 1280;
+
+/// What connector does with the source address of host traffic in the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatMode {
+    /// Containers see the bridge gateway; replies always find their way back.
+    Masquerade,
+    /// Containers see the host's tunnel address.
+    Routed,
+}
+
+impl NatMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NatMode::Masquerade => "masquerade",
+            NatMode::Routed => "routed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetworks {
+    include: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+}
+
+/// The file as written; `None` = not set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    docker_host: Option<String>,
+    agent_image: Option<String>,
+    agent_name: Option<String>,
+    host_address: Option<String>,
+    listen_address: Option<String>,
+    listen_port: Option<i64>,
+    tunnel: Option<String>,
+    mtu: Option<i64>,
+    nat: Option<String>,
+    state_dir: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
+    networks: Option<RawNetworks>,
+}
+
+/// Which Docker networks to route, by name or glob.
+#[derive(Debug, Clone)]
+pub struct NetworkFilter {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    include_set: GlobSet,
+    exclude_set: GlobSet,
+}
+
+impl NetworkFilter {
+    pub fn new(include: Vec<String>, exclude: Vec<String>) -> Result<Self, ConfigError> {
+        let build = |key: &'static str, patterns: &[String]| {
+            let mut set = GlobSetBuilder::new();
+            for p in patterns {
+                let glob = Glob::new(p).map_err(|e| ConfigError::Invalid {
+                    key,
+                    value: p.clone(),
+                    reason: e.kind().to_string(),
+                })?;
+                set.add(glob);
+            }
+            set.build().map_err(|e| ConfigError::Invalid {
+                key,
+                value: patterns.join(","),
+                reason: e.to_string(),
+            })
+        };
+        Ok(NetworkFilter {
+            include_set: build("networks.include", &include)?,
+            exclude_set: build("networks.exclude", &exclude)?,
+            include,
+            exclude,
+        })
+    }
+
+    /// `None` if the network should be routed, else why not.
+    pub fn rejects(&self, name: &str) -> Option<&'static str> {
+        if !self.include_set.is_match(name) {
+            Some("not in networks.include")
+        } else if self.exclude_set.is_match(name) {
+            Some("in networks.exclude")
+        } else {
+            None
+        }
+    }
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub docker_host: Option<String>,
+    pub agent_image: String,
+    pub agent_name: String,
+    pub host_address: String,
+    pub listen_address: IpAddr,
+    pub listen_port: u16,
+    pub tunnel: Ipv4Net,
+    pub mtu: u16,
+    pub nat: NatMode,
+    pub state_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub networks: NetworkFilter,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} cannot be read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}` has a bad value {value:?}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+pub const DEFAULT_AGENT_IMAGE: &str = concat!("connector-agent:", env!("CARGO_PKG_VERSION"));
+pub const DEFAULT_AGENT_NAME: &str = "connector-agent";
+pub const DEFAULT_HOST_ADDRESS: &str = "host.docker.internal";
+pub const DEFAULT_LISTEN_PORT: u16 = 51871;
+/// A /30 from a corner of 10/8 that home routers, VPNs and Docker's own
+/// address pools rarely use.
+pub const DEFAULT_TUNNEL: &str = "10.254.253.0/30";
+
+pub fn default_state_dir() -> PathBuf {
+    if cfg!(target_os = "macos") {
+        PathBuf::from("/Library/Application Support/connector")
+    } else {
+        PathBuf::from("/var/lib/connector")
+    }
+}
+
+pub fn default_control_socket() -> PathBuf {
+    PathBuf::from("/var/run/connector.sock")
+}
+
+impl Config {
+    /// Reads `path`, or the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::from_toml("", Path::new("<defaults>")),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Config::from_toml(&text, path)
+            }
+        }
+    }
+
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: match e.span() {
+                Some(span) => {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    let shown = text.lines().nth(line - 1).unwrap_or("").trim();
+                    format!("line {line} `{shown}`: {}", e.message().trim())
+                }
+                None => e.message().trim().to_owned(),
+            },
+        })?;
+        Config::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let invalid = |key: &'static str, value: &dyn std::fmt::Display, reason: &str| {
+            ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                reason: reason.to_owned(),
+            }
+        };
+        let non_empty = |key: &'static str, value: Option<String>, default: &str| {
+            let value = value.unwrap_or_else(|| default.to_owned());
+            if value.trim().is_empty() {
+                Err(invalid(key, &value, "must not be empty"))
+            } else {
+                Ok(value)
+            }
+        };
+
+        let docker_host = match raw.docker_host {
+            Some(h) if !(h.starts_with("unix://") || h.starts_with("tcp://") || h.starts_with('/')) => {
+                return Err(invalid("docker_host", &h, "expected unix:///path, tcp://host:port or an absolute socket path"))
+            }
+            other => other,
+        };
+        let agent_image = non_empty("agent_image", raw.agent_image, DEFAULT_AGENT_IMAGE)?;
+        let agent_name = non_empty("agent_name", raw.agent_name, DEFAULT_AGENT_NAME)?;
+        if !agent_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            || !agent_name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        {
+            return Err(invalid(
+                "agent_name",
+                &agent_name,
+                "a container name uses letters, digits, '_', '.', '-' and starts with a letter or digit",
+            ));
+        }
+        let host_address = non_empty("host_address", raw.host_address, DEFAULT_HOST_ADDRESS)?;
+        if host_address.contains(char::is_whitespace) || host_address.contains(':') && host_address.parse::<IpAddr>().is_err() {
+            return Err(invalid("host_address", &host_address, "expected a host name or an IP address (no port)"));
+        }
+        let listen_address = match raw.listen_address {
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(a) => a
+                .parse()
+                .map_err(|_| invalid("listen_address", &a, "expected an IP address"))?,
+        };
+        let listen_port = raw.listen_port.unwrap_or(DEFAULT_LISTEN_PORT.into());
+        let listen_port = u16::try_from(listen_port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid("listen_port", &listen_port, "must be 1-65535 (the agent must know the port)"))?;
+        let tunnel_text = raw.tunnel.unwrap_or_else(|| DEFAULT_TUNNEL.to_owned());
+        let tunnel: Ipv4Net = tunnel_text
+            .parse()
+            .map_err(|_| invalid("tunnel", &tunnel_text, "expected an IPv4 CIDR such as 10.254.253.0/30"))?;
+        if tunnel.prefix_len() > 30 {
+            return Err(invalid("tunnel", &tunnel_text, "needs room for two addresses: use a prefix of /30 or shorter"));
+        }
+        if tunnel.trunc() != tunnel {
+            return Err(invalid("tunnel", &tunnel_text, &format!("has host bits set; did you mean {}?", tunnel.trunc())));
+        }
+        let mtu = raw.mtu.unwrap_or(DEFAULT_MTU.into());
+        let mtu = u16::try_from(mtu)
+            .ok()
+            .filter(|m| (MIN_MTU..=MAX_MTU).contains(m))
+            .ok_or_else(|| {
+                invalid(
+                    "mtu",
+                    &mtu,
+                    &format!("must be between {MIN_MTU} and {MAX_MTU} (Docker Desktop's UDP relay drops larger datagrams)"),
+                )
+            })?;
+        let nat = match raw.nat.as_deref() {
+            None | Some("masquerade") => NatMode::Masquerade,
+            Some("routed") => NatMode::Routed,
+            Some(other) => return Err(invalid("nat", &other, "expected \"masquerade\" or \"routed\"")),
+        };
+        let state_dir = raw.state_dir.unwrap_or_else(default_state_dir);
+        if !state_dir.is_absolute() {
+            return Err(invalid("state_dir", &state_dir.display(), "must be an absolute path"));
+        }
+        let control_socket = raw.control_socket.unwrap_or_else(default_control_socket);
+        if !control_socket.is_absolute() {
+            return Err(invalid("control_socket", &control_socket.display(), "must be an absolute path"));
+        }
+        let networks = raw.networks.unwrap_or_default();
+        let networks = NetworkFilter::new(
+            networks.include.unwrap_or_else(|| vec!["*".to_owned()]),
+            networks.exclude.unwrap_or_default(),
+        )?;
+        Ok(Config {
+            docker_host,
+            agent_image,
+            agent_name,
+            host_address,
+            listen_address,
+            listen_port,
+            tunnel,
+            mtu,
+            nat,
+            state_dir,
+            control_socket,
+            networks,
+        })
+    }
+
+    /// The host's address inside the tunnel (first usable).
+    pub fn host_tunnel_ip(&self) -> Ipv4Addr {
+        self.tunnel.hosts().next().expect("validated: prefix <= 30")
+    }
+
+    /// The agent's address inside the tunnel (second usable).
+    pub fn agent_tunnel_ip(&self) -> Ipv4Addr {
+        self.tunnel.hosts().nth(1).expect("validated: prefix <= 30")
+    }
+
+    pub fn host_key_path(&self) -> PathBuf {
+        self.state_dir.join("host.key")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.agent_name, "connector-agent");
+        assert_eq!(c.host_address, "host.docker.internal");
+        assert_eq!(c.listen_address, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(c.mtu, 1420);
+        assert_eq!(c.nat, NatMode::Masquerade);
+        assert_eq!(c.host_tunnel_ip(), Ipv4Addr::new(10, 254, 253, 1));
+        assert_eq!(c.agent_tunnel_ip(), Ipv4Addr::new(10, 254, 253, 2));
+        assert!(c.networks.rejects("bridge").is_none());
+    }
+
+    #[test]
+    fn every_key_is_accepted() {
+        let c = parse(
+            r#"
+            docker_host = "unix:///var/run/docker.sock"
+            agent_image = "img:1"
+            agent_name = "agent-x"
+            host_address = "10.0.0.2"
+            listen_address = "0.0.0.0"
+            listen_port = 4000
+            tunnel = "10.9.8.0/29"
+            mtu = 1380
+            nat = "routed"
+            state_dir = "/tmp/s"
+            control_socket = "/tmp/c.sock"
+            [networks]
+            include = ["kind", "app-*"]
+            exclude = ["app-secret"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.nat, NatMode::Routed);
+        assert_eq!(c.mtu, 1380);
+        assert_eq!(c.agent_tunnel_ip(), Ipv4Addr::new(10, 9, 8, 2));
+        assert!(c.networks.rejects("kind").is_none());
+        assert!(c.networks.rejects("app-web").is_none());
+        assert_eq!(c.networks.rejects("app-secret"), Some("in networks.exclude"));
+        assert_eq!(c.networks.rejects("bridge"), Some("not in networks.include"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("mtux = 1400").unwrap_err().to_string();
+        assert!(err.contains("mtux"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        for (text, key, value) in [
+            ("mtu = 99999", "mtu", "99999"),
+            ("mtu = 9000", "mtu", "9000"),
+            ("nat = \"bridge\"", "nat", "bridge"),
+            ("tunnel = \"10.0.0.0/31\"", "tunnel", "10.0.0.0/31"),
+            ("tunnel = \"10.0.0.1/30\"", "tunnel", "10.0.0.1/30"),
+            ("tunnel = \"banana\"", "tunnel", "banana"),
+            ("listen_address = \"localhost:1\"", "listen_address", "localhost:1"),
+            ("agent_name = \"bad name\"", "agent_name", "bad name"),
+            ("docker_host = \"ssh://x\"", "docker_host", "ssh://x"),
+            ("state_dir = \"relative\"", "state_dir", "relative"),
+            ("listen_port = 0", "listen_port", "0"),
+            ("[networks]\ninclude = [\"[\"]", "networks.include", "["),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+            assert!(err.contains(value), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err = Config::load(Some(Path::new("/nonexistent/connector.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/connector.toml"), "{err}");
+    }
+}

@@ -1,0 +1,147 @@
+//! `connector`: the host daemon and its CLI.
+
+mod agent;
+mod config;
+mod control;
+mod daemon;
+mod discovery;
+mod docker;
+mod os;
+mod plan;
+mod protocol;
+mod router;
+mod state;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::protocol::{Request, Response};
+
+#[derive(Parser, Debug)]
+#[command(name = "connector", version, about = "Reach Docker container IPs from the host through a WireGuard tunnel")]
+struct Cli {
+    /// Config file (TOML). Without it, the built-in defaults are used.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace (or a tracing filter).
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon (as root): tunnel, agent container and routes.
+    Run,
+    /// Ask the running daemon to re-read Docker's networks and apply routes now.
+    SyncNetworks {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the running daemon's state.
+    Status {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(level: &str) -> Result<()> {
+    let filter = match level {
+        "error" | "warn" | "info" | "debug" | "trace" => {
+            tracing_subscriber::EnvFilter::new(format!("warn,connector={level},connector_tunnel={level}"))
+        }
+        other => tracing_subscriber::EnvFilter::try_new(other)
+            .map_err(|e| anyhow::anyhow!("bad --log-level {other:?}: {e}"))?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    // Validate the config before anything touches the system.
+    let config = Config::load(cli.config.as_deref())?;
+    init_logging(&cli.log_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run => daemon::run(config).await,
+            Command::SyncNetworks { json } => {
+                match control::request(&config.control_socket, &Request::SyncNetworks).await? {
+                    Response::Sync(report) if json => println!("{}", serde_json::to_string_pretty(&report)?),
+                    Response::Sync(report) => print!("{}", report.render()),
+                    Response::Error { message } => bail!("{message}"),
+                    other => bail!("unexpected response {other:?}"),
+                }
+                Ok(())
+            }
+            Command::Status { json } => {
+                match control::request(&config.control_socket, &Request::Status).await? {
+                    Response::Status(status) if json => println!("{}", serde_json::to_string_pretty(&status)?),
+                    Response::Status(status) => print!("{}", render_status(&status)),
+                    Response::Error { message } => bail!("{message}"),
+                    other => bail!("unexpected response {other:?}"),
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+fn render_status(s: &protocol::StatusReport) -> String {
+    let mut out = format!(
+        "connector {} up {}s\ndocker: {} ({})\nagent: {} {} ({})\n",
+        s.version,
+        s.uptime_secs,
+        s.docker_endpoint,
+        s.engine_version,
+        s.agent.name,
+        &s.agent.container_id.get(..12).unwrap_or(&s.agent.container_id),
+        s.agent.image
+    );
+    let t = &s.tunnel;
+    out += &format!(
+        "tunnel: {} {} listen {} peer {} handshake {} rx {} B tx {} B\n",
+        t.interface,
+        t.address,
+        t.listen,
+        t.endpoint.as_deref().unwrap_or("-"),
+        t.last_handshake_secs.map(|s| format!("{s}s ago")).unwrap_or_else(|| "never".into()),
+        t.rx_bytes,
+        t.tx_bytes
+    );
+    out += "networks:\n";
+    for n in &s.networks {
+        out += &format!(
+            "  {:<24} {:<20} {}{}\n",
+            n.name,
+            n.subnet.to_string(),
+            n.state,
+            n.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        );
+    }
+    out
+}

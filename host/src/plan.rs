@@ -1,0 +1,310 @@
+//! The sans-IO core: what routes should exist, as a pure function of a Docker
+//! snapshot, the configuration and the host routing table, and the diff
+//! against the routes connector owns now.
+
+use std::collections::BTreeSet;
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+
+use crate::config::NetworkFilter;
+use crate::os::RouteEntry;
+
+/// One Docker bridge network as seen in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerNetwork {
+    pub id: String,
+    pub name: String,
+    pub internal: bool,
+    /// IPv4 and IPv6 subnets from the network's IPAM config.
+    pub subnets: Vec<IpNet>,
+}
+
+/// Why a subnet is not routed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The network is filtered out by `[networks]`.
+    Excluded { rule: String },
+    /// A route connector does not own overlaps the subnet (LAN, VPN).
+    Conflict {
+        route: String,
+        interface: Option<String>,
+        gateway: Option<String>,
+    },
+    /// The subnet overlaps connector's own tunnel network.
+    TunnelOverlap { tunnel: String },
+    /// IPv6 is carried in the types but not routed yet.
+    Ipv6NotSupported,
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::Excluded { rule } => write!(f, "excluded by config ({rule})"),
+            SkipReason::Conflict {
+                route,
+                interface,
+                gateway,
+            } => {
+                write!(f, "conflicts with existing route {route}")?;
+                if let Some(gw) = gateway {
+                    write!(f, " via {gw}")?;
+                }
+                if let Some(iface) = interface {
+                    write!(f, " dev {iface}")?;
+                }
+                Ok(())
+            }
+            SkipReason::TunnelOverlap { tunnel } => {
+                write!(f, "overlaps connector's tunnel network {tunnel} (change `tunnel`)")
+            }
+            SkipReason::Ipv6NotSupported => write!(f, "IPv6 subnets are not routed yet"),
+        }
+    }
+}
+
+/// The decision for one subnet of one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubnetDecision {
+    pub network: String,
+    pub subnet: IpNet,
+    /// `None` = routed through the tunnel.
+    pub skipped: Option<SkipReason>,
+}
+
+/// What the host should look like and what to change to get there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub decisions: Vec<SubnetDecision>,
+    pub add: Vec<IpNet>,
+    pub remove: Vec<IpNet>,
+}
+
+impl Plan {
+    pub fn routed(&self) -> impl Iterator<Item = &SubnetDecision> {
+        self.decisions.iter().filter(|d| d.skipped.is_none())
+    }
+}
+
+/// Inputs of [`plan`].
+pub struct PlanInput<'a> {
+    pub networks: &'a [DockerNetwork],
+    pub filter: &'a NetworkFilter,
+    pub tunnel: Ipv4Net,
+    /// The tun interface's name: routes on it are ours.
+    pub interface: &'a str,
+    /// The host's routing table as read just now.
+    pub host_routes: &'a [RouteEntry],
+}
+
+/// Decides every subnet and diffs the result against the routes on our tun.
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let ours = |r: &RouteEntry| r.interface.as_deref() == Some(input.interface);
+    let foreign: Vec<&RouteEntry> = input
+        .host_routes
+        .iter()
+        .filter(|r| !ours(r) && r.destination.prefix_len() > 0)
+        .collect();
+    let owned: BTreeSet<IpNet> = input
+        .host_routes
+        .iter()
+        .filter(|r| ours(r) && !is_interface_route(&r.destination, input.tunnel))
+        .map(|r| r.destination)
+        .collect();
+
+    let mut networks: Vec<&DockerNetwork> = input.networks.iter().collect();
+    networks.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut decisions = Vec::new();
+    let mut wanted = BTreeSet::new();
+    for network in networks {
+        let excluded = input.filter.rejects(&network.name);
+        for subnet in &network.subnets {
+            let subnet = subnet.trunc();
+            let skipped = if let Some(rule) = excluded {
+                Some(SkipReason::Excluded {
+                    rule: rule.to_owned(),
+                })
+            } else if let IpNet::V6(_) = subnet {
+                Some(SkipReason::Ipv6NotSupported)
+            } else if overlaps(&subnet, &IpNet::V4(input.tunnel)) {
+                Some(SkipReason::TunnelOverlap {
+                    tunnel: input.tunnel.to_string(),
+                })
+            } else if let Some(route) = foreign.iter().find(|r| overlaps(&r.destination, &subnet)) {
+                Some(SkipReason::Conflict {
+                    route: route.destination.to_string(),
+                    interface: route.interface.clone(),
+                    gateway: route.gateway.map(|g| g.to_string()),
+                })
+            } else {
+                None
+            };
+            if skipped.is_none() {
+                wanted.insert(subnet);
+            }
+            decisions.push(SubnetDecision {
+                network: network.name.clone(),
+                subnet,
+                skipped,
+            });
+        }
+    }
+    Plan {
+        decisions,
+        add: wanted.difference(&owned).copied().collect(),
+        remove: owned.difference(&wanted).copied().collect(),
+    }
+}
+
+/// Routes the OS puts on the tun by itself (the tunnel network, the peer's
+/// host route, IPv6 link-local and multicast): never ours to add or remove.
+pub fn is_interface_route(destination: &IpNet, tunnel: Ipv4Net) -> bool {
+    match destination {
+        IpNet::V4(v4) => {
+            tunnel.contains(v4) || v4.addr().is_multicast() || v4.addr().is_link_local()
+        }
+        IpNet::V6(v6) => {
+            let first = v6.addr().segments()[0];
+            (first & 0xffc0) == 0xfe80 || (first & 0xff00) == 0xff00
+        }
+    }
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(name: &str, subnets: &[&str]) -> DockerNetwork {
+        DockerNetwork {
+            id: format!("id-{name}"),
+            name: name.into(),
+            internal: false,
+            subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
+        }
+    }
+
+    fn route(dst: &str, iface: &str) -> RouteEntry {
+        RouteEntry {
+            destination: dst.parse().unwrap(),
+            interface: Some(iface.into()),
+            gateway: None,
+        }
+    }
+
+    fn all() -> NetworkFilter {
+        NetworkFilter::new(vec!["*".into()], vec![]).unwrap()
+    }
+
+    fn run(networks: &[DockerNetwork], filter: &NetworkFilter, routes: &[RouteEntry]) -> Plan {
+        plan(&PlanInput {
+            networks,
+            filter,
+            tunnel: "10.254.253.0/30".parse().unwrap(),
+            interface: "connector0",
+            host_routes: routes,
+        })
+    }
+
+    fn nets(v: &[&str]) -> Vec<IpNet> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn routes_every_ipv4_subnet_and_ignores_the_default_route() {
+        let networks = [
+            net("bridge", &["172.17.0.0/16"]),
+            net("app", &["172.20.0.0/16", "fd00:1::/64"]),
+        ];
+        let routes = [
+            route("0.0.0.0/0", "en0"),
+            route("10.254.253.0/30", "connector0"),
+        ];
+        let p = run(&networks, &all(), &routes);
+        assert_eq!(p.add, nets(&["172.17.0.0/16", "172.20.0.0/16"]));
+        assert!(p.remove.is_empty());
+        let v6 = p.decisions.iter().find(|d| d.subnet.to_string() == "fd00:1::/64").unwrap();
+        assert_eq!(v6.skipped, Some(SkipReason::Ipv6NotSupported));
+    }
+
+    #[test]
+    fn diff_adds_only_missing_and_removes_only_ours() {
+        let networks = [net("a", &["172.20.0.0/16"]), net("b", &["172.21.0.0/16"])];
+        let routes = [
+            route("172.20.0.0/16", "connector0"),
+            route("172.30.0.0/16", "connector0"),
+            route("192.168.1.0/24", "en0"),
+        ];
+        let p = run(&networks, &all(), &routes);
+        assert_eq!(p.add, nets(&["172.21.0.0/16"]));
+        assert_eq!(p.remove, nets(&["172.30.0.0/16"]));
+    }
+
+    #[test]
+    fn conflicting_foreign_route_is_skipped_not_routed() {
+        let networks = [net("lan-clash", &["192.168.0.0/16"]), net("ok", &["172.22.0.0/16"])];
+        let mut vpn = route("192.168.5.0/24", "utun3");
+        vpn.gateway = Some("10.8.0.1".parse().unwrap());
+        let p = run(&networks, &all(), &[vpn]);
+        assert_eq!(p.add, nets(&["172.22.0.0/16"]));
+        let clash = &p.decisions[0];
+        assert_eq!(clash.network, "lan-clash");
+        let reason = clash.skipped.as_ref().unwrap().to_string();
+        assert_eq!(reason, "conflicts with existing route 192.168.5.0/24 via 10.8.0.1 dev utun3");
+    }
+
+    #[test]
+    fn a_conflict_appearing_later_removes_our_route() {
+        let networks = [net("a", &["172.20.0.0/16"])];
+        let routes = [route("172.20.0.0/16", "connector0"), route("172.20.0.0/24", "wg0")];
+        let p = run(&networks, &all(), &routes);
+        assert_eq!(p.remove, nets(&["172.20.0.0/16"]));
+        assert!(p.add.is_empty());
+    }
+
+    #[test]
+    fn excluded_networks_are_reported_and_unrouted() {
+        let networks = [net("kind", &["172.18.0.0/16"]), net("secret", &["172.19.0.0/16"])];
+        let filter = NetworkFilter::new(vec!["*".into()], vec!["sec*".into()]).unwrap();
+        let routes = [route("172.19.0.0/16", "connector0")];
+        let p = run(&networks, &filter, &routes);
+        assert_eq!(p.add, nets(&["172.18.0.0/16"]));
+        assert_eq!(p.remove, nets(&["172.19.0.0/16"]));
+        assert_eq!(
+            p.decisions[1].skipped.as_ref().unwrap().to_string(),
+            "excluded by config (in networks.exclude)"
+        );
+    }
+
+    #[test]
+    fn subnet_overlapping_the_tunnel_is_refused() {
+        let networks = [net("weird", &["10.254.0.0/16"])];
+        let p = run(&networks, &all(), &[]);
+        assert!(p.add.is_empty());
+        assert!(matches!(p.decisions[0].skipped, Some(SkipReason::TunnelOverlap { .. })));
+    }
+
+    #[test]
+    fn routes_the_os_puts_on_the_tun_are_never_removed() {
+        let routes = [
+            route("10.254.253.0/30", "connector0"),
+            route("10.254.253.2/32", "connector0"),
+            route("fe80::/64", "connector0"),
+            route("ff00::/8", "connector0"),
+        ];
+        let p = run(&[], &all(), &routes);
+        assert!(p.remove.is_empty(), "{:?}", p.remove);
+    }
+
+    #[test]
+    fn plan_is_deterministic_whatever_the_snapshot_order() {
+        let a = [net("b", &["172.21.0.0/16"]), net("a", &["172.20.0.0/16"])];
+        let b = [net("a", &["172.20.0.0/16"]), net("b", &["172.21.0.0/16"])];
+        assert_eq!(run(&a, &all(), &[]), run(&b, &all(), &[]));
+    }
+}

@@ -1,0 +1,166 @@
+//! Messages on the control socket: one JSON request line, one JSON response
+//! line. Shared by the daemon (server) and the CLI (client).
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::SkipReason;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    /// Re-read Docker's networks and apply the routes now. Root only.
+    SyncNetworks,
+    /// Read-only snapshot of the daemon's state. Anyone.
+    Status,
+}
+
+impl Request {
+    /// Requests that change the system need root (or the daemon's own user).
+    pub fn mutates(&self) -> bool {
+        matches!(self, Request::SyncNetworks)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Response {
+    Sync(SyncReport),
+    Status(Box<StatusReport>),
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteChange {
+    pub network: String,
+    pub subnet: IpNet,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Skipped {
+    pub network: String,
+    pub subnet: IpNet,
+    pub reason: SkipReason,
+    /// Human form of `reason`.
+    pub message: String,
+}
+
+/// What one reconcile changed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SyncReport {
+    pub added: Vec<RouteChange>,
+    pub removed: Vec<RouteChange>,
+    pub skipped: Vec<Skipped>,
+    /// Subnets routed after the sync.
+    pub routed: Vec<RouteChange>,
+    /// Route operations that failed (the rest were applied).
+    pub errors: Vec<String>,
+}
+
+impl SyncReport {
+    /// Lines a person reads: `+` added, `-` removed, `!` skipped.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for c in &self.added {
+            out += &format!("+ {} ({})\n", c.subnet, c.network);
+        }
+        for c in &self.removed {
+            out += &format!("- {} ({})\n", c.subnet, c.network);
+        }
+        for s in &self.skipped {
+            out += &format!("! {} ({}): {}\n", s.subnet, s.network, s.message);
+        }
+        for e in &self.errors {
+            out += &format!("error: {e}\n");
+        }
+        if self.added.is_empty() && self.removed.is_empty() {
+            out += &format!("no route changes; {} subnet(s) routed\n", self.routed.len());
+        } else {
+            out += &format!(
+                "{} added, {} removed; {} subnet(s) routed\n",
+                self.added.len(),
+                self.removed.len(),
+                self.routed.len()
+            );
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    pub interface: String,
+    pub address: String,
+    pub listen: String,
+    pub endpoint: Option<String>,
+    /// Seconds since the last handshake; `None` = never.
+    pub last_handshake_secs: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub name: String,
+    pub container_id: String,
+    pub image: String,
+    pub adopted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    pub name: String,
+    pub subnet: IpNet,
+    /// `routed` or `skipped`.
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub docker_endpoint: String,
+    pub engine_version: String,
+    pub agent: AgentStatus,
+    pub tunnel: TunnelStatus,
+    pub networks: Vec<NetworkStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_json() {
+        let text = serde_json::to_string(&Request::SyncNetworks).unwrap();
+        assert_eq!(text, r#"{"command":"sync-networks"}"#);
+        assert_eq!(serde_json::from_str::<Request>(r#"{"command":"status"}"#).unwrap(), Request::Status);
+        assert!(Request::SyncNetworks.mutates());
+        assert!(!Request::Status.mutates());
+    }
+
+    #[test]
+    fn report_renders_plus_minus_and_bang() {
+        let report = SyncReport {
+            added: vec![RouteChange { network: "a".into(), subnet: "172.20.0.0/16".parse().unwrap() }],
+            removed: vec![RouteChange { network: "b".into(), subnet: "172.21.0.0/16".parse().unwrap() }],
+            skipped: vec![Skipped {
+                network: "lan".into(),
+                subnet: "192.168.0.0/16".parse().unwrap(),
+                reason: SkipReason::Ipv6NotSupported,
+                message: "why".into(),
+            }],
+            routed: vec![],
+            errors: vec![],
+        };
+        let text = report.render();
+        assert!(text.contains("+ 172.20.0.0/16 (a)\n"));
+        assert!(text.contains("- 172.21.0.0/16 (b)\n"));
+        assert!(text.contains("! 192.168.0.0/16 (lan): why\n"));
+        assert!(text.contains("1 added, 1 removed"));
+        assert!(SyncReport::default().render().starts_with("no route changes"));
+    }
+}

@@ -1,0 +1,133 @@
+//! The routes subsystem: owns the host routes through the tun and applies
+//! [`crate::plan`] against a fresh Docker snapshot.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use bollard::Docker;
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::config::NetworkFilter;
+use crate::os::RouteTable;
+use crate::plan::{self, Plan, PlanInput, SubnetDecision};
+use crate::protocol::{RouteChange, Skipped, SyncReport};
+
+pub struct Router {
+    table: RouteTable,
+    interface: String,
+    tunnel: Ipv4Net,
+    filter: NetworkFilter,
+    /// Which network each routed subnet came from, kept so a removal can be
+    /// reported by name after the network is gone.
+    origin: BTreeMap<IpNet, String>,
+    last: Vec<SubnetDecision>,
+}
+
+impl Router {
+    pub fn new(table: RouteTable, interface: String, tunnel: Ipv4Net, filter: NetworkFilter) -> Self {
+        Router {
+            table,
+            interface,
+            tunnel,
+            filter,
+            origin: BTreeMap::new(),
+            last: Vec::new(),
+        }
+    }
+
+    pub fn decisions(&self) -> &[SubnetDecision] {
+        &self.last
+    }
+
+    /// Reads Docker and the routing table, then adds and removes routes.
+    pub async fn sync(&mut self, docker: &Docker) -> Result<SyncReport> {
+        let networks = crate::docker::bridge_networks(docker).await?;
+        let host_routes = self.table.list().await.context("reading the host routing table")?;
+        let plan = plan::plan(&PlanInput {
+            networks: &networks,
+            filter: &self.filter,
+            tunnel: self.tunnel,
+            interface: &self.interface,
+            host_routes: &host_routes,
+        });
+        Ok(self.apply(plan).await)
+    }
+
+    async fn apply(&mut self, plan: Plan) -> SyncReport {
+        let mut report = SyncReport::default();
+        let network_of = |subnet: &IpNet, origin: &BTreeMap<IpNet, String>| {
+            plan.decisions
+                .iter()
+                .find(|d| d.subnet == *subnet)
+                .map(|d| d.network.clone())
+                .or_else(|| origin.get(subnet).cloned())
+                .unwrap_or_else(|| "unknown network".into())
+        };
+        for subnet in &plan.remove {
+            let network = network_of(subnet, &self.origin);
+            match self.table.delete(*subnet, &self.interface).await {
+                Ok(()) => {
+                    tracing::info!(%subnet, %network, "route removed");
+                    self.origin.remove(subnet);
+                    report.removed.push(RouteChange { network, subnet: *subnet });
+                }
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
+        for subnet in &plan.add {
+            let network = network_of(subnet, &self.origin);
+            match self.table.add(*subnet, &self.interface).await {
+                Ok(()) => {
+                    tracing::info!(%subnet, %network, interface = %self.interface, "route added");
+                    self.origin.insert(*subnet, network.clone());
+                    report.added.push(RouteChange { network, subnet: *subnet });
+                }
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
+        for d in &plan.decisions {
+            match &d.skipped {
+                None => {
+                    self.origin.insert(d.subnet, d.network.clone());
+                    if !report.errors.iter().any(|e| e.contains(&d.subnet.to_string())) {
+                        report.routed.push(RouteChange { network: d.network.clone(), subnet: d.subnet });
+                    }
+                }
+                Some(reason) => {
+                    if !matches!(reason, plan::SkipReason::Excluded { .. }) {
+                        tracing::warn!(network = %d.network, subnet = %d.subnet, %reason, "subnet not routed");
+                    }
+                    report.skipped.push(Skipped {
+                        network: d.network.clone(),
+                        subnet: d.subnet,
+                        message: reason.to_string(),
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+        for e in &report.errors {
+            tracing::error!(error = %e, "route change failed");
+        }
+        self.last = plan.decisions;
+        report
+    }
+
+    /// Removes every route connector added (shutdown).
+    pub async fn teardown(&mut self) -> Result<usize> {
+        let routes = self.table.list().await?;
+        let mut removed = 0;
+        for r in routes {
+            if r.interface.as_deref() == Some(self.interface.as_str())
+                && !plan::is_interface_route(&r.destination, self.tunnel)
+            {
+                match self.table.delete(r.destination, &self.interface).await {
+                    Ok(()) => removed += 1,
+                    Err(e) => tracing::warn!(error = %e, "route removal failed"),
+                }
+            }
+        }
+        self.origin.clear();
+        Ok(removed)
+    }
+}

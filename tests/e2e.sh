@@ -1,0 +1,497 @@
+#!/usr/bin/env bash
+# tests/e2e.sh — connector's end-to-end suite against a real Docker engine.
+#
+#   sudo tests/e2e.sh [CASE...]  (scripts/test builds everything first, then runs this;
+#                                 CASE = function names below, default all, in order)
+#
+# Needs: target/debug/connector, images connector-agent:dev and connector-workload:dev,
+# a running dockerd. Environment: LAB_KEEP=1 keeps the logs, LAB_PERF=0 skips the
+# (informational) ping/iperf3 comparison, LAB_RESULTS_FILE=F writes "passed failed" to F.
+#
+# Each case is one assertion a user would make; a failure is recorded and the suite
+# goes on. The last line is "N passed, M failed"; the exit status is 0 only if M = 0.
+set -uo pipefail
+
+# shellcheck source=tests/lab.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lab.sh"
+
+P=$LAB_PREFIX
+NET_A="${P}-a"
+NET_B="${P}-b"
+NET_INT="${P}-int"
+NET_LATE="${P}-late"
+SUBNET_A=10.231.16.0/24
+SUBNET_B=10.231.17.0/24
+SUBNET_INT=10.231.18.0/24
+SUBNET_LATE=10.231.19.0/24
+
+C_DEF="${P}-def"
+C_A="${P}-a1"
+C_B="${P}-b1"
+C_AB="${P}-ab"
+C_INT="${P}-i1"
+C_LATE="${P}-l1"
+
+CONFIG=""
+TARGETS=()          # "label|ip|expected body"
+RULES_FIRST_RUN=""  # the agent's tagged rules while the first daemon ran
+PERF_LINES=()
+TIME_TO_HTTP=""
+TIME_FIRST=""
+TIME_RESTART=""
+
+# ------------------------------------------------------------------------- setup
+setup() {
+  [ -x "$LAB_CONNECTOR" ] || lab_die "$LAB_CONNECTOR is missing (cargo build --workspace)"
+  docker image inspect "$LAB_WORKLOAD_IMAGE" >/dev/null 2>&1 || lab_die "image $LAB_WORKLOAD_IMAGE is missing (scripts/workload-image)"
+  docker image inspect "$LAB_AGENT_IMAGE" >/dev/null 2>&1 || lab_die "image $LAB_AGENT_IMAGE is missing (scripts/agent-image --local)"
+
+  lab_log "topology: netns $LAB_NS ($LAB_MAC_IP) <-> $LAB_VETH_VM ($LAB_VM_IP) in the VM"
+  lab_topology_up
+
+  lab_log "networks and workloads"
+  lab_network "$NET_A" "$SUBNET_A"
+  lab_network "$NET_B" "$SUBNET_B"
+  lab_network "$NET_INT" "$SUBNET_INT" --internal
+  lab_workload "$C_DEF" bridge
+  lab_workload "$C_A" "$NET_A"
+  lab_workload "$C_B" "$NET_B"
+  lab_workload "$C_AB" "$NET_A" "$NET_B"
+  lab_workload "$C_INT" "$NET_INT"
+
+  TARGETS=(
+    "default-bridge container|$(container_ip "$C_DEF" bridge)|$C_DEF"
+    "net-A container|$(container_ip "$C_A" "$NET_A")|$C_A"
+    "net-B container|$(container_ip "$C_B" "$NET_B")|$C_B"
+    "dual-homed container via its net-A IP|$(container_ip "$C_AB" "$NET_A")|$C_AB"
+    "dual-homed container via its net-B IP|$(container_ip "$C_AB" "$NET_B")|$C_AB"
+    "internal-network container|$(container_ip "$C_INT" "$NET_INT")|$C_INT"
+  )
+  local t label ip name
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r label ip name <<<"$t"
+    [ -n "$ip" ] || lab_die "no IP for the $label"
+    # The VM itself reaches every container (OUTPUT is not filtered): proves the workloads run.
+    PROBE_NS='' wait_until 15 http_probe "$ip" "$name" 1 || lab_die "workload $name ($ip) does not answer HTTP even from the VM"
+    PROBE_NS='' wait_until 5 udp_probe "$ip" "ready-$name" 1 || lab_die "workload $name ($ip) does not answer UDP even from the VM"
+    lab_log "  $label: $name $ip"
+  done
+
+  lab_log "emulating Engine 28.2's firewall on every bridge network ($(lab_docker_ipt))"
+  emulate_28_2_all
+
+  CONFIG="$LAB_TMP/connector.toml"
+  lab_write_config "$CONFIG"
+}
+
+# Run one probe per target in parallel; echo the labels of the targets that answered.
+probe_all_parallel() { # PROBE-FUNCTION SECONDS
+  local fn=$1 secs=$2 t label ip name i=0 pids=() labels=()
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r label ip name <<<"$t"
+    case "$fn" in
+      http_probe) http_probe "$ip" "$name" "$secs" & ;;
+      udp_probe) udp_probe "$ip" "tok-$i" "$secs" & ;;
+      ping_probe) ping_probe "$ip" "$secs" & ;;
+    esac
+    pids+=($!); labels+=("$label ($ip)"); i=$((i + 1))
+  done
+  for i in "${!pids[@]}"; do
+    if wait "${pids[$i]}"; then echo "${labels[$i]}"; fi
+  done
+}
+
+# ---------------------------------------------------------- case 1: before connector
+case_before_daemon() {
+  local proto fn reached
+  for proto in HTTP UDP ping; do
+    case $proto in HTTP) fn=http_probe ;; UDP) fn=udp_probe ;; ping) fn=ping_probe ;; esac
+    reached=$(probe_all_parallel "$fn" 1)
+    if [ -z "$reached" ]; then
+      lab_pass "before connector: $proto from the Mac to the containers fails" "no container answered"
+    else
+      lab_fail "before connector: $proto from the Mac to the containers fails" "answered: $(echo "$reached" | paste -sd, -)"
+    fi
+  done
+}
+
+# Lab sanity: the block is the emulated 28.2 firewall, not a routing problem.
+case_lab_sanity() {
+  local ip name ipt
+  IFS='|' read -r _ ip name <<<"${TARGETS[0]}"
+  ipt=$(lab_docker_ipt)
+  # Open Docker 20.10's own forward filter for the veth (20.10 drops foreign traffic by policy).
+  "$ipt" -w -t filter -I DOCKER-USER -i "$LAB_VETH_VM" -m comment --comment "$LAB_PROBE_TAG" -j ACCEPT
+  if http_probe "$ip" "$name" 1; then
+    lab_fail "lab: with the forward filter open, the emulated 28.2 raw rule still blocks the Mac" "HTTP to $ip answered: the raw PREROUTING emulation is not effective"
+  else
+    lab_pass "lab: with the forward filter open, the emulated 28.2 raw rule still blocks the Mac" "HTTP to $ip fails"
+  fi
+  emulation_remove
+  if wait_until 3 http_probe "$ip" "$name" 1; then
+    lab_pass "lab: without the emulation the direct path works (the block is the firewall)" "HTTP to $ip answered"
+    if [ "${LAB_PERF:-1}" = 1 ]; then perf_measure "direct path (no tunnel)" "$C_DEF" "$ip"; fi
+  else
+    lab_fail "lab: without the emulation the direct path works (the block is the firewall)" "HTTP to $ip still fails: the lab topology is broken"
+  fi
+  lab_delete_tagged "$LAB_PROBE_TAG"
+  emulate_28_2_all
+  if http_probe "$ip" "$name" 1; then
+    lab_fail "lab: emulation restored, the Mac is blocked again" "HTTP to $ip answered"
+  else
+    lab_pass "lab: emulation restored, the Mac is blocked again" "HTTP to $ip fails"
+  fi
+}
+
+# Informational: ping RTT and iperf3 throughput from the Mac to a container.
+perf_measure() { # LABEL CONTAINER IP
+  local label=$1 c=$2 ip=$3 pid rtt bw port=5201
+  rtt=$(probe_in timeout 10 ping -n -q -c 10 -i 0.2 -W 2 "$ip" 2>/dev/null | awk -F/ '/^rtt|^round-trip/ {print $5 " ms"}')
+  [ -n "$rtt" ] || rtt=$(probe_in timeout 10 busybox ping -q -c 10 -i 0.2 -W 2 "$ip" 2>/dev/null | awk -F/ '/round-trip/ {print $4 " ms"}')
+  bw="n/a"
+  if command -v iperf3 >/dev/null 2>&1 && command -v nsenter >/dev/null 2>&1; then
+    pid=$(docker inspect -f '{{.State.Pid}}' "$c")
+    timeout 30 nsenter -t "$pid" -n iperf3 -s -1 -p "$port" >/dev/null 2>&1 &
+    local spid=$!
+    wait_until 5 nsenter -t "$pid" -n sh -c "ss -ltn | grep -q ':$port '" || true
+    bw=$(probe_in timeout 20 iperf3 -c "$ip" -p "$port" -t 3 -f m 2>/dev/null | awk '/receiver/ {print $(NF-2) " " $(NF-1)}')
+    [ -n "$bw" ] || bw="n/a"
+    kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+  fi
+  PERF_LINES+=("$label: ping avg RTT ${rtt:-n/a}, iperf3 TCP 3 s ${bw}")
+  lab_log "PERF $label: ping avg RTT ${rtt:-n/a}, iperf3 TCP 3 s ${bw}"
+}
+
+# -------------------------------------------------- case 5: sync-networks, no daemon
+case_sync_without_daemon() {
+  local name="sync-networks without a running daemon: exit 1 and a clear error" out err rc
+  err="$LAB_TMP/sync-nodaemon.err"
+  out=$(ip netns exec "$LAB_NS" timeout 15 "$LAB_CONNECTOR" sync-networks --config "$CONFIG" 2>"$err"); rc=$?
+  if [ "$rc" = 1 ] && grep -q "connector.sock" "$err"; then
+    lab_pass "$name" "exit 1: $(head -n 1 "$err")"
+  else
+    lab_fail "$name" "exit $rc, stdout: $(echo "$out" | head -c 200), stderr: $(head -c 300 "$err") (want exit 1 and the socket $LAB_TMP/connector.sock named on stderr)"
+  fi
+}
+
+# --------------------------------------------------------------- case 4: bad config
+# bad_config_case NAME CONFIG-PATH WORD... — connector run must fail, name every WORD
+# on stderr, and leave the system as it was.
+bad_config_case() {
+  local name=$1 cfg=$2; shift 2
+  local before after err="$LAB_TMP/bad-config-$RANDOM.err" rc w missing=""
+  before=$(lab_snapshot)
+  ip netns exec "$LAB_NS" timeout 20 "$LAB_CONNECTOR" run --config "$cfg" --log-level debug \
+    >"$err.out" 2>"$err" </dev/null
+  rc=$?
+  after=$(lab_snapshot)
+  for w in "$@"; do grep -qF -- "$w" "$err" || missing="$missing '$w'"; done
+  if [ "$rc" = 124 ]; then
+    lab_fail "$name" "connector run did not exit within 20 s (it started with a bad config)"
+    docker rm -f "$LAB_AGENT_NAME" >/dev/null 2>&1 || true
+    lab_delete_tagged "$LAB_AGENT_TAG"
+  elif [ "$rc" = 0 ]; then
+    lab_fail "$name" "connector run exited 0; stderr: $(head -c 300 "$err")"
+  elif [ -n "$missing" ]; then
+    lab_fail "$name" "exit $rc but stderr does not name$missing; stderr: $(head -c 300 "$err")"
+  elif [ "$before" != "$after" ]; then
+    lab_fail "$name" "exit $rc but the system changed: $(diff <(echo "$before") <(echo "$after") | grep '^[<>]' | paste -sd';' -)"
+  else
+    lab_pass "$name" "exit $rc: $(grep -v '^\s*$' "$err" | tail -n 1 | head -c 200)"
+  fi
+}
+
+case_bad_config() {
+  local c
+  c="$LAB_TMP/bad-unknown-key.toml"; lab_write_config "$c" 'bogus_key = true'
+  bad_config_case "bad config: an unknown key is rejected, nothing changed" "$c" bogus_key
+  c="$LAB_TMP/bad-mtu.toml"; lab_write_config "$c"; sed -i 's/^mtu = .*/mtu = 99999/' "$c"
+  bad_config_case "bad config: mtu = 99999 is rejected, nothing changed" "$c" mtu 99999
+  c="$LAB_TMP/bad-nat.toml"; lab_write_config "$c"; sed -i 's/^nat = .*/nat = "sideways"/' "$c"
+  bad_config_case "bad config: nat = \"sideways\" is rejected, nothing changed" "$c" nat sideways
+  c="$LAB_TMP/does-not-exist.toml"
+  bad_config_case "bad config: --config naming a missing file is rejected, nothing changed" "$c" "$c"
+}
+
+# --------------------------------------------------------- case 2: connector run
+# Start the daemon and wait for the first HTTP reply; sets TIME_TO_HTTP (ms) or fails.
+start_daemon_and_wait() { # CASE-NAME
+  local ip name t0
+  IFS='|' read -r _ ip name <<<"${TARGETS[0]}"
+  lab_daemon_start "$CONFIG"
+  t0=$LAB_DAEMON_STARTED_MS
+  if wait_until 20 http_probe_alive "$ip" "$name" && lab_daemon_alive; then
+    TIME_TO_HTTP=$(( $(now_ms) - t0 ))
+    lab_pass "$1" "first HTTP reply from $name after ${TIME_TO_HTTP} ms"
+    return 0
+  fi
+  if lab_daemon_alive; then
+    lab_fail "$1" "no HTTP reply from $name ($ip) within 20 s of connector run"
+  else
+    wait "$LAB_DAEMON_PID" 2>/dev/null; local rc=$?
+    lab_fail "$1" "connector run exited ($rc) before the first HTTP reply"
+    LAB_DAEMON_PID=""
+  fi
+  return 1
+}
+
+# http_probe that gives up early (fails) when the daemon died.
+http_probe_alive() {
+  lab_daemon_alive || return 0
+  http_probe "$1" "$2" 1
+}
+
+case_reachable() {
+  local t label ip name tok
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r label ip name <<<"$t"
+    if wait_until 5 http_probe "$ip" "$name" 2; then
+      lab_pass "with connector: HTTP from the Mac to the $label" "body contains '$name' ($ip)"
+    else
+      lab_fail "with connector: HTTP from the Mac to the $label" "curl http://$ip/ fails or lacks '$name'"
+    fi
+    tok="echo-$name-$RANDOM"
+    if wait_until 5 udp_probe "$ip" "$tok" 2; then
+      lab_pass "with connector: UDP echo from the Mac to the $label" "'$tok' came back from $ip:7"
+    else
+      lab_fail "with connector: UDP echo from the Mac to the $label" "no echo of '$tok' from $ip:7"
+    fi
+    if wait_until 5 ping_probe "$ip" 2; then
+      lab_pass "with connector: ping from the Mac to the $label" "$ip answers"
+    else
+      lab_fail "with connector: ping from the Mac to the $label" "no echo reply from $ip"
+    fi
+  done
+}
+
+case_daemon_run() {
+  if start_daemon_and_wait "connector run: the first container answers HTTP within 20 s"; then
+    TIME_FIRST=$TIME_TO_HTTP
+    lab_log "TIME connector run -> first HTTP reply: ${TIME_FIRST} ms"
+  fi
+  case_reachable
+  RULES_FIRST_RUN=$(lab_rules_tagged "$LAB_AGENT_TAG" | sort)
+  lab_log "agent rules while running ($(echo "$RULES_FIRST_RUN" | grep -c .)):"
+  echo "$RULES_FIRST_RUN" | sed 's/^/    /'
+  if [ "${LAB_PERF:-1}" = 1 ]; then
+    local ip
+    IFS='|' read -r _ ip _ <<<"${TARGETS[0]}"
+    perf_measure "through connector" "$C_DEF" "$ip"
+  fi
+}
+
+# ------------------------------------------------------ case 3: a network created later
+sync_networks() { # OUTFILE — runs sync-networks from the Mac; returns its exit status
+  ip netns exec "$LAB_NS" timeout 30 "$LAB_CONNECTOR" sync-networks --config "$CONFIG" >"$1" 2>"$1.err"
+}
+
+case_late_network() {
+  local ip out rc
+  lab_network "$NET_LATE" "$SUBNET_LATE"
+  emulate_28_2 "$NET_LATE"
+  lab_workload "$C_LATE" "$NET_LATE"
+  ip=$(container_ip "$C_LATE" "$NET_LATE")
+  PROBE_NS='' wait_until 15 http_probe "$ip" "$C_LATE" 1 || lab_warn "late workload $C_LATE ($ip) does not answer even from the VM"
+
+  if http_probe "$ip" "$C_LATE" 1; then
+    lab_fail "new network: not reachable before sync-networks" "HTTP to $ip answered already (live event following is a later issue; update this case when it lands)"
+  else
+    lab_pass "new network: not reachable before sync-networks" "HTTP to $ip fails"
+  fi
+
+  out="$LAB_TMP/sync-add.out"
+  sync_networks "$out"; rc=$?
+  lab_log "sync-networks (exit $rc):"; sed 's/^/    /' "$out" "$out.err"
+  if [ "$rc" = 0 ] && grep -qE "^\+ .*${SUBNET_LATE//./\\.}" "$out"; then
+    lab_pass "new network: sync-networks exits 0 and reports '+ $SUBNET_LATE'" "$(grep -E '^\+ ' "$out" | paste -sd';' -)"
+  else
+    lab_fail "new network: sync-networks exits 0 and reports '+ $SUBNET_LATE'" "exit $rc, stdout: $(head -c 300 "$out"), stderr: $(head -c 300 "$out.err")"
+  fi
+
+  if wait_until 5 http_probe "$ip" "$C_LATE" 2; then
+    lab_pass "new network: HTTP from the Mac after sync-networks" "body contains '$C_LATE' ($ip)"
+  else
+    lab_fail "new network: HTTP from the Mac after sync-networks" "curl http://$ip/ fails"
+  fi
+  if wait_until 5 ping_probe "$ip" 2; then
+    lab_pass "new network: ping from the Mac after sync-networks" "$ip answers"
+  else
+    lab_fail "new network: ping from the Mac after sync-networks" "no echo reply from $ip"
+  fi
+
+  out="$LAB_TMP/sync-noop.out"
+  sync_networks "$out"; rc=$?
+  if [ "$rc" = 0 ] && ! grep -qE '^[+-] ' "$out"; then
+    lab_pass "sync-networks with nothing new changes nothing" "exit 0, no '+'/'-' lines"
+  else
+    lab_fail "sync-networks with nothing new changes nothing" "exit $rc, stdout: $(head -c 300 "$out")"
+  fi
+
+  docker rm -f "$C_LATE" >/dev/null
+  docker network rm "$NET_LATE" >/dev/null
+  out="$LAB_TMP/sync-del.out"
+  sync_networks "$out"; rc=$?
+  lab_log "sync-networks after removing $NET_LATE (exit $rc):"; sed 's/^/    /' "$out" "$out.err"
+  if [ "$rc" = 0 ] && grep -qE "^- .*${SUBNET_LATE//./\\.}" "$out"; then
+    lab_pass "removed network: sync-networks exits 0 and reports '- $SUBNET_LATE'" "$(grep -E '^- ' "$out" | paste -sd';' -)"
+  else
+    lab_fail "removed network: sync-networks exits 0 and reports '- $SUBNET_LATE'" "exit $rc, stdout: $(head -c 300 "$out"), stderr: $(head -c 300 "$out.err")"
+  fi
+  if ip -n "$LAB_NS" route show table all | grep -qF "${SUBNET_LATE}"; then
+    lab_fail "removed network: its route is gone from the Mac" "$(ip -n "$LAB_NS" route show table all | grep -F "$SUBNET_LATE")"
+  else
+    lab_pass "removed network: its route is gone from the Mac" "no route for $SUBNET_LATE"
+  fi
+  # The other networks must be untouched.
+  local ipa
+  IFS='|' read -r _ ipa _ <<<"${TARGETS[1]}"
+  if http_probe "$ipa" "$C_A" 2; then
+    lab_pass "removed network: the other networks stay reachable" "HTTP to $ipa answers"
+  else
+    lab_fail "removed network: the other networks stay reachable" "HTTP to $ipa fails"
+  fi
+}
+
+# ------------------------------------------------------- case 7: kill -9 then restart
+agent_container_count() {
+  # By name prefix: the configured name, or any renamed copy of it (e.g. a "-old" left behind).
+  docker ps -aq --filter "name=^/${LAB_AGENT_NAME}" | grep -c . || true
+}
+
+case_kill9_restart() {
+  if lab_daemon_alive; then
+    lab_daemon_stop KILL 10 || true
+  else
+    lab_warn "no daemon was running before kill -9"
+  fi
+  lab_log "daemon killed with SIGKILL; starting again"
+  if start_daemon_and_wait "after kill -9: connector run again answers HTTP within 20 s"; then
+    TIME_RESTART=$TIME_TO_HTTP
+  fi
+
+  local t label ip name bad=""
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r label ip name <<<"$t"
+    wait_until 5 http_probe "$ip" "$name" 2 || bad="$bad $label ($ip);"
+  done
+  if [ -z "$bad" ]; then
+    lab_pass "after kill -9 and restart: every container answers HTTP" "${#TARGETS[@]} targets"
+  else
+    lab_fail "after kill -9 and restart: every container answers HTTP" "no answer from:$bad"
+  fi
+  bad=""
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r label ip name <<<"$t"
+    wait_until 5 udp_probe "$ip" "k9-$RANDOM" 2 || bad="$bad $label ($ip);"
+  done
+  if [ -z "$bad" ]; then
+    lab_pass "after kill -9 and restart: every container answers UDP echo" "${#TARGETS[@]} targets"
+  else
+    lab_fail "after kill -9 and restart: every container answers UDP echo" "no echo from:$bad"
+  fi
+
+  local rules dups n
+  rules=$(lab_rules_tagged "$LAB_AGENT_TAG" | sort)
+  dups=$(echo "$rules" | grep . | uniq -d)
+  n=$(echo "$rules" | grep -c .)
+  if [ "$n" -gt 0 ] && [ -z "$dups" ] && { [ -z "$RULES_FIRST_RUN" ] || [ "$rules" = "$RULES_FIRST_RUN" ]; }; then
+    lab_pass "after kill -9 and restart: each tagged rule exists exactly once" "$n rules, same set as the first run"
+  elif [ "$n" = 0 ]; then
+    lab_fail "after kill -9 and restart: each tagged rule exists exactly once" "no rule tagged '$LAB_AGENT_TAG' at all"
+  elif [ -n "$dups" ]; then
+    lab_fail "after kill -9 and restart: each tagged rule exists exactly once" "duplicated: $(echo "$dups" | paste -sd';' -)"
+  else
+    lab_fail "after kill -9 and restart: each tagged rule exists exactly once" "rule set differs from the first run: $(diff <(echo "$RULES_FIRST_RUN") <(echo "$rules") | grep '^[<>]' | paste -sd';' -)"
+  fi
+
+  n=$(agent_container_count)
+  if [ "$n" = 1 ]; then
+    lab_pass "after kill -9 and restart: exactly one agent container" "$(docker ps -a --filter "name=^/${LAB_AGENT_NAME}\$" --format '{{.Names}} {{.Status}}')"
+  else
+    lab_fail "after kill -9 and restart: exactly one agent container" "$n agent containers: $(docker ps -a --filter "name=^/${LAB_AGENT_NAME}" --format '{{.Names}} {{.Status}}' | paste -sd, -)"
+  fi
+}
+
+# ------------------------------------------------------------------ case 6: SIGTERM
+case_sigterm() {
+  if ! lab_daemon_alive; then
+    lab_warn "no daemon running before the SIGTERM case; starting one"
+    start_daemon_and_wait "SIGTERM case: connector run answers HTTP within 20 s (restart)" || true
+  fi
+  local pid=$LAB_DAEMON_PID rc
+  if lab_daemon_stop TERM 20; then
+    rc=$LAB_DAEMON_RC
+    if [ "$rc" = 0 ]; then
+      lab_pass "SIGTERM: the daemon exits 0" "pid $pid exited 0"
+    else
+      lab_fail "SIGTERM: the daemon exits 0" "pid $pid exited $rc"
+    fi
+  else
+    lab_fail "SIGTERM: the daemon exits 0" "pid $pid still running 20 s after SIGTERM (killed)"
+  fi
+  if ip -n "$LAB_NS" link show "$LAB_TUN" >/dev/null 2>&1; then
+    lab_fail "after SIGTERM: no $LAB_TUN in the Mac" "$(ip -n "$LAB_NS" -br link show "$LAB_TUN")"
+  else
+    lab_pass "after SIGTERM: no $LAB_TUN in the Mac" "gone"
+  fi
+  local routes
+  routes=$(ip -n "$LAB_NS" route show table all | grep -E "dev $LAB_TUN|10\.231\.1[6-9]\.|172\.17\." || true)
+  if [ -z "$routes" ]; then
+    lab_pass "after SIGTERM: no route via $LAB_TUN and none for the Docker subnets in the Mac" "none"
+  else
+    lab_fail "after SIGTERM: no route via $LAB_TUN and none for the Docker subnets in the Mac" "$(echo "$routes" | paste -sd';' -)"
+  fi
+  local n
+  n=$(agent_container_count)
+  if [ "$n" = 0 ]; then
+    lab_pass "after SIGTERM: no agent container" "none"
+  else
+    lab_fail "after SIGTERM: no agent container" "$(docker ps -a --filter "name=^/${LAB_AGENT_NAME}" --format '{{.Names}} {{.Status}}' | paste -sd, -)"
+  fi
+  local rules
+  rules=$(lab_rules_tagged "$LAB_AGENT_TAG")
+  if [ -z "$rules" ]; then
+    lab_pass "after SIGTERM: no iptables rule tagged '$LAB_AGENT_TAG' (any table, nft and legacy)" "none"
+  else
+    lab_fail "after SIGTERM: no iptables rule tagged '$LAB_AGENT_TAG' (any table, nft and legacy)" "$(echo "$rules" | paste -sd';' -)"
+  fi
+}
+
+# --------------------------------------------------------------- final: cleanup
+case_cleanup() {
+  lab_cleanup_all
+  LAB_CLEANED=1
+  local left
+  left=$(lab_leftovers)
+  if [ -z "$left" ]; then
+    lab_pass "lab cleanup leaves nothing behind" "no netns, veth, container, network or tagged rule"
+  else
+    lab_fail "lab cleanup leaves nothing behind" "$(echo "$left" | paste -sd';' -)"
+  fi
+}
+
+# --------------------------------------------------------------------------- main
+ALL_CASES=(case_before_daemon case_lab_sanity case_sync_without_daemon case_bad_config
+           case_daemon_run case_late_network case_kill9_restart case_sigterm)
+if [ $# -gt 0 ]; then CASES=("$@"); else CASES=("${ALL_CASES[@]}"); fi
+for c in "${CASES[@]}"; do
+  declare -F "$c" >/dev/null || { echo "e2e: unknown case $c (known: ${ALL_CASES[*]})" >&2; exit 2; }
+done
+
+lab_init
+setup
+for c in "${CASES[@]}"; do
+  echo
+  lab_log "=== $c"
+  "$c"
+done
+echo
+case_cleanup
+
+echo
+[ -z "$TIME_FIRST" ] || echo "time from 'connector run' to the first HTTP reply: ${TIME_FIRST} ms"
+[ -z "$TIME_RESTART" ] || echo "time from 'connector run' after kill -9 to the first HTTP reply: ${TIME_RESTART} ms"
+for l in "${PERF_LINES[@]}"; do echo "perf: $l"; done
+lab_summary
+if [ -n "${LAB_RESULTS_FILE:-}" ]; then echo "$LAB_PASSED $LAB_FAILED" >"$LAB_RESULTS_FILE"; fi
+[ "$LAB_FAILED" = 0 ]

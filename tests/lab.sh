@@ -1,0 +1,408 @@
+# shellcheck shell=bash
+# tests/lab.sh — the connector lab, sourced by tests/e2e.sh.
+#
+# A network namespace plays the Mac, the root namespace plays the Docker VM, and
+# the local Docker engine (Debian's 20.10) runs real containers. A veth pair joins
+# the two: VM side 10.231.0.1/30, Mac side 10.231.0.2/30, and the Mac's default
+# route points at the VM. Engine 28.2's bridge firewall is emulated on top of the
+# 20.10 engine so that, without connector, the Mac's packets reach the VM and are
+# dropped there — exactly what a Docker Desktop user sees.
+#
+# Everything the lab creates is named with a per-run prefix (cnt<pid>) or labelled
+# io.connector.test=1, and lab_cleanup removes all of it, including what a crashed
+# earlier run left. One lab runs at a time (flock on /run/connector-lab.lock).
+
+LAB_REPO=${LAB_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+LAB_PREFIX=${LAB_PREFIX:-cnt$$}
+LAB_NS="${LAB_PREFIX}-mac"
+LAB_VETH_VM="${LAB_PREFIX}v"
+LAB_VETH_MAC="${LAB_PREFIX}m"
+LAB_VM_IP=10.231.0.1
+LAB_MAC_IP=10.231.0.2
+LAB_LABEL_KEY=io.connector.test
+LAB_LABEL="${LAB_LABEL_KEY}=1"
+LAB_EMU_TAG=connector-lab-emulation
+LAB_PROBE_TAG=connector-lab-probe
+LAB_AGENT_TAG=${LAB_AGENT_TAG:-connector}
+LAB_AGENT_NAME=${LAB_AGENT_NAME:-connector-agent-lab}
+LAB_AGENT_IMAGE=${LAB_AGENT_IMAGE:-connector-agent:dev}
+LAB_WORKLOAD_IMAGE=${LAB_WORKLOAD_IMAGE:-connector-workload:dev}
+LAB_TUN=${LAB_TUN:-connector0}
+LAB_LISTEN_PORT=${LAB_LISTEN_PORT:-51871}
+LAB_TUNNEL_CIDR=${LAB_TUNNEL_CIDR:-10.254.253.0/30}
+LAB_CONNECTOR=${LAB_CONNECTOR:-$LAB_REPO/target/debug/connector}
+LAB_LOCK=${LAB_LOCK:-/run/connector-lab.lock}
+LAB_TMP=""
+LAB_DAEMON_PID=""
+LAB_DAEMON_LOG=""
+LAB_DAEMON_N=0
+
+# ---------------------------------------------------------------------------- output
+lab_log()  { printf '[lab %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+lab_warn() { printf '[lab %s] WARNING: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+lab_die()  { printf '[lab] FATAL: %s\n' "$*" >&2; exit 1; }
+
+# ----------------------------------------------------------------------- case results
+LAB_PASSED=0
+LAB_FAILED=0
+LAB_RESULTS=()
+
+lab_pass() { # NAME MESSAGE
+  LAB_PASSED=$((LAB_PASSED + 1))
+  LAB_RESULTS+=("PASS  $1")
+  printf 'PASS  %s — %s\n' "$1" "$2"
+}
+
+lab_fail() { # NAME MESSAGE
+  LAB_FAILED=$((LAB_FAILED + 1))
+  LAB_RESULTS+=("FAIL  $1 — $2")
+  printf 'FAIL  %s — %s\n' "$1" "$2"
+  if [ -n "$LAB_DAEMON_LOG" ] && [ -s "$LAB_DAEMON_LOG" ]; then
+    echo "      --- last lines of $LAB_DAEMON_LOG ---"
+    tail -n 15 "$LAB_DAEMON_LOG" | sed 's/^/      | /'
+  fi
+}
+
+lab_check() { # NAME MESSAGE-IF-FAILED COMMAND...
+  local name=$1 msg=$2; shift 2
+  if "$@"; then lab_pass "$name" "ok"; else lab_fail "$name" "$msg"; fi
+}
+
+lab_summary() {
+  echo
+  echo "==== lab results ===="
+  local r
+  for r in "${LAB_RESULTS[@]}"; do echo "$r"; done
+  echo "$LAB_PASSED passed, $LAB_FAILED failed"
+}
+
+# --------------------------------------------------------------------------- helpers
+# wait_until SECONDS COMMAND... — poll (every 0.2 s) until COMMAND succeeds.
+wait_until() {
+  local secs=$1; shift
+  local deadline=$(( $(date +%s%N) + secs * 1000000000 ))
+  while :; do
+    if "$@"; then return 0; fi
+    [ "$(date +%s%N)" -lt "$deadline" ] || return 1
+    sleep 0.2
+  done
+}
+
+mac() { ip netns exec "$LAB_NS" "$@"; }
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+lab_lock() {
+  exec 9>"$LAB_LOCK"
+  if ! flock -n 9; then
+    lab_log "another lab run holds $LAB_LOCK; waiting up to 15 min"
+    flock -w 900 9 || lab_die "could not take $LAB_LOCK"
+  fi
+}
+
+# ------------------------------------------------------------------------- iptables
+# The variants present on this machine (nft first: Debian 12's default and the one
+# Docker 20.10 uses here).
+lab_ipt_variants() {
+  local v
+  for v in nft legacy; do
+    command -v "iptables-$v-save" >/dev/null 2>&1 && echo "$v"
+  done
+}
+
+# The variant that holds Docker's chains.
+lab_docker_ipt() {
+  local v
+  for v in nft legacy; do
+    if command -v "iptables-$v" >/dev/null 2>&1 && "iptables-$v" -w -t filter -S DOCKER >/dev/null 2>&1; then
+      echo "iptables-$v"; return 0
+    fi
+  done
+  echo iptables
+}
+
+# Rules carrying the comment TAG exactly, one per line: "<variant> <table> <rule>".
+lab_rules_tagged() { # TAG
+  local tag=$1 v
+  for v in $(lab_ipt_variants); do
+    "iptables-$v-save" 2>/dev/null | awk -v v="$v" -v tag="$tag" '
+      /^\*/ { table = substr($0, 2); next }
+      /^-A / {
+        for (i = 1; i < NF; i++) {
+          if ($i == "--comment") {
+            c = $(i + 1); gsub(/"/, "", c)
+            if (c == tag) { print v, table, $0; break }
+          }
+        }
+      }'
+  done
+}
+
+lab_count_tagged() { lab_rules_tagged "$1" | grep -c . || true; }
+
+# Delete every rule carrying the comment TAG, in every table of both variants.
+lab_delete_tagged() { # TAG
+  local v table rule n=0
+  while read -r v table rule; do
+    [ -n "$rule" ] || continue
+    # iptables-save quotes arguments with spaces; eval re-splits them the same way.
+    if eval "iptables-$v -w -t $table ${rule/#-A /-D }" 2>/dev/null; then n=$((n + 1)); fi
+  done < <(lab_rules_tagged "$1")
+  [ "$n" = 0 ] || lab_log "removed $n iptables rule(s) tagged '$1'"
+}
+
+# ------------------------------------------------------------------ docker networks
+net_subnets() { # NET — its IPv4 subnets
+  docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' "$1" 2>/dev/null \
+    | tr ' ' '\n' | grep '\.' || true
+}
+
+net_bridge() { # NET — the Linux bridge behind a bridge network
+  local name
+  name=$(docker network inspect -f '{{index .Options "com.docker.network.bridge.name"}}' "$1" 2>/dev/null || true)
+  if [ -n "$name" ] && [ "$name" != "<no value>" ]; then echo "$name"; return; fi
+  echo "br-$(docker network inspect -f '{{.Id}}' "$1" | cut -c1-12)"
+}
+
+net_internal() { [ "$(docker network inspect -f '{{.Internal}}' "$1" 2>/dev/null)" = "true" ]; }
+
+container_ip() { # CONTAINER NET
+  docker inspect -f "{{with index .NetworkSettings.Networks \"$2\"}}{{.IPAddress}}{{end}}" "$1"
+}
+
+# ---------------------------------------------------------- engine 28.2 emulation
+# emulate_28_2 NET — what Engine 28.2 adds for a bridge network:
+#   raw PREROUTING -d <subnet> ! -i <bridge> -j DROP   (not for --internal networks)
+#   filter DOCKER  ! -i <bridge> -o <bridge> -j DROP   (last rule of DOCKER)
+emulate_28_2() {
+  local net=$1 br ipt subnet c=(-m comment --comment "$LAB_EMU_TAG")
+  [ "$(docker network inspect -f '{{.Driver}}' "$net" 2>/dev/null)" = bridge ] || return 0
+  br=$(net_bridge "$net")
+  ipt=$(lab_docker_ipt)
+  if ! net_internal "$net"; then
+    for subnet in $(net_subnets "$net"); do
+      "$ipt" -w -t raw -C PREROUTING -d "$subnet" ! -i "$br" "${c[@]}" -j DROP 2>/dev/null \
+        || "$ipt" -w -t raw -A PREROUTING -d "$subnet" ! -i "$br" "${c[@]}" -j DROP
+    done
+  fi
+  "$ipt" -w -t filter -C DOCKER ! -i "$br" -o "$br" "${c[@]}" -j DROP 2>/dev/null \
+    || "$ipt" -w -t filter -A DOCKER ! -i "$br" -o "$br" "${c[@]}" -j DROP
+}
+
+# Emulate 28.2 on every bridge network of the engine (default bridge included).
+emulate_28_2_all() {
+  local net
+  for net in $(docker network ls -q --filter driver=bridge); do emulate_28_2 "$net"; done
+}
+
+emulation_remove() { lab_delete_tagged "$LAB_EMU_TAG"; }
+
+# ------------------------------------------------------------------------ topology
+lab_topology_up() {
+  ip netns add "$LAB_NS"
+  ip link add "$LAB_VETH_VM" type veth peer name "$LAB_VETH_MAC"
+  ip link set "$LAB_VETH_MAC" netns "$LAB_NS"
+  ip addr add "$LAB_VM_IP/30" dev "$LAB_VETH_VM"
+  ip link set "$LAB_VETH_VM" up
+  ip -n "$LAB_NS" link set lo up
+  ip -n "$LAB_NS" addr add "$LAB_MAC_IP/30" dev "$LAB_VETH_MAC"
+  ip -n "$LAB_NS" link set "$LAB_VETH_MAC" up
+  ip -n "$LAB_NS" route add default via "$LAB_VM_IP"
+  wait_until 5 ping_probe "$LAB_VM_IP" || lab_die "the Mac namespace cannot ping the VM side of the veth"
+  [ "$(sysctl -n net.ipv4.ip_forward)" = 1 ] || lab_die "net.ipv4.ip_forward is off in the VM (root) namespace"
+}
+
+# --------------------------------------------------------------------- workloads
+# lab_workload NAME NET [NET2...] — a workload container attached to the networks.
+lab_workload() {
+  local name=$1 first=$2; shift 2
+  docker run -d --name "$name" --hostname "$name" --label "$LAB_LABEL" \
+    --network "$first" "$LAB_WORKLOAD_IMAGE" /bin/serve "$name" >/dev/null
+  local n
+  for n in "$@"; do docker network connect "$n" "$name"; done
+}
+
+lab_network() { # NAME SUBNET [docker network create options...]
+  local name=$1 subnet=$2; shift 2
+  docker network create --driver bridge --label "$LAB_LABEL" --subnet "$subnet" "$@" "$name" >/dev/null
+}
+
+# ------------------------------------------------------------------------- probes
+# Probes run from the Mac namespace; set PROBE_NS= (empty) to probe from the VM.
+probe_in() { if [ -n "${PROBE_NS-$LAB_NS}" ]; then ip netns exec "${PROBE_NS-$LAB_NS}" "$@"; else "$@"; fi; }
+
+http_probe() { # IP EXPECTED-BODY-SUBSTRING [SECONDS]
+  local body
+  body=$(probe_in timeout "$(( ${3:-2} + 1 ))" curl -sS --noproxy '*' -m "${3:-2}" "http://$1/" 2>/dev/null) || return 1
+  [[ "$body" == *"$2"* ]]
+}
+
+udp_probe() { # IP TOKEN [SECONDS] — UDP echo on port 7
+  local got
+  got=$(probe_in timeout "${3:-2}" bash -c 'exec 3<>"/dev/udp/$1/7" && printf %s "$2" >&3 && dd bs=65536 count=1 status=none <&3' _ "$1" "$2" 2>/dev/null) || return 1
+  [ "$got" = "$2" ]
+}
+
+ping_probe() { # IP [SECONDS]
+  if command -v ping >/dev/null 2>&1 && ping -V >/dev/null 2>&1; then
+    probe_in timeout "$(( ${2:-2} + 1 ))" ping -n -c 1 -W "${2:-2}" "$1" >/dev/null 2>&1
+  else
+    probe_in timeout "$(( ${2:-2} + 1 ))" busybox ping -c 1 -W "${2:-2}" "$1" >/dev/null 2>&1
+  fi
+}
+
+# -------------------------------------------------------------------------- daemon
+lab_write_config() { # PATH [EXTRA-TOML-LINE...]
+  local path=$1; shift
+  {
+    echo "docker_host = \"unix:///var/run/docker.sock\""
+    echo "agent_image = \"$LAB_AGENT_IMAGE\""
+    echo "agent_name = \"$LAB_AGENT_NAME\""
+    echo "host_address = \"$LAB_MAC_IP\""
+    echo "listen_address = \"$LAB_MAC_IP\""
+    echo "listen_port = $LAB_LISTEN_PORT"
+    echo "tunnel = \"$LAB_TUNNEL_CIDR\""
+    echo "mtu = 1420"
+    echo "nat = \"masquerade\""
+    echo "state_dir = \"$LAB_TMP/state\""
+    echo "control_socket = \"$LAB_TMP/connector.sock\""
+    local l
+    for l in "$@"; do echo "$l"; done
+  } >"$path"
+}
+
+# lab_daemon_start CONFIG — `connector run` in the Mac namespace, in the background.
+lab_daemon_start() {
+  LAB_DAEMON_N=$((LAB_DAEMON_N + 1))
+  LAB_DAEMON_LOG="$LAB_TMP/daemon-$LAB_DAEMON_N.log"
+  LAB_DAEMON_STARTED_MS=$(now_ms)
+  ip netns exec "$LAB_NS" "$LAB_CONNECTOR" run --config "$1" --log-level debug \
+    >"$LAB_DAEMON_LOG" 2>&1 &
+  LAB_DAEMON_PID=$!
+  lab_log "connector run started (pid $LAB_DAEMON_PID, log $LAB_DAEMON_LOG)"
+}
+
+lab_daemon_alive() { [ -n "$LAB_DAEMON_PID" ] && kill -0 "$LAB_DAEMON_PID" 2>/dev/null; }
+
+# lab_daemon_stop SIGNAL [SECONDS] — signal the daemon, wait for it, set LAB_DAEMON_RC.
+# Returns 1 if it did not exit within SECONDS (it is then killed with SIGKILL).
+lab_daemon_stop() {
+  local sig=$1 secs=${2:-15}
+  LAB_DAEMON_RC=""
+  [ -n "$LAB_DAEMON_PID" ] || return 0
+  kill "-$sig" "$LAB_DAEMON_PID" 2>/dev/null || true
+  local rc=0
+  if wait_until "$secs" lab_not_running "$LAB_DAEMON_PID"; then
+    wait "$LAB_DAEMON_PID" 2>/dev/null; LAB_DAEMON_RC=$?
+  else
+    kill -KILL "$LAB_DAEMON_PID" 2>/dev/null || true
+    wait "$LAB_DAEMON_PID" 2>/dev/null; LAB_DAEMON_RC=$?
+    rc=1
+  fi
+  LAB_DAEMON_PID=""
+  return "$rc"
+}
+
+lab_not_running() { # PID — gone or a zombie
+  local st
+  st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 0
+  [ "$st" = Z ]
+}
+
+# ---------------------------------------------------------------- system snapshot
+# What connector may change on the system; compared before/after to prove "nothing changed".
+lab_snapshot() {
+  echo "## agent containers"
+  docker ps -a --filter "name=^/${LAB_AGENT_NAME}" --format '{{.Names}}'
+  echo "## mac links"
+  ip -n "$LAB_NS" -o link show | awk -F': ' '{print $2}' | sed 's/@.*//'
+  echo "## mac routes"
+  ip -n "$LAB_NS" route show table all | grep -v -e '^local ' -e '^broadcast ' -e '^multicast ' || true
+  echo "## VM links"
+  ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep connector || true
+  echo "## tagged rules"
+  lab_rules_tagged "$LAB_AGENT_TAG"
+}
+
+# ------------------------------------------------------------------------- cleanup
+# Remove everything any lab run made. Safe to call repeatedly, and at start.
+lab_cleanup_all() {
+  local ns pid link c
+  # Daemon of this run first (it should clean up after itself on SIGTERM).
+  if lab_daemon_alive; then lab_daemon_stop TERM 10 >/dev/null 2>&1 || true; fi
+  # Any process still living in a lab namespace (a daemon of a crashed run).
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^cnt[0-9]+-mac$'); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do
+      wait_until 5 lab_not_running "$pid" || kill -KILL "$pid" 2>/dev/null || true
+    done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  # Root-namespace ends of lab veths (normally gone with the namespace).
+  for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E '^cnt[0-9]+[vm]$'); do
+    ip link del "$link" 2>/dev/null || true
+  done
+  # Containers and networks.
+  if docker info >/dev/null 2>&1; then
+    for c in $(docker ps -aq --filter "label=$LAB_LABEL"); do docker rm -f "$c" >/dev/null 2>&1 || true; done
+    for c in $(docker ps -aq --filter "name=^/${LAB_AGENT_NAME}"); do docker rm -f "$c" >/dev/null 2>&1 || true; done
+    for c in $(docker network ls -q --filter "label=$LAB_LABEL"); do docker network rm "$c" >/dev/null 2>&1 || true; done
+  fi
+  # Firewall: the emulation, the lab's probe rules, and whatever the agent left.
+  lab_delete_tagged "$LAB_EMU_TAG"
+  lab_delete_tagged "$LAB_PROBE_TAG"
+  lab_delete_tagged "$LAB_AGENT_TAG"
+}
+
+# Lines describing anything the lab would have left behind (empty = clean).
+lab_leftovers() {
+  ip netns list 2>/dev/null | awk '{print "netns " $1}' | grep -E ' cnt[0-9]+-mac$' || true
+  ip -o link show 2>/dev/null | awk -F': ' '{print "link " $2}' | sed 's/@.*//' | grep -E ' cnt[0-9]+[vm]$' || true
+  if docker info >/dev/null 2>&1; then
+    docker ps -a --filter "label=$LAB_LABEL" --format 'container {{.Names}}'
+    docker ps -a --filter "name=^/${LAB_AGENT_NAME}" --format 'container {{.Names}}'
+    docker network ls --filter "label=$LAB_LABEL" --format 'network {{.Name}}'
+  fi
+  lab_rules_tagged "$LAB_EMU_TAG" | sed 's/^/rule /'
+  lab_rules_tagged "$LAB_PROBE_TAG" | sed 's/^/rule /'
+  lab_rules_tagged "$LAB_AGENT_TAG" | sed 's/^/rule /'
+}
+
+LAB_CLEANED=0
+lab_on_exit() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ "$LAB_CLEANED" = 0 ]; then
+    lab_log "cleaning up"
+    lab_cleanup_all || true
+  fi
+  if [ -n "$LAB_TMP" ] && [ -d "$LAB_TMP" ]; then
+    if [ "${LAB_KEEP:-0}" = 1 ] || [ "$LAB_FAILED" != 0 ] || [ "$rc" != 0 ]; then
+      lab_log "logs kept in $LAB_TMP"
+    else
+      rm -rf "$LAB_TMP"
+    fi
+  fi
+  exit "$rc"
+}
+
+lab_init() {
+  [ "$(id -u)" = 0 ] || lab_die "the lab needs root (network namespaces, iptables, docker)"
+  local t
+  for t in ip docker curl timeout flock dd awk; do
+    command -v "$t" >/dev/null 2>&1 || lab_die "missing tool: $t (run scripts/test, which installs it)"
+  done
+  docker info >/dev/null 2>&1 || lab_die "docker does not answer (run scripts/test, which starts dockerd)"
+  lab_lock
+  trap lab_on_exit EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  LAB_TMP=$(mktemp -d /tmp/cnt-lab.XXXXXX)
+  local left
+  left=$(lab_leftovers)
+  if [ -n "$left" ]; then
+    lab_log "removing leftovers of an earlier run:"
+    echo "$left" | sed 's/^/    /'
+    lab_cleanup_all
+  fi
+}

@@ -1,0 +1,36 @@
+//! The WireGuard data path shared by both ends of connector.
+//!
+//! A [`Tunnel`] moves packets between a tun device and a UDP socket through
+//! boringtun's `Tunn` state machine. The same code runs in the host daemon
+//! (responder: learns the agent's endpoint from its first datagram) and in the
+//! VM agent (initiator: knows the host endpoint, starts the handshake and keeps
+//! the UDP mapping alive).
+//!
+//! Three tokio tasks share one `Tunn` behind a mutex that is never held across
+//! an `.await`: tun→UDP, UDP→tun, and a timer task. Each task owns its buffers,
+//! so the steady state does not allocate per packet.
+
+pub mod keys;
+mod stats;
+pub mod tun;
+mod worker;
+
+pub use stats::{Stats, StatsSnapshot};
+pub use worker::{Tunnel, TunnelConfig};
+
+/// Errors of the data path.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("tun device: {0}")]
+    Tun(#[source] std::io::Error),
+    #[error("udp socket: {0}")]
+    Udp(#[source] std::io::Error),
+    #[error("invalid key: {0}")]
+    Key(String),
+    #[error("cannot read key file {path}: {source}")]
+    KeyFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

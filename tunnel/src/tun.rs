@@ -1,0 +1,32 @@
+//! Creating the tun device (Linux `tun`, macOS `utun`) through tun-rs.
+
+use std::net::Ipv4Addr;
+
+use crate::TunnelError;
+
+pub use tun_rs::AsyncDevice;
+
+/// What the tun device should look like.
+#[derive(Debug, Clone)]
+pub struct TunSpec {
+    /// Interface name; `None` lets the OS choose (macOS always picks `utunN`).
+    pub name: Option<String>,
+    /// Our address inside the tunnel.
+    pub address: Ipv4Addr,
+    /// The other end's address (point-to-point destination).
+    pub peer: Ipv4Addr,
+    pub prefix: u8,
+    pub mtu: u16,
+}
+
+/// Creates the device, gives it its address and MTU, and brings it up.
+/// The device disappears when the returned handle is dropped.
+pub fn create(spec: &TunSpec) -> Result<AsyncDevice, TunnelError> {
+    let mut builder = tun_rs::DeviceBuilder::new()
+        .ipv4(spec.address, spec.prefix, Some(spec.peer))
+        .mtu(spec.mtu);
+    if let Some(name) = &spec.name {
+        builder = builder.name(name.clone());
+    }
+    builder.build_async().map_err(TunnelError::Tun)
+}

@@ -1,0 +1,328 @@
+//! The packet loops: tun → UDP, UDP → tun, and WireGuard timers.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tun_rs::AsyncDevice;
+
+use crate::stats::Stats;
+use crate::TunnelError;
+
+/// Largest datagram or IP packet a loop handles; buffers are this size once.
+const BUF_SIZE: usize = 65_536 + 256;
+/// boringtun wants its timers driven "regularly"; 250 ms is what its own device uses.
+const TIMER_TICK: Duration = Duration::from_millis(250);
+/// How often an initiator restarts a handshake after boringtun gave up on the peer.
+const REINITIATE_AFTER: Duration = Duration::from_secs(5);
+
+/// How one end of the tunnel is set up.
+pub struct TunnelConfig {
+    pub private_key: StaticSecret,
+    pub peer_public: PublicKey,
+    /// Persistent keepalive in seconds (the initiating side sets it to keep
+    /// Docker Desktop's UDP mapping alive).
+    pub keepalive: Option<u16>,
+    /// The peer's address when known up front. A tunnel with an endpoint is
+    /// the initiator: it sends the first handshake and re-initiates forever.
+    pub endpoint: Option<SocketAddr>,
+}
+
+struct Shared {
+    tunn: Mutex<Tunn>,
+    private_key: StaticSecret,
+    keepalive: Option<u16>,
+    initiator: bool,
+    stats: Arc<Stats>,
+    socket: UdpSocket,
+    device: AsyncDevice,
+}
+
+impl Shared {
+    fn tunn(&self) -> MutexGuard<'_, Tunn> {
+        self.tunn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn endpoint(&self) -> Option<SocketAddr> {
+        *self.stats.endpoint.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_endpoint(&self, addr: SocketAddr) {
+        let mut slot = self.stats.endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        if *slot != Some(addr) {
+            tracing::info!(endpoint = %addr, "peer endpoint");
+            *slot = Some(addr);
+        }
+    }
+
+    async fn send_to_peer(&self, datagram: &[u8]) {
+        if let Some(endpoint) = self.endpoint() {
+            if let Err(error) = self.socket.send_to(datagram, endpoint).await {
+                tracing::debug!(%endpoint, %error, "udp send failed");
+            }
+        }
+    }
+}
+
+/// A running tunnel. Dropping it without [`Tunnel::shutdown`] also stops the
+/// tasks (they are aborted) and closes the tun.
+pub struct Tunnel {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    failed: watch::Receiver<Option<String>>,
+}
+
+fn new_tunn(private: &StaticSecret, peer: PublicKey, keepalive: Option<u16>) -> Tunn {
+    // The session index only has to be unlikely to repeat across restarts.
+    let index = rand_core::RngCore::next_u32(&mut rand_core::OsRng) >> 8;
+    Tunn::new(private.clone(), peer, None, keepalive, index, None)
+}
+
+impl Tunnel {
+    /// Starts the packet loops. Must be called inside a tokio runtime.
+    pub fn spawn(device: AsyncDevice, socket: UdpSocket, config: TunnelConfig) -> Tunnel {
+        let stats = Arc::new(Stats::default());
+        *stats.endpoint.lock().unwrap() = config.endpoint;
+        let shared = Arc::new(Shared {
+            tunn: Mutex::new(new_tunn(
+                &config.private_key,
+                config.peer_public,
+                config.keepalive,
+            )),
+            private_key: config.private_key,
+            keepalive: config.keepalive,
+            initiator: config.endpoint.is_some(),
+            stats,
+            socket,
+            device,
+        });
+        let (fail_tx, failed) = watch::channel(None);
+        let fail_tx = Arc::new(fail_tx);
+        let tasks = vec![
+            tokio::spawn(outbound(shared.clone(), fail_tx.clone())),
+            tokio::spawn(inbound(shared.clone(), fail_tx)),
+            tokio::spawn(timers(shared.clone())),
+        ];
+        Tunnel {
+            shared,
+            tasks,
+            failed,
+        }
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    /// Points the tunnel at a (new) peer address, e.g. after re-resolving
+    /// `host.docker.internal`.
+    pub fn set_endpoint(&self, addr: SocketAddr) {
+        self.shared.set_endpoint(addr);
+    }
+
+    /// Replaces the peer (a recreated agent has a new key); drops all sessions.
+    pub fn set_peer(&self, peer: PublicKey) {
+        let fresh = new_tunn(&self.shared.private_key, peer, self.shared.keepalive);
+        *self.shared.tunn() = fresh;
+    }
+
+    /// Starts a new handshake now (e.g. the other end restarted and lost the
+    /// session). Harmless if the peer is unreachable.
+    pub async fn rehandshake(&self) {
+        let mut datagram = [0u8; 256];
+        let len = match self.shared.tunn().format_handshake_initiation(&mut datagram, true) {
+            TunnResult::WriteToNetwork(out) => out.len(),
+            _ => return,
+        };
+        self.shared.send_to_peer(&datagram[..len]).await;
+    }
+
+    /// Name of the tun interface (e.g. `utun5` on macOS).
+    pub fn interface_name(&self) -> std::io::Result<String> {
+        self.shared.device.name()
+    }
+
+    /// Resolves when a packet loop stopped because of an I/O error on the tun
+    /// or the socket (for example the tun was deleted under us).
+    pub async fn failed(&mut self) -> TunnelError {
+        loop {
+            if let Some(reason) = self.failed.borrow_and_update().clone() {
+                return TunnelError::Tun(std::io::Error::other(reason));
+            }
+            if self.failed.changed().await.is_err() {
+                // All senders gone: the loops ended without a recorded error.
+                return TunnelError::Tun(std::io::Error::other("packet loops stopped"));
+            }
+        }
+    }
+
+    /// Stops the loops and closes the tun device.
+    pub async fn shutdown(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Persistent errors make the loop stop (and report) instead of spinning.
+fn is_fatal(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    !matches!(
+        error.kind(),
+        Interrupted | WouldBlock | ConnectionRefused | ConnectionReset | TimedOut
+    ) && error.raw_os_error() != Some(libc_enobufs())
+}
+
+/// ENOBUFS is transient on both Linux (105) and macOS (55).
+const fn libc_enobufs() -> i32 {
+    if cfg!(target_os = "linux") {
+        105
+    } else {
+        55
+    }
+}
+
+async fn outbound(shared: Arc<Shared>, fail: Arc<watch::Sender<Option<String>>>) {
+    let mut packet = vec![0u8; BUF_SIZE].into_boxed_slice();
+    let mut datagram = vec![0u8; BUF_SIZE].into_boxed_slice();
+    loop {
+        let n = match shared.device.recv(&mut packet).await {
+            Ok(n) => n,
+            Err(error) if is_fatal(&error) => {
+                tracing::warn!(%error, "tun read failed; stopping the tunnel");
+                let _ = fail.send(Some(format!("tun read: {error}")));
+                return;
+            }
+            Err(_) => continue,
+        };
+        let len = match shared.tunn().encapsulate(&packet[..n], &mut datagram) {
+            TunnResult::WriteToNetwork(out) => out.len(),
+            TunnResult::Err(error) => {
+                tracing::debug!(?error, "encapsulate failed");
+                continue;
+            }
+            _ => continue,
+        };
+        shared.stats.add_tx(n);
+        shared.send_to_peer(&datagram[..len]).await;
+    }
+}
+
+enum Step {
+    Network(usize),
+    Tunnel(usize),
+    Done,
+    Rejected(WireGuardError),
+}
+
+async fn inbound(shared: Arc<Shared>, fail: Arc<watch::Sender<Option<String>>>) {
+    let mut datagram = vec![0u8; BUF_SIZE].into_boxed_slice();
+    let mut packet = vec![0u8; BUF_SIZE].into_boxed_slice();
+    loop {
+        let (n, from) = match shared.socket.recv_from(&mut datagram).await {
+            Ok(r) => r,
+            Err(error) if is_fatal(&error) => {
+                tracing::warn!(%error, "udp receive failed; stopping the tunnel");
+                let _ = fail.send(Some(format!("udp receive: {error}")));
+                return;
+            }
+            Err(_) => continue,
+        };
+        let mut input: &[u8] = &datagram[..n];
+        loop {
+            let step = {
+                let mut tunn = shared.tunn();
+                let step = match tunn.decapsulate(Some(from.ip()), input, &mut packet) {
+                    TunnResult::WriteToNetwork(out) => Step::Network(out.len()),
+                    TunnResult::WriteToTunnelV4(out, _) | TunnResult::WriteToTunnelV6(out, _) => {
+                        Step::Tunnel(out.len())
+                    }
+                    TunnResult::Done => Step::Done,
+                    TunnResult::Err(error) => Step::Rejected(error),
+                };
+                shared.stats.set_handshake_age(tunn.time_since_last_handshake());
+                step
+            };
+            if !matches!(step, Step::Rejected(_)) {
+                // Only authenticated datagrams move the endpoint (roaming).
+                shared.set_endpoint(from);
+                shared.stats.mark_received();
+            }
+            match step {
+                Step::Network(len) => {
+                    // Handshake replies and packets queued during the
+                    // handshake; boringtun wants to be called again until Done.
+                    if let Err(error) = shared.socket.send_to(&packet[..len], from).await {
+                        tracing::debug!(%error, "udp send failed");
+                    }
+                    input = &[];
+                }
+                Step::Tunnel(len) => {
+                    if let Err(error) = shared.device.send(&packet[..len]).await {
+                        if is_fatal(&error) {
+                            tracing::warn!(%error, "tun write failed; stopping the tunnel");
+                            let _ = fail.send(Some(format!("tun write: {error}")));
+                            return;
+                        }
+                    }
+                    shared.stats.add_rx(len);
+                    break;
+                }
+                Step::Done => break,
+                Step::Rejected(error) => {
+                    tracing::debug!(?error, %from, "datagram rejected");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn timers(shared: Arc<Shared>) {
+    let mut datagram = vec![0u8; BUF_SIZE].into_boxed_slice();
+    let mut last_initiation: Option<Instant> = None;
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let initiate_now = shared.initiator
+            && shared.endpoint().is_some()
+            && last_initiation.is_none_or(|t| t.elapsed() >= REINITIATE_AFTER);
+        let len = {
+            let mut tunn = shared.tunn();
+            let result = match tunn.update_timers(&mut datagram) {
+                TunnResult::WriteToNetwork(out) => Some(out.len()),
+                // An initiator never gives up: Docker Desktop's VM may come
+                // back (Resource Saver, sleep) long after boringtun's 90 s.
+                _ if initiate_now && tunn.time_since_last_handshake().is_none() => {
+                    last_initiation = Some(Instant::now());
+                    match tunn.format_handshake_initiation(&mut datagram, false) {
+                        TunnResult::WriteToNetwork(out) => Some(out.len()),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            shared.stats.set_handshake_age(tunn.time_since_last_handshake());
+            result
+        };
+        if let Some(len) = len {
+            shared.send_to_peer(&datagram[..len]).await;
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Which iptables variant holds Docker's chains. Rules only take effect in the
+//! variant Docker itself uses; the other one may exist and even hold leftovers.
+
+use std::fmt;
+
+use super::rules::{parse_listing, Table};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Legacy,
+    Nft,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Legacy => "legacy",
+            Backend::Nft => "nft",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one variant's filter table says about Docker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Evidence {
+    pub has_docker: bool,
+    pub has_docker_user: bool,
+    /// Number of rules in the DOCKER chain (one or more per running container/bridge).
+    pub docker_rules: usize,
+    /// FORWARD jumps to DOCKER-USER, i.e. rules there are actually evaluated.
+    pub forward_to_docker_user: bool,
+}
+
+impl Evidence {
+    pub fn has_docker_chains(&self) -> bool {
+        self.has_docker || self.has_docker_user
+    }
+
+    // Ordering used when both variants hold Docker chains: the live one is
+    // wired into FORWARD and has per-container rules; leftovers usually are not.
+    fn rank(&self) -> (bool, bool, bool, usize) {
+        (self.forward_to_docker_user, self.docker_rules > 0, self.has_docker_user, self.docker_rules)
+    }
+}
+
+impl fmt::Display for Evidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.has_docker_chains() {
+            return f.write_str("no Docker chains");
+        }
+        let mut parts = Vec::new();
+        if self.has_docker {
+            parts.push(format!("DOCKER with {} rules", self.docker_rules));
+        }
+        if self.has_docker_user {
+            parts.push("DOCKER-USER".to_owned());
+        }
+        if self.forward_to_docker_user {
+            parts.push("FORWARD jumps to DOCKER-USER".to_owned());
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// Read the evidence out of `iptables -t filter -S`. Unparseable lines are
+/// ignored here: a variant we cannot read is judged by what we can.
+pub fn assess_filter_listing(text: &str) -> Evidence {
+    let mut ev = Evidence::default();
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        if w.next() == Some("-N") {
+            match w.next() {
+                Some("DOCKER") => ev.has_docker = true,
+                Some("DOCKER-USER") => ev.has_docker_user = true,
+                _ => {}
+            }
+        }
+    }
+    let rules: Vec<_> = text
+        .lines()
+        .filter_map(|l| parse_listing(Table::Filter, l).ok())
+        .flatten()
+        .collect();
+    for r in &rules {
+        match r.chain.as_str() {
+            "DOCKER" => {
+                ev.has_docker = true;
+                ev.docker_rules += 1;
+            }
+            "DOCKER-USER" => ev.has_docker_user = true,
+            "FORWARD" if r.target() == Some("DOCKER-USER") => ev.forward_to_docker_user = true,
+            _ => {}
+        }
+    }
+    ev
+}
+
+/// Result of probing one variant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// The binary is missing or could not list the filter table.
+    Unavailable(String),
+    Listed(Evidence),
+}
+
+impl Probe {
+    fn evidence(&self) -> Option<&Evidence> {
+        match self {
+            Probe::Listed(e) if e.has_docker_chains() => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Probe::Unavailable(why) => write!(f, "unavailable: {why}"),
+            Probe::Listed(e) => e.fmt(f),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DetectError {
+    #[error(
+        "Docker's iptables chains (DOCKER, DOCKER-USER) were not found in either iptables variant \
+         (legacy: {legacy}; nft: {nft}). A likely cause is Docker Engine 29+ running its nftables \
+         firewall backend (\"firewall-backend\": \"nftables\"), where iptables rules cannot override \
+         Docker's drops; switch the engine back to the iptables backend, or Docker is not running \
+         with iptables enabled"
+    )]
+    NoDockerChains { legacy: String, nft: String },
+    #[error(
+        "the {backend} iptables variant holds Docker's DOCKER chain but no DOCKER-USER chain \
+         ({evidence}); this Docker Engine is too old or is configured without it"
+    )]
+    NoDockerUser { backend: Backend, evidence: String },
+}
+
+/// The chosen variant and a one-line account of why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub backend: Backend,
+    pub reason: String,
+}
+
+/// Pick the variant that holds Docker's chains.
+pub fn choose(legacy: &Probe, nft: &Probe) -> Result<Choice, DetectError> {
+    let (backend, ev, reason) = match (legacy.evidence(), nft.evidence()) {
+        (None, None) => {
+            return Err(DetectError::NoDockerChains { legacy: legacy.to_string(), nft: nft.to_string() })
+        }
+        (Some(l), None) => (Backend::Legacy, l, format!("legacy: {l}; nft: {nft}")),
+        (None, Some(n)) => (Backend::Nft, n, format!("nft: {n}; legacy: {legacy}")),
+        (Some(l), Some(n)) => {
+            // On a tie nft wins: it is what current Docker Desktop VMs use.
+            if l.rank() > n.rank() {
+                (Backend::Legacy, l, format!("both variants hold Docker chains; legacy looks live ({l}) vs nft ({n})"))
+            } else {
+                (Backend::Nft, n, format!("both variants hold Docker chains; nft looks live ({n}) vs legacy ({l})"))
+            }
+        }
+    };
+    if !ev.has_docker_user {
+        return Err(DetectError::NoDockerUser { backend, evidence: ev.to_string() });
+    }
+    Ok(Choice { backend, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Real `iptables-nft -t filter -S` from Debian's docker.io 20.10 with one container.
+    const DOCKER_20: &str = "\
+-P INPUT ACCEPT
+-P FORWARD DROP
+-P OUTPUT ACCEPT
+-N DOCKER
+-N DOCKER-ISOLATION-STAGE-1
+-N DOCKER-ISOLATION-STAGE-2
+-N DOCKER-USER
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o docker0 -j DOCKER
+-A DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT
+-A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2
+-A DOCKER-USER -j RETURN
+";
+
+    // Docker 28: DOCKER-FORWARD, per-bridge DROP at the end of DOCKER.
+    const DOCKER_28: &str = "\
+-P FORWARD DROP
+-N DOCKER
+-N DOCKER-FORWARD
+-N DOCKER-USER
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-FORWARD
+-A DOCKER ! -i docker0 -o docker0 -j DROP
+";
+
+    const EMPTY: &str = "-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n";
+
+    // Leftovers of an earlier engine: chains exist but nothing is wired up.
+    const LEFTOVER: &str = "-P FORWARD ACCEPT\n-N DOCKER\n-N DOCKER-USER\n";
+
+    fn probe(s: &str) -> Probe {
+        Probe::Listed(assess_filter_listing(s))
+    }
+
+    #[test]
+    fn assess_docker_20() {
+        let ev = assess_filter_listing(DOCKER_20);
+        assert_eq!(
+            ev,
+            Evidence { has_docker: true, has_docker_user: true, docker_rules: 1, forward_to_docker_user: true }
+        );
+        assert_eq!(ev.to_string(), "DOCKER with 1 rules, DOCKER-USER, FORWARD jumps to DOCKER-USER");
+        assert_eq!(assess_filter_listing(EMPTY), Evidence::default());
+        assert_eq!(assess_filter_listing(EMPTY).to_string(), "no Docker chains");
+    }
+
+    #[test]
+    fn only_nft() {
+        let c = choose(&probe(EMPTY), &probe(DOCKER_20)).unwrap();
+        assert_eq!(c.backend, Backend::Nft);
+        assert!(c.reason.contains("legacy: no Docker chains"), "{}", c.reason);
+    }
+
+    #[test]
+    fn only_legacy_even_if_nft_missing() {
+        let c = choose(&probe(DOCKER_28), &Probe::Unavailable("iptables-nft: not found".into())).unwrap();
+        assert_eq!(c.backend, Backend::Legacy);
+    }
+
+    #[test]
+    fn both_prefers_live_one() {
+        assert_eq!(choose(&probe(DOCKER_28), &probe(LEFTOVER)).unwrap().backend, Backend::Legacy);
+        assert_eq!(choose(&probe(LEFTOVER), &probe(DOCKER_20)).unwrap().backend, Backend::Nft);
+        // Both wired into FORWARD: the one with DOCKER rules wins.
+        let wired_empty = "-N DOCKER\n-N DOCKER-USER\n-A FORWARD -j DOCKER-USER\n";
+        assert_eq!(choose(&probe(DOCKER_28), &probe(wired_empty)).unwrap().backend, Backend::Legacy);
+        // Tie: nft.
+        assert_eq!(choose(&probe(DOCKER_28), &probe(DOCKER_28)).unwrap().backend, Backend::Nft);
+    }
+
+    #[test]
+    fn neither_mentions_nftables_backend() {
+        let err = choose(&probe(EMPTY), &Probe::Unavailable("exit status 3: Table does not exist".into())).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("not found in either iptables variant"), "{msg}");
+        assert!(msg.contains("nftables firewall backend"), "{msg}");
+        assert!(msg.contains("Docker Engine 29"), "{msg}");
+        assert!(msg.contains("legacy: no Docker chains"), "{msg}");
+        assert!(msg.contains("nft: unavailable: exit status 3"), "{msg}");
+    }
+
+    #[test]
+    fn docker_without_docker_user() {
+        let err = choose(&probe("-N DOCKER\n-A DOCKER -j DROP\n"), &probe(EMPTY)).unwrap_err();
+        assert!(matches!(err, DetectError::NoDockerUser { backend: Backend::Legacy, .. }));
+    }
+}

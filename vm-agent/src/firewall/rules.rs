@@ -1,0 +1,621 @@
+//! Sans-IO core: which rules we want, how `iptables -S` output reads, and what
+//! has to change to get from one to the other. Nothing here runs a process.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// Tables the agent touches or cleans up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Raw,
+    Mangle,
+    Filter,
+    Nat,
+}
+
+impl Table {
+    /// Tables in which `ensure` installs rules (and so looks for stale ones).
+    pub const MANAGED: [Table; 3] = [Table::Raw, Table::Filter, Table::Nat];
+    /// Tables swept by a full cleanup; mangle is included for rules left by
+    /// other versions of the agent.
+    pub const ALL: [Table; 4] = [Table::Raw, Table::Mangle, Table::Filter, Table::Nat];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Raw => "raw",
+            Table::Mangle => "mangle",
+            Table::Filter => "filter",
+            Table::Nat => "nat",
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How traffic from the host's tunnel address leaves the VM towards containers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatMode {
+    /// Source-NAT to the VM's outgoing address: replies from containers with
+    /// several networks come back through the tunnel whatever their default route.
+    Masquerade,
+    /// Containers see the host's tunnel address; they must route it back via the VM.
+    Routed,
+}
+
+impl NatMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NatMode::Masquerade => "masquerade",
+            NatMode::Routed => "routed",
+        }
+    }
+}
+
+impl fmt::Display for NatMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for NatMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "masquerade" => Ok(NatMode::Masquerade),
+            "routed" => Ok(NatMode::Routed),
+            other => Err(format!("unknown NAT mode {other:?} (expected masquerade or routed)")),
+        }
+    }
+}
+
+/// Everything the rule set depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirewallSpec {
+    /// Name of the agent's tun interface in the VM.
+    pub tun: String,
+    /// The host (Mac) end of the tunnel: source of all routed traffic.
+    pub host_tunnel_ip: Ipv4Addr,
+    pub nat: NatMode,
+    /// Comment put on every rule; identifies the rules this agent owns.
+    pub tag: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("invalid firewall tag {0:?}: use 1-64 characters from A-Z a-z 0-9 . _ : - (not starting with - or .)")]
+    Tag(String),
+    #[error("invalid tun interface name {0:?}: use 1-15 characters from A-Z a-z 0-9 . _ - (not starting with - or .)")]
+    Interface(String),
+}
+
+fn token_ok(s: &str, max: usize, extra: &[char]) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && !s.starts_with(['-', '.'])
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' || extra.contains(&c))
+}
+
+/// Tags and interface names become iptables arguments and are matched back in
+/// `-S` output, so keep them to characters iptables prints unquoted.
+pub fn validate_tag(tag: &str) -> Result<(), SpecError> {
+    if token_ok(tag, 64, &[':']) {
+        Ok(())
+    } else {
+        Err(SpecError::Tag(tag.to_owned()))
+    }
+}
+
+impl FirewallSpec {
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_tag(&self.tag)?;
+        // IFNAMSIZ is 16 including the NUL.
+        if !token_ok(&self.tun, 15, &[]) {
+            return Err(SpecError::Interface(self.tun.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// One iptables rule: table, chain and the rule specification (matches and
+/// target), in the order `iptables -S` prints them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub table: Table,
+    pub chain: String,
+    pub args: Vec<String>,
+}
+
+impl Rule {
+    fn new(table: Table, chain: &str, args: &[&str]) -> Rule {
+        Rule { table, chain: chain.to_owned(), args: args.iter().map(|s| (*s).to_owned()).collect() }
+    }
+
+    /// True if the rule carries `-m comment --comment <tag>`.
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.args.windows(2).any(|w| w[0] == "--comment" && w[1] == tag)
+    }
+
+    /// The rule's target (`-j X`), if any.
+    pub fn target(&self) -> Option<&str> {
+        self.args.windows(2).find(|w| w[0] == "-j").map(|w| w[1].as_str())
+    }
+
+    fn with_op(&self, op: &str, position: Option<&str>) -> Vec<String> {
+        let mut v = vec!["-t".to_owned(), self.table.as_str().to_owned(), op.to_owned(), self.chain.clone()];
+        v.extend(position.map(str::to_owned));
+        v.extend(self.args.iter().cloned());
+        v
+    }
+
+    /// Arguments for `iptables -C`.
+    pub fn check_args(&self) -> Vec<String> {
+        self.with_op("-C", None)
+    }
+
+    /// Arguments for inserting the rule at the top of its chain.
+    pub fn insert_args(&self) -> Vec<String> {
+        self.with_op("-I", Some("1"))
+    }
+
+    /// Arguments for deleting (the first copy of) the rule.
+    pub fn delete_args(&self) -> Vec<String> {
+        self.with_op("-D", None)
+    }
+
+    /// Option groups (`["!", "-o", "x"]`, `["-j", "ACCEPT"]`) sorted, so that
+    /// two spellings of the same rule compare equal whatever the option order.
+    fn canonical(&self) -> (Table, &str, Vec<Vec<&str>>) {
+        let mut groups: Vec<Vec<&str>> = Vec::new();
+        let mut negate_next = false;
+        for arg in &self.args {
+            let a = arg.as_str();
+            if a == "!" {
+                negate_next = true;
+                continue;
+            }
+            if a.starts_with('-') || groups.is_empty() {
+                let mut g = Vec::with_capacity(3);
+                if negate_next {
+                    g.push("!");
+                }
+                g.push(a);
+                groups.push(g);
+            } else if let Some(last) = groups.last_mut() {
+                if negate_next {
+                    // Negation of a value (old style `-s ! addr`).
+                    last.push("!");
+                }
+                last.push(a);
+            }
+            negate_next = false;
+        }
+        groups.sort();
+        (self.table, self.chain.as_str(), groups)
+    }
+
+    /// Same table, chain and rule specification.
+    pub fn same_as(&self, other: &Rule) -> bool {
+        self.canonical() == other.canonical()
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "-t {} -A {}", self.table, self.chain)?;
+        for a in &self.args {
+            write!(f, " {}", shell_quote(a))?;
+        }
+        Ok(())
+    }
+}
+
+/// Quote an argument for display in logs and error messages.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,+!@%".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The rules the agent wants, in the order they are inserted.
+pub fn desired_rules(spec: &FirewallSpec) -> Vec<Rule> {
+    let tun = spec.tun.as_str();
+    let tag = spec.tag.as_str();
+    // Docker 28.2+ drops packets to container IPs in raw PREROUTING unless they
+    // come from the bridge; an ACCEPT in raw ends only that table...
+    let mut rules = vec![
+        Rule::new(Table::Raw, "PREROUTING", &["-i", tun, "-m", "comment", "--comment", tag, "-j", "ACCEPT"]),
+        // ...so filter needs its own ACCEPT ahead of Docker's per-bridge DROPs;
+        // `-o` covers replies and networks marked internal.
+        Rule::new(Table::Filter, "DOCKER-USER", &["-i", tun, "-m", "comment", "--comment", tag, "-j", "ACCEPT"]),
+        Rule::new(Table::Filter, "DOCKER-USER", &["-o", tun, "-m", "comment", "--comment", tag, "-j", "ACCEPT"]),
+    ];
+    if spec.nat == NatMode::Masquerade {
+        let src = format!("{}/32", spec.host_tunnel_ip);
+        rules.push(Rule::new(
+            Table::Nat,
+            "POSTROUTING",
+            &["-s", &src, "!", "-o", tun, "-m", "comment", "--comment", tag, "-j", "MASQUERADE"],
+        ));
+    }
+    rules
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("cannot parse line {line_no} of `iptables -t {table} -S` output: {reason}: {line:?}")]
+pub struct ParseError {
+    pub table: Table,
+    pub line_no: usize,
+    pub line: String,
+    pub reason: &'static str,
+}
+
+/// Split one `-S` line into arguments. iptables double-quotes arguments that
+/// contain spaces (comments) and backslash-escapes `"` and `\` inside them.
+fn split_words(line: &str) -> Result<Vec<String>, &'static str> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        None => return Err("unterminated quote"),
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            None => return Err("dangling backslash"),
+                            Some(e) => cur.push(e),
+                        },
+                        Some(o) => cur.push(o),
+                    }
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+/// Every rule (`-A` line) of one table's `iptables -t <table> -S` output, in
+/// chain order. Policy (`-P`), chain (`-N`) and warning (`#`) lines are skipped.
+pub fn parse_listing(table: Table, text: &str) -> Result<Vec<Rule>, ParseError> {
+    let mut rules = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with("-P ") || line.starts_with("-N ") {
+            continue;
+        }
+        let err = |reason| ParseError { table, line_no: i + 1, line: line.to_owned(), reason };
+        let mut words = split_words(line).map_err(err)?;
+        if words.len() < 2 || words[0] != "-A" {
+            return Err(err("expected `-A <chain> ...`"));
+        }
+        let args = words.split_off(2);
+        rules.push(Rule { table, chain: words.swap_remove(1), args });
+    }
+    Ok(rules)
+}
+
+/// Only the rules carrying `tag`.
+pub fn tagged<'a>(rules: &'a [Rule], tag: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
+    rules.iter().filter(move |r| r.has_tag(tag))
+}
+
+/// What `ensure` has to do to turn the present rules into the desired ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleDiff {
+    /// Desired rules not present at all.
+    pub missing: Vec<Rule>,
+    /// Tagged rules that are not desired (other tun name, other mode...), one
+    /// entry per distinct rule; copies are removed by `-D` until `-C` fails.
+    pub stale: Vec<Rule>,
+    /// Extra copies of desired rules, one entry per surplus copy.
+    pub duplicates: Vec<Rule>,
+    /// Desired rules present but behind an untagged DROP/REJECT in the same
+    /// chain (e.g. inserted by a Docker restart), so they no longer take effect.
+    pub misplaced: Vec<Rule>,
+}
+
+impl RuleDiff {
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.stale.is_empty() && self.duplicates.is_empty() && self.misplaced.is_empty()
+    }
+}
+
+fn blocks(rule: &Rule) -> bool {
+    matches!(rule.target(), Some("DROP" | "REJECT"))
+}
+
+/// Compare desired rules with what a listing of the managed tables shows.
+/// `present` must hold every rule of those tables in listing order (tagged or not),
+/// so that placement can be judged.
+pub fn diff(desired: &[Rule], present: &[Rule], tag: &str) -> RuleDiff {
+    let mut out = RuleDiff::default();
+    let mut seen = vec![0usize; desired.len()];
+    for (pos, rule) in present.iter().enumerate() {
+        if !rule.has_tag(tag) {
+            continue;
+        }
+        match desired.iter().position(|d| d.same_as(rule)) {
+            Some(i) => {
+                seen[i] += 1;
+                if seen[i] > 1 {
+                    out.duplicates.push(rule.clone());
+                } else {
+                    let shadowed = present[..pos]
+                        .iter()
+                        .any(|p| p.table == rule.table && p.chain == rule.chain && !p.has_tag(tag) && blocks(p));
+                    if shadowed {
+                        out.misplaced.push(desired[i].clone());
+                    }
+                }
+            }
+            None => {
+                if !out.stale.iter().any(|s: &Rule| s.same_as(rule)) {
+                    out.stale.push(rule.clone());
+                }
+            }
+        }
+    }
+    for (i, d) in desired.iter().enumerate() {
+        if seen[i] == 0 {
+            out.missing.push(d.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(nat: NatMode) -> FirewallSpec {
+        FirewallSpec {
+            tun: "connector-vm".into(),
+            host_tunnel_ip: Ipv4Addr::new(10, 254, 253, 1),
+            nat,
+            tag: "connector".into(),
+        }
+    }
+
+    fn lines(rules: &[Rule]) -> Vec<String> {
+        rules.iter().map(|r| r.to_string()).collect()
+    }
+
+    #[test]
+    fn desired_masquerade() {
+        assert_eq!(
+            lines(&desired_rules(&spec(NatMode::Masquerade))),
+            [
+                "-t raw -A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT",
+                "-t filter -A DOCKER-USER -i connector-vm -m comment --comment connector -j ACCEPT",
+                "-t filter -A DOCKER-USER -o connector-vm -m comment --comment connector -j ACCEPT",
+                "-t nat -A POSTROUTING -s 10.254.253.1/32 ! -o connector-vm -m comment --comment connector -j MASQUERADE",
+            ]
+        );
+    }
+
+    #[test]
+    fn desired_routed_has_no_nat() {
+        let rules = desired_rules(&spec(NatMode::Routed));
+        assert_eq!(rules.len(), 3);
+        assert!(rules.iter().all(|r| r.table != Table::Nat));
+        assert!(rules.iter().all(|r| r.has_tag("connector")));
+    }
+
+    #[test]
+    fn command_args() {
+        let r = &desired_rules(&spec(NatMode::Masquerade))[3];
+        assert_eq!(
+            r.insert_args().join(" "),
+            "-t nat -I POSTROUTING 1 -s 10.254.253.1/32 ! -o connector-vm -m comment --comment connector -j MASQUERADE"
+        );
+        assert_eq!(r.check_args()[..4], ["-t", "nat", "-C", "POSTROUTING"]);
+        assert_eq!(r.delete_args()[2], "-D");
+        assert_eq!(r.target(), Some("MASQUERADE"));
+    }
+
+    #[test]
+    fn validation() {
+        assert!(spec(NatMode::Routed).validate().is_ok());
+        for bad in ["", "-x", "a b", "with\"quote", ".x", &"t".repeat(65)] {
+            let mut s = spec(NatMode::Routed);
+            s.tag = bad.to_owned();
+            assert_eq!(s.validate(), Err(SpecError::Tag(bad.to_owned())), "{bad:?}");
+        }
+        let mut s = spec(NatMode::Routed);
+        s.tun = "sixteen-chars-xx".into();
+        assert!(matches!(s.validate(), Err(SpecError::Interface(_))));
+        s.tun = "utun+".into();
+        assert!(matches!(s.validate(), Err(SpecError::Interface(_))));
+        assert!(validate_tag("connector:dev-1.2_x").is_ok());
+    }
+
+    #[test]
+    fn nat_mode_parse() {
+        assert_eq!("routed".parse::<NatMode>(), Ok(NatMode::Routed));
+        assert_eq!("masquerade".parse::<NatMode>().unwrap().to_string(), "masquerade");
+        assert!("snat".parse::<NatMode>().is_err());
+    }
+
+    // Shapes copied from real `iptables-nft -S` output on Debian 12 (1.8.9).
+    const RAW: &str = "\
+# Warning: iptables-legacy tables present, use iptables-legacy to see them
+-P PREROUTING ACCEPT
+-P OUTPUT ACCEPT
+-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT
+-A PREROUTING -d 172.17.0.2/32 ! -i docker0 -j DROP
+";
+
+    #[test]
+    fn parse_skips_policies_and_warnings() {
+        let rules = parse_listing(Table::Raw, RAW).unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].chain, "PREROUTING");
+        assert_eq!(rules[0].args, ["-i", "connector-vm", "-m", "comment", "--comment", "connector", "-j", "ACCEPT"]);
+        assert!(rules[0].has_tag("connector"));
+        assert!(!rules[1].has_tag("connector"));
+        assert_eq!(tagged(&rules, "connector").count(), 1);
+        // Round trip through Display for the unquoted case.
+        assert_eq!(rules[1].to_string(), "-t raw -A PREROUTING -d 172.17.0.2/32 ! -i docker0 -j DROP");
+    }
+
+    #[test]
+    fn parse_quoted_comment() {
+        let text = "-N DOCKER-USER\n-A DOCKER-USER -i x -m comment --comment \"with space \\\"q\\\" \\\\\" -j ACCEPT\n";
+        let rules = parse_listing(Table::Filter, text).unwrap();
+        assert_eq!(rules[0].args[5], "with space \"q\" \\");
+        assert!(rules[0].has_tag("with space \"q\" \\"));
+        // A tag that is only a prefix of the comment does not match.
+        assert!(!rules[0].has_tag("with"));
+    }
+
+    #[test]
+    fn parse_errors() {
+        let e = parse_listing(Table::Nat, "-P POSTROUTING ACCEPT\n-X foo\n").unwrap_err();
+        assert_eq!(e.line_no, 2);
+        assert!(e.to_string().contains("iptables -t nat -S"));
+        let e = parse_listing(Table::Nat, "-A POSTROUTING -m comment --comment \"open").unwrap_err();
+        assert_eq!(e.reason, "unterminated quote");
+        assert!(parse_listing(Table::Nat, "-A").is_err());
+    }
+
+    fn present(listings: &[(Table, &str)]) -> Vec<Rule> {
+        listings.iter().flat_map(|(t, s)| parse_listing(*t, s).unwrap()).collect()
+    }
+
+    #[test]
+    fn diff_empty_system_all_missing() {
+        let desired = desired_rules(&spec(NatMode::Masquerade));
+        let d = diff(&desired, &present(&[(Table::Raw, "-P PREROUTING ACCEPT\n")]), "connector");
+        assert_eq!(d.missing, desired);
+        assert!(d.stale.is_empty() && d.duplicates.is_empty() && d.misplaced.is_empty());
+    }
+
+    #[test]
+    fn diff_converged_is_empty() {
+        let desired = desired_rules(&spec(NatMode::Masquerade));
+        let p = present(&[
+            (Table::Raw, RAW),
+            (
+                Table::Filter,
+                "-N DOCKER-USER\n\
+                 -A DOCKER-USER -o connector-vm -m comment --comment connector -j ACCEPT\n\
+                 -A DOCKER-USER -i connector-vm -m comment --comment connector -j ACCEPT\n\
+                 -A DOCKER-USER -j RETURN\n",
+            ),
+            (
+                Table::Nat,
+                "-A POSTROUTING -s 10.254.253.1/32 ! -o connector-vm -m comment --comment connector -j MASQUERADE\n\
+                 -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n",
+            ),
+        ]);
+        let d = diff(&desired, &p, "connector");
+        assert!(d.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn diff_option_order_does_not_matter() {
+        let desired = desired_rules(&spec(NatMode::Masquerade));
+        let p = present(&[(
+            Table::Nat,
+            "-A POSTROUTING ! -o connector-vm -s 10.254.253.1/32 -j MASQUERADE -m comment --comment connector\n",
+        )]);
+        let d = diff(&desired, &p, "connector");
+        assert_eq!(d.missing.len(), 3);
+        assert!(d.stale.is_empty());
+        // But negation is significant.
+        let p = present(&[(
+            Table::Nat,
+            "-A POSTROUTING -s 10.254.253.1/32 -o connector-vm -m comment --comment connector -j MASQUERADE\n",
+        )]);
+        let d = diff(&desired, &p, "connector");
+        assert_eq!(d.stale.len(), 1);
+        assert_eq!(d.missing.len(), 4);
+    }
+
+    #[test]
+    fn diff_stale_from_other_tun_and_mode() {
+        // An earlier run used tun "old-tun" in masquerade mode; now routed on connector-vm.
+        let desired = desired_rules(&spec(NatMode::Routed));
+        let p = present(&[
+            (
+                Table::Raw,
+                "-A PREROUTING -i old-tun -m comment --comment connector -j ACCEPT\n\
+                 -A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT\n",
+            ),
+            (
+                Table::Nat,
+                "-A POSTROUTING -s 10.254.253.1/32 ! -o old-tun -m comment --comment connector -j MASQUERADE\n\
+                 -A POSTROUTING -s 10.254.253.1/32 ! -o old-tun -m comment --comment connector -j MASQUERADE\n\
+                 -A POSTROUTING -s 10.9.9.1/32 ! -o other -m comment --comment other-tag -j MASQUERADE\n",
+            ),
+        ]);
+        let d = diff(&desired, &p, "connector");
+        assert_eq!(
+            lines(&d.stale),
+            [
+                "-t raw -A PREROUTING -i old-tun -m comment --comment connector -j ACCEPT",
+                "-t nat -A POSTROUTING -s 10.254.253.1/32 ! -o old-tun -m comment --comment connector -j MASQUERADE",
+            ]
+        );
+        assert_eq!(d.missing, desired[1..].to_vec());
+        assert!(d.duplicates.is_empty());
+    }
+
+    #[test]
+    fn diff_duplicates() {
+        let desired = desired_rules(&spec(NatMode::Routed));
+        let line = "-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT\n";
+        let p = present(&[(Table::Raw, &line.repeat(3))]);
+        let d = diff(&desired, &p, "connector");
+        assert_eq!(d.duplicates, vec![desired[0].clone(), desired[0].clone()]);
+        assert_eq!(d.missing.len(), 2);
+    }
+
+    #[test]
+    fn diff_misplaced_behind_drop() {
+        let desired = desired_rules(&spec(NatMode::Routed));
+        let p = present(&[(
+            Table::Raw,
+            "-A PREROUTING -d 172.17.0.2/32 ! -i docker0 -j DROP\n\
+             -A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT\n",
+        )]);
+        let d = diff(&desired, &p, "connector");
+        assert_eq!(d.misplaced, vec![desired[0].clone()]);
+        // A DROP in another chain or an untagged ACCEPT in front does not count.
+        let p = present(&[
+            (Table::Filter, "-A FORWARD -j DROP\n-A DOCKER-USER -i foo -j ACCEPT\n"),
+            (
+                Table::Filter,
+                "-A DOCKER-USER -i connector-vm -m comment --comment connector -j ACCEPT\n\
+                 -A DOCKER-USER -o connector-vm -m comment --comment connector -j ACCEPT\n",
+            ),
+        ]);
+        let d = diff(&desired, &p, "connector");
+        assert!(d.misplaced.is_empty());
+        assert_eq!(d.missing, vec![desired[0].clone()]);
+    }
+}

@@ -1,0 +1,290 @@
+//! Apply-path tests against a fake iptables (a bash script keeping each table's
+//! `-S` listing in a file), so the process plumbing runs without root.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use super::*;
+
+const FAKE: &str = r#"
+state="$1"; shift
+echo "$*" >> "$state/calls"
+if [ "$1" = "-w" ]; then shift; case "$1" in ''|*[!0-9]*) ;; *) shift ;; esac; fi
+table=filter
+if [ "$1" = "-t" ]; then table="$2"; shift 2; fi
+f="$state/$table"
+if [ ! -f "$f" ]; then
+  echo "iptables v1.8.9 (legacy): can't initialize iptables table \`$table': Table does not exist" >&2
+  exit 3
+fi
+op="$1"; shift
+case "$op" in
+  -S) cat "$f" ;;
+  -C) grep -Fxq -- "-A $*" "$f" ;;
+  -I)
+    chain="$1"; shift 2
+    awk -v c="-A $chain " -v l="-A $chain $*" \
+      '!d && index($0, c) == 1 { print l; d = 1 } { print } END { if (!d) print l }' "$f" > "$f.new"
+    mv "$f.new" "$f" ;;
+  -D)
+    awk -v l="-A $*" '!d && $0 == l { d = 1; next } { print } END { exit d ? 0 : 1 }' "$f" > "$f.new"
+    rc=$?; mv "$f.new" "$f"
+    if [ $rc != 0 ]; then echo "iptables: Bad rule (does a matching rule exist in that chain?)." >&2; exit 1; fi ;;
+  *) echo "fake iptables: unsupported $op" >&2; exit 2 ;;
+esac
+"#;
+
+const DOCKER_FILTER: &str = "\
+-P INPUT ACCEPT
+-P FORWARD DROP
+-P OUTPUT ACCEPT
+-N DOCKER
+-N DOCKER-USER
+-A FORWARD -j DOCKER-USER
+-A FORWARD -o docker0 -j DOCKER
+-A DOCKER -d 172.17.0.2/32 ! -i docker0 -o docker0 -p tcp -m tcp --dport 80 -j ACCEPT
+-A DOCKER-USER -j RETURN
+";
+
+struct Fake {
+    dir: PathBuf,
+}
+
+impl Fake {
+    /// A fake variant whose tables start with the given listings; tables not
+    /// given do not exist.
+    fn new(name: &str, tables: &[(&str, &str)]) -> Fake {
+        let dir = std::env::temp_dir().join(format!("connector-agent-fw-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("fake-iptables"), FAKE).unwrap();
+        for (t, text) in tables {
+            fs::write(dir.join(t), text).unwrap();
+        }
+        Fake { dir }
+    }
+
+    /// Run through bash with the script and state dir as leading arguments:
+    /// exercises `pre_args` and avoids exec'ing a just-written file.
+    fn cmd(&self) -> IptablesCmd {
+        IptablesCmd {
+            program: "bash".into(),
+            pre_args: vec![self.dir.join("fake-iptables").display().to_string(), self.dir.display().to_string()],
+        }
+    }
+
+    fn table(&self, t: &str) -> String {
+        fs::read_to_string(self.dir.join(t)).unwrap()
+    }
+
+    fn calls(&self) -> String {
+        fs::read_to_string(self.dir.join("calls")).unwrap_or_default()
+    }
+
+    fn rules(&self, t: &str) -> Vec<String> {
+        self.table(t).lines().filter(|l| l.starts_with("-A ")).map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn docker_tables() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("raw", "-P PREROUTING ACCEPT\n-P OUTPUT ACCEPT\n"),
+        ("mangle", "-P PREROUTING ACCEPT\n"),
+        ("filter", DOCKER_FILTER),
+        ("nat", "-P POSTROUTING ACCEPT\n-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n"),
+    ]
+}
+
+fn empty_tables() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("raw", "-P PREROUTING ACCEPT\n"),
+        ("mangle", "-P PREROUTING ACCEPT\n"),
+        ("filter", "-P FORWARD ACCEPT\n"),
+        ("nat", "-P POSTROUTING ACCEPT\n"),
+    ]
+}
+
+fn spec(nat: NatMode) -> FirewallSpec {
+    FirewallSpec {
+        tun: "connector-vm".into(),
+        host_tunnel_ip: Ipv4Addr::new(10, 254, 253, 1),
+        nat,
+        tag: "connector".into(),
+    }
+}
+
+#[tokio::test]
+async fn detect_ensure_idempotent_remove() {
+    let legacy = Fake::new("e2e-legacy", &empty_tables());
+    let nft = Fake::new("e2e-nft", &docker_tables());
+    let bins = Binaries { legacy: legacy.cmd(), nft: nft.cmd() };
+
+    let fw = Firewall::detect(spec(NatMode::Masquerade), &bins).await.unwrap();
+    assert_eq!(fw.backend(), Backend::Nft);
+    assert!(fw.reason().contains("FORWARD jumps to DOCKER-USER"), "{}", fw.reason());
+    assert_eq!(fw.verify().await.unwrap().len(), 4);
+
+    let first = fw.ensure().await.unwrap();
+    assert_eq!(first.inserted.len(), 4);
+    assert!(first.changed());
+    assert_eq!(
+        nft.rules("filter")[3..],
+        [
+            "-A DOCKER-USER -o connector-vm -m comment --comment connector -j ACCEPT",
+            "-A DOCKER-USER -i connector-vm -m comment --comment connector -j ACCEPT",
+            "-A DOCKER-USER -j RETURN",
+        ]
+    );
+    assert_eq!(
+        nft.rules("nat")[0],
+        "-A POSTROUTING -s 10.254.253.1/32 ! -o connector-vm -m comment --comment connector -j MASQUERADE"
+    );
+    assert_eq!(nft.rules("raw"), ["-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT"]);
+    // Legacy was only probed.
+    assert_eq!(legacy.calls().trim(), "-w 10 -t filter -S");
+    // Every call waits for the xtables lock.
+    assert!(nft.calls().lines().all(|l| l.starts_with("-w 10 ")));
+
+    let second = fw.ensure().await.unwrap();
+    assert!(!second.changed(), "{second:?}");
+    assert!(fw.verify().await.unwrap().is_empty());
+    assert_eq!(nft.rules("filter").len(), 6);
+
+    let removed = fw.remove().await.unwrap();
+    assert_eq!(removed.len(), 4);
+    assert!(removed.iter().all(|r| r.copies == 1));
+    assert_eq!(nft.table("filter"), DOCKER_FILTER);
+    assert!(nft.rules("raw").is_empty());
+    assert_eq!(nft.rules("nat"), ["-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"]);
+}
+
+#[tokio::test]
+async fn ensure_cleans_stale_duplicates_and_shadowed() {
+    let ours = "-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT\n";
+    let raw = format!(
+        "-P PREROUTING ACCEPT\n\
+         -A PREROUTING -d 172.17.0.2/32 ! -i docker0 -j DROP\n\
+         {ours}{ours}\
+         -A PREROUTING -i old-tun -m comment --comment connector -j ACCEPT\n\
+         -A PREROUTING -i old-tun -m comment --comment connector -j ACCEPT\n\
+         -A PREROUTING -i other -m comment --comment someone-else -j ACCEPT\n"
+    );
+    let mut tables = docker_tables();
+    tables[0].1 = &raw;
+    let nft = Fake::new("stale-nft", &tables);
+    let legacy = Fake::new("stale-legacy", &[]);
+    let fw = Firewall::detect(spec(NatMode::Routed), &Binaries { legacy: legacy.cmd(), nft: nft.cmd() })
+        .await
+        .unwrap();
+    let missing = fw.verify().await.unwrap();
+    assert_eq!(missing.len(), 3);
+    assert_eq!(missing[2].reason, MissingReason::Shadowed);
+
+    let report = fw.ensure().await.unwrap();
+    assert_eq!(report.removed_stale.len(), 1);
+    assert_eq!(report.removed_stale[0].copies, 2);
+    assert_eq!(report.removed_duplicates, 1);
+    assert_eq!(report.reordered.len(), 1);
+    assert_eq!(report.inserted.len(), 2); // the two DOCKER-USER rules; routed: no nat
+    assert_eq!(
+        nft.rules("raw"),
+        [
+            "-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT",
+            "-A PREROUTING -d 172.17.0.2/32 ! -i docker0 -j DROP",
+            "-A PREROUTING -i other -m comment --comment someone-else -j ACCEPT",
+        ]
+    );
+    assert!(!fw.ensure().await.unwrap().changed());
+}
+
+#[tokio::test]
+async fn remove_tagged_everywhere_and_copies() {
+    let line = "-A PREROUTING -i x -m comment --comment fwtest -j ACCEPT\n";
+    let raw = format!("-P PREROUTING ACCEPT\n{}", line.repeat(3));
+    let mangle = "-A PREROUTING -i y -m comment --comment fwtest -j MARK --set-xmark 0x1/0xffffffff\n";
+    let fake = Fake::new("remove", &[("raw", &raw), ("mangle", mangle), ("filter", DOCKER_FILTER), ("nat", "")]);
+    let removed = remove_tagged(&fake.cmd(), "fwtest", &Table::ALL).await.unwrap();
+    assert_eq!(removed.len(), 2);
+    assert_eq!((removed[0].rule.table, removed[0].copies), (Table::Raw, 3));
+    assert_eq!(removed[1].rule.table, Table::Mangle);
+    assert!(fake.rules("raw").is_empty() && fake.rules("mangle").is_empty());
+    assert!(remove_tagged(&fake.cmd(), "fwtest", &Table::ALL).await.unwrap().is_empty());
+    assert!(matches!(remove_tagged(&fake.cmd(), "bad tag", &Table::ALL).await, Err(FirewallError::Spec(_))));
+}
+
+#[tokio::test]
+async fn errors_carry_command_and_stderr() {
+    // No nat table: listing it fails like a missing kernel module would.
+    let tables: Vec<_> = docker_tables().into_iter().filter(|(t, _)| *t != "nat").collect();
+    let nft = Fake::new("err-nft", &tables);
+    let legacy = Fake::new("err-legacy", &[]);
+    let fw = Firewall::detect(spec(NatMode::Masquerade), &Binaries { legacy: legacy.cmd(), nft: nft.cmd() })
+        .await
+        .unwrap();
+    let msg = fw.ensure().await.unwrap_err().to_string();
+    assert!(msg.contains("-w 10 -t nat -S"), "{msg}");
+    assert!(msg.contains("exit status 3"), "{msg}");
+    assert!(msg.contains("Table does not exist"), "{msg}");
+}
+
+#[tokio::test]
+async fn detect_neither_variant() {
+    let nft = Fake::new("none-nft", &empty_tables());
+    let missing = IptablesCmd::from_str("/nonexistent/iptables-legacy").unwrap();
+    let err = Firewall::detect(spec(NatMode::Routed), &Binaries { legacy: missing, nft: nft.cmd() })
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, FirewallError::Detect(DetectError::NoDockerChains { .. })));
+    assert!(msg.contains("legacy: unavailable: /nonexistent/iptables-legacy not found"), "{msg}");
+    assert!(msg.contains("nft: no Docker chains"), "{msg}");
+    assert!(msg.contains("nftables firewall backend"), "{msg}");
+}
+
+#[tokio::test]
+async fn detect_rejects_invalid_spec() {
+    let nft = Fake::new("spec-nft", &docker_tables());
+    let mut s = spec(NatMode::Routed);
+    s.tun = "has space".into();
+    let err = Firewall::detect(s, &Binaries { legacy: nft.cmd(), nft: nft.cmd() }).await.unwrap_err();
+    assert!(matches!(err, FirewallError::Spec(SpecError::Interface(_))));
+    assert!(nft.calls().is_empty());
+}
+
+#[test]
+fn iptables_cmd_parse() {
+    let c = IptablesCmd::from_str("xtables-legacy-multi  iptables").unwrap();
+    assert_eq!(c.program, PathBuf::from("xtables-legacy-multi"));
+    assert_eq!(c.pre_args, ["iptables"]);
+    assert_eq!(
+        c.command_line(&["-t".into(), "raw".into(), "-S".into()]),
+        "xtables-legacy-multi iptables -w 10 -t raw -S"
+    );
+    assert!(matches!(IptablesCmd::from_str("  "), Err(FirewallError::EmptyCommand)));
+}
+
+#[test]
+fn ip_forward() {
+    let dir = std::env::temp_dir().join(format!("connector-agent-ipfwd-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("ip_forward");
+    fs::write(&p, "1\n").unwrap();
+    assert!(check_ip_forward(&p).is_ok());
+    fs::write(&p, "0\n").unwrap();
+    assert_eq!(
+        check_ip_forward(&p).unwrap_err().to_string(),
+        "net.ipv4.ip_forward is 0 in the Docker VM: routed traffic cannot reach containers"
+    );
+    fs::write(&p, "yes").unwrap();
+    assert!(matches!(check_ip_forward(&p), Err(IpForwardError::Unexpected { .. })));
+    let err = check_ip_forward(&dir.join("absent")).unwrap_err();
+    assert!(err.to_string().contains("absent"), "{err}");
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,441 @@
+//! connector-agent: runs as a host-network container inside the Docker VM,
+//! holds the VM end of the WireGuard tunnel and the firewall rules that let
+//! routed traffic from the tunnel reach containers.
+
+mod firewall;
+
+use std::io::IsTerminal;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use connector_tunnel::{keys, Tunnel, TunnelConfig};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::time::{sleep_until, Instant, MissedTickBehavior};
+
+use firewall::{Backend, Binaries, Firewall, FirewallSpec, IptablesCmd, NatMode, Table};
+
+/// How often the rules are re-asserted (Docker may rebuild its chains).
+const REASSERT_EVERY: Duration = Duration::from_secs(10);
+/// Docker Desktop's `host.docker.internal` can move; re-resolve this often...
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+/// ...and this often after a failed resolution.
+const RESOLVE_RETRY: Duration = Duration::from_secs(5);
+
+#[derive(Parser, Debug)]
+#[command(name = "connector-agent", version, about = "connector's agent inside the Docker VM")]
+struct Cli {
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
+    #[arg(long, global = true, env = "CONNECTOR_AGENT_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install the firewall rules, run the tunnel, remove the rules on SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// Remove every rule carrying the tag, in both iptables variants.
+    Cleanup(CleanupArgs),
+    /// Print the agent version.
+    Version,
+}
+
+#[derive(Args, Debug, Clone)]
+struct IptablesArgs {
+    /// Command for the legacy iptables variant (may include leading arguments,
+    /// e.g. "xtables-legacy-multi iptables").
+    #[arg(long, env = "CONNECTOR_AGENT_IPTABLES_LEGACY", default_value = "iptables-legacy")]
+    iptables_legacy: String,
+    /// Command for the nf_tables iptables variant.
+    #[arg(long, env = "CONNECTOR_AGENT_IPTABLES_NFT", default_value = "iptables-nft")]
+    iptables_nft: String,
+}
+
+impl IptablesArgs {
+    fn binaries(&self) -> Result<Binaries> {
+        Ok(Binaries {
+            legacy: self.iptables_legacy.parse().context("--iptables-legacy")?,
+            nft: self.iptables_nft.parse().context("--iptables-nft")?,
+        })
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum NatArg {
+    /// Source-NAT tunnel traffic leaving the VM (replies always come back).
+    Masquerade,
+    /// No NAT: containers see the host's tunnel address.
+    Routed,
+}
+
+impl From<NatArg> for NatMode {
+    fn from(n: NatArg) -> NatMode {
+        match n {
+            NatArg::Masquerade => NatMode::Masquerade,
+            NatArg::Routed => NatMode::Routed,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Name of the agent's tun interface in the VM.
+    #[arg(long, env = "CONNECTOR_AGENT_TUN_NAME", default_value = "connector-vm")]
+    tun_name: String,
+    /// The agent's address inside the tunnel.
+    #[arg(long, env = "CONNECTOR_AGENT_ADDRESS", default_value = "10.254.253.2")]
+    address: Ipv4Addr,
+    /// The host's address inside the tunnel (source of routed traffic).
+    #[arg(long, env = "CONNECTOR_AGENT_PEER_ADDRESS", default_value = "10.254.253.1")]
+    peer_address: Ipv4Addr,
+    #[arg(long, env = "CONNECTOR_AGENT_PREFIX", default_value_t = 30,
+          value_parser = clap::value_parser!(u8).range(1..=32))]
+    prefix: u8,
+    #[arg(long, env = "CONNECTOR_AGENT_MTU", default_value_t = 1420,
+          value_parser = clap::value_parser!(u16).range(576..=9000))]
+    mtu: u16,
+    /// The host daemon's UDP endpoint, host:port; the host name is re-resolved periodically.
+    #[arg(long, env = "CONNECTOR_AGENT_ENDPOINT", default_value = "host.docker.internal:51871")]
+    endpoint: String,
+    /// The host daemon's WireGuard public key (base64).
+    #[arg(long, env = "CONNECTOR_AGENT_PEER_PUBLIC_KEY")]
+    peer_public_key: String,
+    /// File holding the agent's base64 WireGuard private key.
+    #[arg(long, env = "CONNECTOR_AGENT_PRIVATE_KEY_FILE", default_value = "/etc/connector/agent.key")]
+    private_key_file: PathBuf,
+    #[arg(long, env = "CONNECTOR_AGENT_NAT", value_enum, default_value_t = NatArg::Masquerade)]
+    nat: NatArg,
+    /// Comment that marks the agent's firewall rules.
+    #[arg(long, env = "CONNECTOR_AGENT_TAG", default_value = "connector")]
+    tag: String,
+    /// Persistent keepalive in seconds (0 = off); keeps Docker Desktop's UDP mapping alive.
+    #[arg(long, env = "CONNECTOR_AGENT_KEEPALIVE", default_value_t = 20)]
+    keepalive: u16,
+    #[command(flatten)]
+    iptables: IptablesArgs,
+}
+
+#[derive(Args, Debug)]
+struct CleanupArgs {
+    #[arg(long, env = "CONNECTOR_AGENT_TAG", default_value = "connector")]
+    tag: String,
+    #[command(flatten)]
+    iptables: IptablesArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_tracing(&cli.log_level) {
+        eprintln!("connector-agent: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("connector-agent: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Cleanup(args) => cleanup(args).await,
+            Command::Version => {
+                println!("connector-agent {}", env!("CARGO_PKG_VERSION"));
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("invalid --log-level {level:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}
+
+/// SIGTERM (docker stop) or SIGINT. As PID 1 in a container, unhandled signals
+/// are ignored, so the handlers are installed before anything else happens.
+struct Shutdown {
+    term: Signal,
+    int: Signal,
+}
+
+impl Shutdown {
+    fn install() -> Result<Shutdown> {
+        Ok(Shutdown {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// `host:port` with a numeric port; the host part is resolved later.
+fn check_endpoint(endpoint: &str) -> Result<()> {
+    let (host, port) = endpoint
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("--endpoint {endpoint:?} must be host:port"))?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        bail!("--endpoint {endpoint:?} must be host:port with a port in 1-65535");
+    }
+    Ok(())
+}
+
+/// First IPv4 address of the endpoint (the UDP socket is IPv4).
+async fn resolve(endpoint: &str) -> Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(endpoint))
+        .await
+        .map_err(|_| anyhow!("resolving {endpoint} timed out"))?
+        .with_context(|| format!("resolving {endpoint}"))?
+        .collect();
+    addrs
+        .iter()
+        .copied()
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| anyhow!("{endpoint} has no IPv4 address (got {addrs:?})"))
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let mut shutdown = Shutdown::install()?;
+    check_endpoint(&args.endpoint)?;
+    if args.address == args.peer_address {
+        bail!("--address and --peer-address are both {}", args.address);
+    }
+    firewall::check_ip_forward(Path::new(firewall::IP_FORWARD_PATH))?;
+    // Keys before any rule goes in: a bad key must not leave rules behind.
+    let private_key = keys::read_private_key_file(&args.private_key_file)?;
+    let peer_public = keys::parse_public_key(&args.peer_public_key).context("--peer-public-key")?;
+
+    let spec = FirewallSpec {
+        tun: args.tun_name.clone(),
+        host_tunnel_ip: args.peer_address,
+        nat: args.nat.into(),
+        tag: args.tag.clone(),
+    };
+    let fw = Firewall::detect(spec, &args.iptables.binaries()?).await.context("choosing the iptables variant")?;
+    tracing::info!(backend = %fw.backend(), reason = fw.reason(), "iptables variant");
+
+    // From here on every exit path removes the rules.
+    let result = match install_rules(&fw).await {
+        Ok(()) => serve(&args, &fw, private_key, peer_public, &mut shutdown).await,
+        Err(e) => Err(e),
+    };
+    let removal = fw.remove().await;
+    match &removal {
+        Ok(removed) => {
+            for r in removed {
+                tracing::info!(rule = %r.rule, copies = r.copies, "removed firewall rule");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "removing firewall rules failed"),
+    }
+    result?;
+    removal.context("removing firewall rules")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn install_rules(fw: &Firewall) -> Result<()> {
+    let report = fw.ensure().await.context("installing firewall rules")?;
+    log_report(&report, false);
+    let missing = fw.verify().await.context("verifying firewall rules")?;
+    if !missing.is_empty() {
+        for m in &missing {
+            tracing::error!(rule = %m.rule, reason = ?m.reason, "rule not in effect after install");
+        }
+        bail!("{} firewall rule(s) not in effect right after installing them", missing.len());
+    }
+    tracing::info!(nat = fw.spec().nat.as_str(), tag = %fw.spec().tag, "firewall rules in place");
+    Ok(())
+}
+
+fn log_report(report: &firewall::EnsureReport, reassert: bool) {
+    if !report.changed() {
+        tracing::debug!("firewall rules already in place");
+        return;
+    }
+    for r in &report.removed_stale {
+        tracing::info!(rule = %r.rule, copies = r.copies, "removed stale tagged rule");
+    }
+    if report.removed_duplicates > 0 {
+        tracing::info!(count = report.removed_duplicates, "removed duplicate rules");
+    }
+    for r in &report.reordered {
+        tracing::warn!(rule = %r, "rule was behind a DROP; moved back to the top");
+    }
+    for r in &report.inserted {
+        if reassert {
+            tracing::warn!(rule = %r, "rule had disappeared; re-inserted");
+        } else {
+            tracing::info!(rule = %r, "inserted rule");
+        }
+    }
+}
+
+/// Initial resolution: the tunnel needs an endpoint to initiate, so wait for one.
+async fn first_endpoint(endpoint: &str, shutdown: &mut Shutdown) -> Result<Option<SocketAddr>> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match resolve(endpoint).await {
+            Ok(addr) => return Ok(Some(addr)),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), retry_in_s = delay.as_secs(), "endpoint not resolvable yet"),
+        }
+        tokio::select! {
+            sig = shutdown.recv() => {
+                tracing::info!(signal = sig, "shutting down");
+                return Ok(None);
+            }
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(RESOLVE_EVERY);
+    }
+}
+
+enum Event {
+    Signal(&'static str),
+    TunnelFailed(connector_tunnel::TunnelError),
+    Reassert,
+    Resolve,
+}
+
+async fn serve(
+    args: &RunArgs,
+    fw: &Firewall,
+    private_key: keys::StaticSecret,
+    peer_public: keys::PublicKey,
+    shutdown: &mut Shutdown,
+) -> Result<()> {
+    let device = connector_tunnel::tun::create(&connector_tunnel::tun::TunSpec {
+        name: Some(args.tun_name.clone()),
+        address: args.address,
+        peer: args.peer_address,
+        prefix: args.prefix,
+        mtu: args.mtu,
+    })
+    .with_context(|| format!("creating tun {} (needs --cap-add NET_ADMIN and --device /dev/net/tun)", args.tun_name))?;
+    tracing::info!(tun = %args.tun_name, address = %args.address, peer = %args.peer_address,
+                   prefix = args.prefix, mtu = args.mtu, "tun up");
+
+    let Some(mut endpoint) = first_endpoint(&args.endpoint, shutdown).await? else {
+        return Ok(());
+    };
+    let socket = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await.context("binding the UDP socket")?;
+    let local = socket.local_addr().ok();
+    let mut tunnel = Tunnel::spawn(
+        device,
+        socket,
+        TunnelConfig {
+            private_key,
+            peer_public,
+            keepalive: (args.keepalive > 0).then_some(args.keepalive),
+            endpoint: Some(endpoint),
+        },
+    );
+    tracing::info!(endpoint = %endpoint, name = %args.endpoint, local = ?local, keepalive_s = args.keepalive, "tunnel started");
+
+    let stats = tunnel.stats();
+    let mut had_handshake = false;
+    let mut reassert = tokio::time::interval_at(Instant::now() + REASSERT_EVERY, REASSERT_EVERY);
+    reassert.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut next_resolve = Instant::now() + RESOLVE_EVERY;
+
+    let outcome = loop {
+        let event = tokio::select! {
+            sig = shutdown.recv() => Event::Signal(sig),
+            err = tunnel.failed() => Event::TunnelFailed(err),
+            _ = reassert.tick() => Event::Reassert,
+            _ = sleep_until(next_resolve) => Event::Resolve,
+        };
+        match event {
+            Event::Signal(sig) => {
+                tracing::info!(signal = sig, "shutting down");
+                break Ok(());
+            }
+            Event::TunnelFailed(e) => break Err(anyhow!(e).context("tunnel stopped")),
+            Event::Reassert => {
+                match fw.ensure().await {
+                    Ok(report) => log_report(&report, true),
+                    Err(e) => tracing::warn!(error = %e, "re-asserting firewall rules failed"),
+                }
+                let snap = stats.snapshot();
+                if snap.last_handshake.is_some() != had_handshake {
+                    had_handshake = !had_handshake;
+                    if had_handshake {
+                        tracing::info!(rx_bytes = snap.rx_bytes, tx_bytes = snap.tx_bytes, "handshake with host completed");
+                    }
+                }
+            }
+            Event::Resolve => match resolve(&args.endpoint).await {
+                Ok(addr) => {
+                    if addr != endpoint {
+                        tracing::info!(old = %endpoint, new = %addr, name = %args.endpoint, "endpoint moved");
+                        endpoint = addr;
+                        tunnel.set_endpoint(addr);
+                    }
+                    next_resolve = Instant::now() + RESOLVE_EVERY;
+                }
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), keeping = %endpoint, "re-resolving endpoint failed");
+                    next_resolve = Instant::now() + RESOLVE_RETRY;
+                }
+            },
+        }
+    };
+    tunnel.shutdown().await;
+    outcome
+}
+
+async fn cleanup(args: CleanupArgs) -> Result<()> {
+    firewall::validate_tag(&args.tag)?;
+    let binaries = args.iptables.binaries()?;
+    let mut total = 0;
+    let mut listed_any = false;
+    for backend in [Backend::Legacy, Backend::Nft] {
+        let ipt: &IptablesCmd = binaries.get(backend);
+        // Table by table: a variant whose kernel side lacks a table (legacy
+        // without its modules) still gets the others cleaned.
+        for table in Table::ALL {
+            match firewall::remove_tagged(ipt, &args.tag, &[table]).await {
+                Ok(removed) => {
+                    listed_any = true;
+                    for r in removed {
+                        total += r.copies;
+                        println!("removed [{backend}] {} ({} cop{})", r.rule, r.copies, if r.copies == 1 { "y" } else { "ies" });
+                    }
+                }
+                Err(e) if e.is_not_found() => {
+                    println!("skipped [{backend}]: {} not found", ipt.program.display());
+                    break;
+                }
+                Err(e) => println!("skipped [{backend}] table {table}: {e}"),
+            }
+        }
+    }
+    if !listed_any {
+        bail!("no iptables table could be listed in either variant");
+    }
+    println!("removed {total} rule(s) tagged {:?}", args.tag);
+    Ok(())
+}
