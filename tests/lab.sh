@@ -23,7 +23,11 @@ LAB_LABEL_KEY=io.connector.test
 LAB_LABEL="${LAB_LABEL_KEY}=1"
 LAB_EMU_TAG=connector-lab-emulation
 LAB_PROBE_TAG=connector-lab-probe
-LAB_AGENT_TAG=${LAB_AGENT_TAG:-connector}
+# The comment on the agent's firewall rules and the agent's tun in the VM are
+# learned from the agent container's command line (--tag, --tun-name) whenever it
+# exists; before that the tag defaults to the agent's name (what the daemon uses).
+LAB_AGENT_TAG=${LAB_AGENT_TAG:-}
+LAB_AGENT_TUN=${LAB_AGENT_TUN:-}
 LAB_AGENT_NAME=${LAB_AGENT_NAME:-connector-agent-lab}
 LAB_AGENT_IMAGE=${LAB_AGENT_IMAGE:-connector-agent:dev}
 LAB_WORKLOAD_IMAGE=${LAB_WORKLOAD_IMAGE:-connector-workload:dev}
@@ -59,7 +63,7 @@ lab_fail() { # NAME MESSAGE
   printf 'FAIL  %s — %s\n' "$1" "$2"
   if [ -n "$LAB_DAEMON_LOG" ] && [ -s "$LAB_DAEMON_LOG" ]; then
     echo "      --- last lines of $LAB_DAEMON_LOG ---"
-    tail -n 15 "$LAB_DAEMON_LOG" | sed 's/^/      | /'
+    tail -n 15 "$LAB_DAEMON_LOG" | sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^/      | /'
   fi
 }
 
@@ -121,34 +125,58 @@ lab_docker_ipt() {
   echo iptables
 }
 
-# Rules carrying the comment TAG exactly, one per line: "<variant> <table> <rule>".
-lab_rules_tagged() { # TAG
-  local tag=$1 v
+# Rules carrying the comment TAG exactly, or (if IFACE is given) naming IFACE as
+# -i/-o; one line per rule, duplicates kept: "<variant> <table> <rule>".
+lab_rules_tagged() { # TAG [IFACE]
+  local tag=$1 iface=${2:-} v
   for v in $(lab_ipt_variants); do
-    "iptables-$v-save" 2>/dev/null | awk -v v="$v" -v tag="$tag" '
+    "iptables-$v-save" 2>/dev/null | awk -v v="$v" -v tag="$tag" -v iface="$iface" '
       /^\*/ { table = substr($0, 2); next }
       /^-A / {
+        hit = 0
         for (i = 1; i < NF; i++) {
           if ($i == "--comment") {
             c = $(i + 1); gsub(/"/, "", c)
-            if (c == tag) { print v, table, $0; break }
+            if (c == tag) hit = 1
           }
+          if (iface != "" && ($i == "-i" || $i == "-o") && $(i + 1) == iface) hit = 1
         }
+        if (hit) print v, table, $0
       }'
   done
 }
 
+lab_learn_agent() {
+  local args tag tun
+  args=$(docker inspect -f '{{join .Args " "}}' "$LAB_AGENT_NAME" 2>/dev/null) || return 0
+  tag=$(sed -n 's/.*--tag[= ]\([^ ]*\).*/\1/p' <<<"$args")
+  tun=$(sed -n 's/.*--tun-name[= ]\([^ ]*\).*/\1/p' <<<"$args")
+  if [ -n "$tag" ]; then LAB_AGENT_TAG=$tag; fi
+  if [ -n "$tun" ]; then LAB_AGENT_TUN=$tun; fi
+}
+
+# The agent's rules: tagged with its tag, or naming its tun.
+lab_agent_rules() { lab_rules_tagged "${LAB_AGENT_TAG:-$LAB_AGENT_NAME}" "$LAB_AGENT_TUN"; }
+lab_agent_rules_desc() { echo "tagged '${LAB_AGENT_TAG:-$LAB_AGENT_NAME}'${LAB_AGENT_TUN:+ or naming $LAB_AGENT_TUN}"; }
+
 lab_count_tagged() { lab_rules_tagged "$1" | grep -c . || true; }
 
-# Delete every rule carrying the comment TAG, in every table of both variants.
-lab_delete_tagged() { # TAG
+# Delete every rule carrying the comment TAG (and, if given, containing WORD), in
+# every table of both variants.
+lab_delete_tagged() { # TAG [WORD]
+  lab_delete_rules "$1" "" "${2:-}"
+}
+
+# lab_delete_rules TAG IFACE [WORD] — delete what lab_rules_tagged TAG IFACE lists.
+lab_delete_rules() {
   local v table rule n=0
   while read -r v table rule; do
     [ -n "$rule" ] || continue
+    [ -z "${3:-}" ] || [[ " $rule " == *" $3 "* ]] || continue
     # iptables-save quotes arguments with spaces; eval re-splits them the same way.
     if eval "iptables-$v -w -t $table ${rule/#-A /-D }" 2>/dev/null; then n=$((n + 1)); fi
-  done < <(lab_rules_tagged "$1")
-  [ "$n" = 0 ] || lab_log "removed $n iptables rule(s) tagged '$1'"
+  done < <(lab_rules_tagged "$1" "$2")
+  [ "$n" = 0 ] || lab_log "removed $n iptables rule(s) tagged '$1'${2:+ or naming $2}"
 }
 
 # ------------------------------------------------------------------ docker networks
@@ -197,6 +225,13 @@ emulate_28_2_all() {
 
 emulation_remove() { lab_delete_tagged "$LAB_EMU_TAG"; }
 
+# What Docker does when a network goes away: its rules go too. Call before `docker network rm`.
+emulation_remove_net() { # NET
+  local br
+  br=$(net_bridge "$1")
+  lab_delete_tagged "$LAB_EMU_TAG" "$br"
+}
+
 # ------------------------------------------------------------------------ topology
 lab_topology_up() {
   ip netns add "$LAB_NS"
@@ -243,6 +278,14 @@ udp_probe() { # IP TOKEN [SECONDS] — UDP echo on port 7
   [ "$got" = "$2" ]
 }
 
+# Fast variant for timing: gives up on a connection after 0.3 s (a SYN sent before
+# the route exists would otherwise wait for the 1 s retransmission).
+http_probe_fast() { # IP EXPECTED-BODY-SUBSTRING
+  local body
+  body=$(probe_in timeout 3 curl -sS --noproxy '*' --connect-timeout 0.3 -m 2 "http://$1/" 2>/dev/null) || return 1
+  [[ "$body" == *"$2"* ]]
+}
+
 ping_probe() { # IP [SECONDS]
   if command -v ping >/dev/null 2>&1 && ping -V >/dev/null 2>&1; then
     probe_in timeout "$(( ${2:-2} + 1 ))" ping -n -c 1 -W "${2:-2}" "$1" >/dev/null 2>&1
@@ -276,8 +319,9 @@ lab_daemon_start() {
   LAB_DAEMON_N=$((LAB_DAEMON_N + 1))
   LAB_DAEMON_LOG="$LAB_TMP/daemon-$LAB_DAEMON_N.log"
   LAB_DAEMON_STARTED_MS=$(now_ms)
+  # 9>&-: the daemon must not inherit the lab lock (an orphan would hold it).
   ip netns exec "$LAB_NS" "$LAB_CONNECTOR" run --config "$1" --log-level debug \
-    >"$LAB_DAEMON_LOG" 2>&1 &
+    >"$LAB_DAEMON_LOG" 2>&1 </dev/null 9>&- &
   LAB_DAEMON_PID=$!
   lab_log "connector run started (pid $LAB_DAEMON_PID, log $LAB_DAEMON_LOG)"
 }
@@ -320,8 +364,10 @@ lab_snapshot() {
   ip -n "$LAB_NS" route show table all | grep -v -e '^local ' -e '^broadcast ' -e '^multicast ' || true
   echo "## VM links"
   ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | grep connector || true
-  echo "## tagged rules"
-  lab_rules_tagged "$LAB_AGENT_TAG"
+  echo "## agent rules"
+  lab_agent_rules
+  echo "## state dir and control socket"
+  find "$LAB_TMP/state" "$LAB_TMP/connector.sock" 2>/dev/null || true
 }
 
 # ------------------------------------------------------------------------- cleanup
@@ -344,6 +390,7 @@ lab_cleanup_all() {
   done
   # Containers and networks.
   if docker info >/dev/null 2>&1; then
+    lab_learn_agent
     for c in $(docker ps -aq --filter "label=$LAB_LABEL"); do docker rm -f "$c" >/dev/null 2>&1 || true; done
     for c in $(docker ps -aq --filter "name=^/${LAB_AGENT_NAME}"); do docker rm -f "$c" >/dev/null 2>&1 || true; done
     for c in $(docker network ls -q --filter "label=$LAB_LABEL"); do docker network rm "$c" >/dev/null 2>&1 || true; done
@@ -351,7 +398,7 @@ lab_cleanup_all() {
   # Firewall: the emulation, the lab's probe rules, and whatever the agent left.
   lab_delete_tagged "$LAB_EMU_TAG"
   lab_delete_tagged "$LAB_PROBE_TAG"
-  lab_delete_tagged "$LAB_AGENT_TAG"
+  lab_delete_rules "${LAB_AGENT_TAG:-$LAB_AGENT_NAME}" "$LAB_AGENT_TUN"
 }
 
 # Lines describing anything the lab would have left behind (empty = clean).
@@ -365,7 +412,7 @@ lab_leftovers() {
   fi
   lab_rules_tagged "$LAB_EMU_TAG" | sed 's/^/rule /'
   lab_rules_tagged "$LAB_PROBE_TAG" | sed 's/^/rule /'
-  lab_rules_tagged "$LAB_AGENT_TAG" | sed 's/^/rule /'
+  lab_agent_rules | sed 's/^/rule /'
 }
 
 LAB_CLEANED=0

@@ -25,11 +25,29 @@ pub const LABEL_MANAGED: &str = "io.connector.managed";
 pub const LABEL_SPEC: &str = "io.connector.spec";
 pub const LABEL_AGENT_KEY: &str = "io.connector.agent-public-key";
 pub const LABEL_VERSION: &str = "io.connector.version";
-/// Comment tag the agent puts on its firewall rules.
-pub const RULE_TAG: &str = "connector";
-/// The agent's tun inside the VM. Distinct from the host's `connector0` so
-/// both can coexist when Docker runs natively on the host.
+/// The default agent's tun inside the VM. Distinct from the host's
+/// `connector0` so both can coexist when Docker runs natively on the host.
 pub const AGENT_TUN: &str = "connector-vm";
+
+/// The agent's tun name: `connector-vm` for the default agent, else derived
+/// from the agent's name so two agents (two daemons, a test beside a real
+/// one) never fight over one interface. At most 15 bytes (IFNAMSIZ - 1).
+pub fn agent_tun_name(agent_name: &str) -> String {
+    if agent_name == crate::config::DEFAULT_AGENT_NAME {
+        return AGENT_TUN.to_owned();
+    }
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = agent_name
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("cvm{:08x}", hash as u32)
+}
+
+/// The comment on the agent's firewall rules: the agent's name, so one
+/// agent's cleanup never removes another's rules.
+pub fn rule_tag(agent_name: &str) -> String {
+    agent_name.to_owned()
+}
 pub const AGENT_KEY_PATH: &str = "/etc/connector/agent.key";
 /// ≤ 25 s keeps Docker Desktop's ~90 s UDP mapping alive with margin.
 pub const KEEPALIVE_SECS: u16 = 20;
@@ -55,7 +73,7 @@ pub fn agent_command(config: &Config, host_public: &PublicKey) -> Vec<String> {
     [
         "run",
         "--tun-name",
-        AGENT_TUN,
+        &agent_tun_name(&config.agent_name),
         "--address",
         &config.agent_tunnel_ip().to_string(),
         "--peer-address",
@@ -73,13 +91,22 @@ pub fn agent_command(config: &Config, host_public: &PublicKey) -> Vec<String> {
         "--nat",
         config.nat.as_str(),
         "--tag",
-        RULE_TAG,
+        &rule_tag(&config.agent_name),
         "--keepalive",
         &KEEPALIVE_SECS.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// `connector-agent verify` takes the same arguments as `run`.
+pub fn verify_command(run: &[String]) -> Vec<String> {
+    let mut cmd = run.to_vec();
+    if let Some(first) = cmd.first_mut() {
+        *first = "verify".to_owned();
+    }
+    cmd
 }
 
 /// What identifies an agent container's configuration.
@@ -141,6 +168,17 @@ impl AgentManager {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Asks the agent (read-only) whether every firewall rule is in place.
+    pub async fn verify_rules(&self) -> Result<crate::docker::ExecOutput> {
+        let args = verify_command(&self.command);
+        let mut cmd: Vec<&str> = vec!["/usr/local/bin/connector-agent"];
+        cmd.extend(args.iter().map(String::as_str));
+        let run = crate::docker::exec(&self.docker, &self.name, &cmd);
+        tokio::time::timeout(std::time::Duration::from_secs(10), run)
+            .await
+            .map_err(|_| anyhow!("the agent did not answer within 10 s"))?
     }
 
     /// The image's ID, pulling it if it is missing.
@@ -412,6 +450,17 @@ mod tests {
         assert!(joined.contains("--nat routed"));
         assert!(joined.contains(&keys::encode_public(&host)));
         assert!(joined.contains("--keepalive 20"));
+    }
+
+    #[test]
+    fn tun_name_and_tag_follow_the_agent_name() {
+        assert_eq!(agent_tun_name("connector-agent"), "connector-vm");
+        let a = agent_tun_name("connector-agent-lab");
+        let b = agent_tun_name("connector-agent-bench");
+        assert_ne!(a, b);
+        assert!(a.len() <= 15 && b.len() <= 15);
+        assert_eq!(a, agent_tun_name("connector-agent-lab"));
+        assert_eq!(rule_tag("connector-agent-lab"), "connector-agent-lab");
     }
 
     #[test]

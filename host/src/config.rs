@@ -61,8 +61,6 @@ struct RawConfig {
 /// Which Docker networks to route, by name or glob.
 #[derive(Debug, Clone)]
 pub struct NetworkFilter {
-    pub include: Vec<String>,
-    pub exclude: Vec<String>,
     include_set: GlobSet,
     exclude_set: GlobSet,
 }
@@ -88,8 +86,6 @@ impl NetworkFilter {
         Ok(NetworkFilter {
             include_set: build("networks.include", &include)?,
             exclude_set: build("networks.exclude", &exclude)?,
-            include,
-            exclude,
         })
     }
 
@@ -215,7 +211,8 @@ impl Config {
         };
         let agent_image = non_empty("agent_image", raw.agent_image, DEFAULT_AGENT_IMAGE)?;
         let agent_name = non_empty("agent_name", raw.agent_name, DEFAULT_AGENT_NAME)?;
-        if !agent_name
+        if agent_name.len() > 64
+            || !agent_name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
             || !agent_name.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -223,7 +220,7 @@ impl Config {
             return Err(invalid(
                 "agent_name",
                 &agent_name,
-                "a container name uses letters, digits, '_', '.', '-' and starts with a letter or digit",
+                "a container name of at most 64 letters, digits, '_', '.', '-', starting with a letter or digit",
             ));
         }
         let host_address = non_empty("host_address", raw.host_address, DEFAULT_HOST_ADDRESS)?;

@@ -6,7 +6,7 @@
 //! through the agent, the VM firewall rules). This task holds all three and
 //! tears them down in reverse order.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use bollard::Docker;
@@ -14,13 +14,18 @@ use connector_tunnel::keys::PublicKey;
 use connector_tunnel::{Tunnel, TunnelConfig};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
 
 use crate::agent::{Agent, AgentManager};
 use crate::config::Config;
 use crate::control;
+use crate::events::{self, Trigger};
 use crate::os::{self, RouteTable, TunConfig};
 use crate::plan::SkipReason;
-use crate::protocol::{AgentStatus, NetworkStatus, Request, Response, StatusReport, TunnelStatus};
+use crate::protocol::{
+    AgentStatus, FirewallStatus, NetworkStatus, Request, Response, StatusReport, TunnelStatus,
+};
 use crate::router::Router;
 
 /// On Linux we pick the name so routes and tests can refer to it; macOS
@@ -37,6 +42,35 @@ fn docker_endpoint(config: &Config) -> Result<String> {
     Ok(resolved.endpoint)
 }
 
+/// A full reconcile (agent and routes) runs this often even without events.
+const SAFETY_NET: Duration = Duration::from_secs(30);
+/// Events arriving in a burst are handled together.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// After an agent `die`, Docker's restart policy usually brings it back
+/// within a second; look after that instead of racing it.
+const AGENT_SETTLE: Duration = Duration::from_millis(1500);
+/// How often the data path is checked.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+/// Silence from the agent (it sends a keepalive every 20 s) after which we
+/// ask it to handshake again, and after which we replace it.
+const SILENCE_NUDGE: Duration = Duration::from_secs(25);
+const SILENCE_REPLACE: Duration = Duration::from_secs(45);
+
+/// Work waiting for its debounce deadline.
+#[derive(Default)]
+struct Pending {
+    networks: bool,
+    agent: bool,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Pending {
+    fn schedule(&mut self, after: Duration) {
+        let at = tokio::time::Instant::now() + after;
+        self.deadline = Some(self.deadline.map_or(at, |d| d.max(at)));
+    }
+}
+
 struct Running {
     config: Config,
     docker: Docker,
@@ -47,6 +81,13 @@ struct Running {
     tunnel: Tunnel,
     router: Router,
     started: Instant,
+    docker_up: bool,
+    /// When the data path was last (re)established on our side: creation,
+    /// adoption, nudge. Silence is measured from here or the last datagram.
+    agent_since: Instant,
+    nudged: bool,
+    /// The last agent error logged, so a persisting failure logs once.
+    agent_error: Option<String>,
 }
 
 pub async fn run(config: Config) -> Result<()> {
@@ -101,6 +142,10 @@ pub async fn run(config: Config) -> Result<()> {
         agent,
         tunnel,
         started,
+        docker_up: true,
+        agent_since: Instant::now(),
+        nudged: false,
+        agent_error: None,
     };
     let result = running.serve(listener).await;
     running.shutdown().await;
@@ -127,9 +172,16 @@ impl Running {
             "ready"
         );
         let (mut inbox, server) = control::serve(listener);
+        let (trigger_tx, mut triggers) = mpsc::channel(256);
+        let follower = tokio::spawn(events::follow(self.docker.clone(), trigger_tx));
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
+        let mut safety = tokio::time::interval(SAFETY_NET);
+        safety.reset();
+        let mut health = tokio::time::interval(HEALTH_EVERY);
+        let mut pending = Pending::default();
         let result = loop {
+            let deadline = pending.deadline;
             tokio::select! {
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break Ok(()) }
                 _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break Ok(()) }
@@ -138,11 +190,130 @@ impl Running {
                     let response = self.handle(request).await;
                     let _ = reply.send(response);
                 }
+                Some(trigger) = triggers.recv() => self.on_trigger(trigger, &mut pending),
+                _ = async { sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
+                    let Pending { networks, agent, .. } = std::mem::take(&mut pending);
+                    if agent {
+                        self.reconcile_agent().await;
+                    }
+                    if networks {
+                        self.reconcile_routes().await;
+                    }
+                }
+                _ = safety.tick() => {
+                    if self.docker_up {
+                        self.reconcile_agent().await;
+                        self.reconcile_routes().await;
+                    }
+                }
+                _ = health.tick() => self.check_data_path().await,
             }
         };
+        follower.abort();
         server.abort();
         let _ = std::fs::remove_file(&self.config.control_socket);
         result
+    }
+
+    fn on_trigger(&mut self, trigger: Trigger, pending: &mut Pending) {
+        match trigger {
+            Trigger::Networks => {
+                pending.networks = true;
+                pending.schedule(DEBOUNCE);
+            }
+            Trigger::Agent { action } => {
+                pending.agent = true;
+                // Only a stopped container may come back by itself.
+                let settle = if matches!(action.as_str(), "die" | "stop" | "kill") { AGENT_SETTLE } else { DEBOUNCE };
+                pending.schedule(settle);
+            }
+            Trigger::KindNode { .. } => {
+                pending.networks = true;
+                pending.schedule(DEBOUNCE);
+            }
+            Trigger::DockerDown { error } => {
+                self.docker_up = false;
+                tracing::warn!(%error, "Docker went away; routes stay until it returns");
+            }
+            Trigger::DockerUp => {
+                self.docker_up = true;
+                pending.agent = true;
+                pending.networks = true;
+                pending.schedule(DEBOUNCE);
+            }
+        }
+    }
+
+    /// Keeps exactly one agent running with our config; follows its key.
+    async fn reconcile_agent(&mut self) {
+        match self.agents.ensure().await {
+            Ok(agent) => {
+                if self.agent_error.take().is_some() {
+                    tracing::info!("agent container is healthy again");
+                }
+                if agent.container_id != self.agent.container_id {
+                    tracing::info!(container = %agent.container_id, adopted = agent.adopted, "agent container changed");
+                    if agent.public_key.as_bytes() != self.agent.public_key.as_bytes() {
+                        self.tunnel.set_peer(agent.public_key);
+                    }
+                    self.agent_since = Instant::now();
+                    self.nudged = false;
+                    self.agent = agent;
+                }
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                if self.agent_error.as_deref() != Some(text.as_str()) {
+                    tracing::error!(error = %text, "cannot ensure the agent container");
+                    self.agent_error = Some(text);
+                }
+            }
+        }
+    }
+
+    async fn reconcile_routes(&mut self) {
+        match self.router.sync(&self.docker).await {
+            Ok(report) if !report.added.is_empty() || !report.removed.is_empty() => {
+                tracing::info!(added = report.added.len(), removed = report.removed.len(), routed = report.routed.len(), "routes reconciled");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "route reconcile failed"),
+        }
+    }
+
+    /// Notices a dead data path with a live Docker socket (VM paused by
+    /// Resource Saver, host sleep, lost UDP mapping): first asks the agent to
+    /// handshake again, then replaces it.
+    async fn check_data_path(&mut self) {
+        if !self.docker_up {
+            return;
+        }
+        let stats = self.tunnel.stats().snapshot();
+        let since_datagram = stats
+            .last_received
+            .and_then(|t| SystemTime::now().duration_since(t).ok());
+        let silence = match since_datagram {
+            Some(d) => d.min(self.agent_since.elapsed()),
+            None => self.agent_since.elapsed(),
+        };
+        if silence >= SILENCE_REPLACE {
+            tracing::warn!(silence_s = silence.as_secs(), "no datagram from the agent; replacing it");
+            if let Err(e) = self.agents.remove().await {
+                tracing::warn!(error = format!("{e:#}"), "cannot remove the silent agent");
+            }
+            self.agent.container_id.clear();
+            self.reconcile_agent().await;
+            self.agent_since = Instant::now();
+            self.nudged = false;
+        } else if silence >= SILENCE_NUDGE && !self.nudged {
+            tracing::warn!(silence_s = silence.as_secs(), "agent silent; asking it to handshake again");
+            self.nudged = true;
+            if let Err(e) = self.agents.nudge().await {
+                tracing::debug!(error = format!("{e:#}"), "nudge failed");
+            }
+        } else if silence < SILENCE_NUDGE {
+            self.nudged = false;
+        }
     }
 
     fn router_interface(&self) -> String {
@@ -155,7 +326,13 @@ impl Running {
                 Ok(report) => Response::Sync(report),
                 Err(e) => Response::Error { message: format!("{e:#}") },
             },
-            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Status => {
+                let mut status = self.status();
+                if self.docker_up {
+                    status.firewall = firewall_status(self.agents.verify_rules().await);
+                }
+                Response::Status(Box::new(status))
+            }
         }
     }
 
@@ -165,12 +342,19 @@ impl Running {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
             docker_endpoint: self.endpoint.clone(),
+            docker_reachable: self.docker_up,
             engine_version: self.engine.clone(),
+            firewall: FirewallStatus {
+                backend: None,
+                all_present: false,
+                detail: vec!["Docker is unreachable; cannot ask the agent".into()],
+            },
             agent: AgentStatus {
                 name: self.agents.name().to_owned(),
                 container_id: self.agent.container_id.clone(),
                 image: self.agent.image.clone(),
                 adopted: self.agent.adopted,
+                error: self.agent_error.clone(),
             },
             tunnel: TunnelStatus {
                 interface: self.router_interface(),
@@ -178,6 +362,9 @@ impl Running {
                 listen: format!("{}:{}", self.config.listen_address, self.config.listen_port),
                 endpoint: stats.endpoint.map(|e| e.to_string()),
                 last_handshake_secs: stats.handshake_age(SystemTime::now()).map(|d| d.as_secs()),
+                last_received_secs: stats
+                    .last_received
+                    .map(|t| SystemTime::now().duration_since(t).unwrap_or_default().as_secs()),
                 rx_bytes: stats.rx_bytes,
                 tx_bytes: stats.tx_bytes,
                 rx_packets: stats.rx_packets,
@@ -215,5 +402,32 @@ impl Running {
         }
         tunnel.shutdown().await;
         tracing::info!("stopped");
+    }
+}
+
+/// Turns `connector-agent verify` output into the status section.
+fn firewall_status(result: Result<crate::docker::ExecOutput>) -> FirewallStatus {
+    match result {
+        Err(e) => FirewallStatus {
+            backend: None,
+            all_present: false,
+            detail: vec![format!("{e:#}")],
+        },
+        Ok(out) => {
+            let lines: Vec<String> = out.stdout.lines().map(str::to_owned).collect();
+            let backend = ["nft", "legacy"]
+                .into_iter()
+                .find(|b| out.stdout.contains(&format!("({b})")) || out.stdout.contains(&format!("[{b}]")))
+                .map(str::to_owned);
+            let mut detail: Vec<String> = lines.into_iter().filter(|l| !l.starts_with("ok:")).collect();
+            if out.exit_code != 0 && detail.is_empty() {
+                detail.push(out.stderr.lines().last().unwrap_or("verify failed").to_owned());
+            }
+            FirewallStatus {
+                backend,
+                all_present: out.exit_code == 0,
+                detail,
+            }
+        }
     }
 }

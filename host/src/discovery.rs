@@ -16,7 +16,8 @@
 //!    OrbStack (`~/.orbstack/run/docker.sock`) and `/var/run/docker.sock`.
 //!
 //! OrbStack already routes container IPs to the Mac; choosing it gives
-//! [`DiscoveryError::OrbStack`] so the daemon can say connector is not needed.
+//! [`DiscoveryError::OrbStack`] so the daemon can say connector is not needed
+//! (rather than retry: nothing will change until the user switches engines).
 //!
 //! Everything the resolution reads goes through [`DiscoveryEnv`], so tests run
 //! it against a fake home directory.
@@ -151,20 +152,26 @@ pub enum DiscoveryError {
     Unsupported { endpoint: String, via: String },
 }
 
-impl DiscoveryError {
-    pub fn is_orbstack(&self) -> bool {
-        matches!(self, DiscoveryError::OrbStack { .. })
-    }
-}
-
 fn bullet_list(items: &[String]) -> String {
-    items.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n")
+    items
+        .iter()
+        .map(|i| format!("  - {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Pick the Docker endpoint; see the module docs for the order.
-pub fn resolve(configured: Option<&str>, env: &dyn DiscoveryEnv) -> Result<Resolved, DiscoveryError> {
+pub fn resolve(
+    configured: Option<&str>,
+    env: &dyn DiscoveryEnv,
+) -> Result<Resolved, DiscoveryError> {
     if let Some(host) = configured.map(str::trim).filter(|h| !h.is_empty()) {
-        return explicit(host, Source::Config, "docker_host in connector's config".into(), env);
+        return explicit(
+            host,
+            Source::Config,
+            "docker_host in connector's config".into(),
+            env,
+        );
     }
     if let Some(host) = env.var("DOCKER_HOST").filter(|h| !h.trim().is_empty()) {
         return explicit(
@@ -176,20 +183,28 @@ pub fn resolve(configured: Option<&str>, env: &dyn DiscoveryEnv) -> Result<Resol
     }
 
     let user = env.user();
-    let mut tried = vec!["docker_host in connector's config: not set".to_owned(), "DOCKER_HOST: not set".to_owned()];
+    let mut tried = vec![
+        "docker_host in connector's config: not set".to_owned(),
+        "DOCKER_HOST: not set".to_owned(),
+    ];
     match &user {
         Some(user) => {
             if let Some(found) = from_context(user, env, &mut tried)? {
                 return Ok(found);
             }
         }
-        None => tried.push("docker context: no user at the console (nobody logged in, no SUDO_USER)".into()),
+        None => tried
+            .push("docker context: no user at the console (nobody logged in, no SUDO_USER)".into()),
     }
 
     for candidate in socket_candidates(user.as_ref(), env) {
         let state = env.probe(&candidate.path);
         if state != SocketState::Live {
-            tried.push(format!("{} {}: {state}", candidate.label, candidate.path.display()));
+            tried.push(format!(
+                "{} {}: {state}",
+                candidate.label,
+                candidate.path.display()
+            ));
             continue;
         }
         let endpoint = unix_endpoint(&candidate.path);
@@ -208,7 +223,13 @@ pub fn resolve(configured: Option<&str>, env: &dyn DiscoveryEnv) -> Result<Resol
         let misses: Vec<&String> = tried.iter().skip(2).collect();
         if !misses.is_empty() {
             why.push_str("; before it: ");
-            why.push_str(&misses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; "));
+            why.push_str(
+                &misses
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
         }
         return Ok(Resolved {
             endpoint,
@@ -221,13 +242,20 @@ pub fn resolve(configured: Option<&str>, env: &dyn DiscoveryEnv) -> Result<Resol
 
 /// An endpoint the user named: taken as is (the engine may not be up yet),
 /// after checking that connector can speak it and that it is not OrbStack.
-fn explicit(host: &str, source: Source, via: String, env: &dyn DiscoveryEnv) -> Result<Resolved, DiscoveryError> {
+fn explicit(
+    host: &str,
+    source: Source,
+    via: String,
+    env: &dyn DiscoveryEnv,
+) -> Result<Resolved, DiscoveryError> {
     let endpoint = if host.starts_with('/') {
         format!("unix://{host}")
     } else {
         host.to_owned()
     };
-    let supported = ["unix://", "tcp://", "http://"].iter().any(|s| endpoint.starts_with(s));
+    let supported = ["unix://", "tcp://", "http://"]
+        .iter()
+        .any(|s| endpoint.starts_with(s));
     if !supported {
         return Err(DiscoveryError::Unsupported { endpoint, via });
     }
@@ -255,21 +283,34 @@ fn unix_endpoint(path: &Path) -> String {
 
 /// Hex SHA-256 of a context name: the directory docker keeps its metadata in.
 pub fn context_dir_name(name: &str) -> String {
-    Sha256::digest(name.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(name.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The endpoint of the user's current docker context, if they chose one
 /// other than `default` (which means "the default socket").
-fn from_context(user: &User, env: &dyn DiscoveryEnv, tried: &mut Vec<String>) -> Result<Option<Resolved>, DiscoveryError> {
+fn from_context(
+    user: &User,
+    env: &dyn DiscoveryEnv,
+    tried: &mut Vec<String>,
+) -> Result<Option<Resolved>, DiscoveryError> {
     let who = format!("{} {}", user.role, user.name);
     let docker_dir = user.home.join(".docker");
     let config_path = docker_dir.join("config.json");
 
     let (name, chosen_by) = match env.var("DOCKER_CONTEXT").filter(|c| !c.trim().is_empty()) {
-        Some(name) => (name.trim().to_owned(), "DOCKER_CONTEXT in connector's environment".to_owned()),
+        Some(name) => (
+            name.trim().to_owned(),
+            "DOCKER_CONTEXT in connector's environment".to_owned(),
+        ),
         None => match env.read_to_string(&config_path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                tried.push(format!("docker context of {who}: no {}", config_path.display()));
+                tried.push(format!(
+                    "docker context of {who}: no {}",
+                    config_path.display()
+                ));
                 return Ok(None);
             }
             Err(e) => {
@@ -279,14 +320,25 @@ fn from_context(user: &User, env: &dyn DiscoveryEnv, tried: &mut Vec<String>) ->
                 })
             }
             Ok(text) => {
-                let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| DiscoveryError::DockerConfig {
-                    path: config_path.clone(),
-                    reason: format!("not valid JSON: {e}"),
-                })?;
-                match config.get("currentContext").and_then(|c| c.as_str()).map(str::trim) {
-                    Some(name) if !name.is_empty() => (name.to_owned(), format!("currentContext of {who} in {}", config_path.display())),
+                let config: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| DiscoveryError::DockerConfig {
+                        path: config_path.clone(),
+                        reason: format!("not valid JSON: {e}"),
+                    })?;
+                match config
+                    .get("currentContext")
+                    .and_then(|c| c.as_str())
+                    .map(str::trim)
+                {
+                    Some(name) if !name.is_empty() => (
+                        name.to_owned(),
+                        format!("currentContext of {who} in {}", config_path.display()),
+                    ),
                     _ => {
-                        tried.push(format!("docker context of {who}: none set in {}", config_path.display()));
+                        tried.push(format!(
+                            "docker context of {who}: none set in {}",
+                            config_path.display()
+                        ));
                         return Ok(None);
                     }
                 }
@@ -294,11 +346,17 @@ fn from_context(user: &User, env: &dyn DiscoveryEnv, tried: &mut Vec<String>) ->
         },
     };
     if name == "default" {
-        tried.push(format!("docker context of {who}: \"default\" (the default sockets below)"));
+        tried.push(format!(
+            "docker context of {who}: \"default\" (the default sockets below)"
+        ));
         return Ok(None);
     }
 
-    let meta_path = docker_dir.join("contexts").join("meta").join(context_dir_name(&name)).join("meta.json");
+    let meta_path = docker_dir
+        .join("contexts")
+        .join("meta")
+        .join(context_dir_name(&name))
+        .join("meta.json");
     let context_error = |reason: String| DiscoveryError::Context {
         name: name.clone(),
         via: chosen_by.clone(),
@@ -314,7 +372,12 @@ fn from_context(user: &User, env: &dyn DiscoveryEnv, tried: &mut Vec<String>) ->
         .and_then(|h| h.as_str())
         .map(str::trim)
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| context_error(format!("{} has no Endpoints.docker.Host", meta_path.display())))?;
+        .ok_or_else(|| {
+            context_error(format!(
+                "{} has no Endpoints.docker.Host",
+                meta_path.display()
+            ))
+        })?;
 
     let via = format!("docker context {name:?}, {chosen_by}");
     if name == "orbstack" {
@@ -418,9 +481,8 @@ fn console_user() -> Option<User> {
     if uid == 0 {
         return None;
     }
-    let (name, home) = passwd(|pwd, buf, len, result| unsafe {
-        libc::getpwuid_r(uid, pwd, buf, len, result)
-    })?;
+    let (name, home) =
+        passwd(|pwd, buf, len, result| unsafe { libc::getpwuid_r(uid, pwd, buf, len, result) })?;
     Some(User {
         name,
         home,
@@ -430,13 +492,20 @@ fn console_user() -> Option<User> {
 
 fn home_of(name: &str) -> Option<PathBuf> {
     let cname = std::ffi::CString::new(name).ok()?;
-    passwd(|pwd, buf, len, result| unsafe { libc::getpwnam_r(cname.as_ptr(), pwd, buf, len, result) })
-        .map(|(_, home)| home)
+    passwd(|pwd, buf, len, result| unsafe {
+        libc::getpwnam_r(cname.as_ptr(), pwd, buf, len, result)
+    })
+    .map(|(_, home)| home)
 }
 
 /// Name and home directory from the password database (`getpw*_r`).
 fn passwd(
-    lookup: impl Fn(*mut libc::passwd, *mut libc::c_char, libc::size_t, *mut *mut libc::passwd) -> libc::c_int,
+    lookup: impl Fn(
+        *mut libc::passwd,
+        *mut libc::c_char,
+        libc::size_t,
+        *mut *mut libc::passwd,
+    ) -> libc::c_int,
 ) -> Option<(String, PathBuf)> {
     use std::ffi::CStr;
     use std::os::unix::ffi::OsStrExt;
@@ -493,7 +562,11 @@ mod tests {
             use std::sync::atomic::{AtomicU32, Ordering};
             static N: AtomicU32 = AtomicU32::new(0);
             // Short paths: unix socket paths are limited to ~100 bytes.
-            let dir = std::env::temp_dir().join(format!("cd{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+            let dir = std::env::temp_dir().join(format!(
+                "cd{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
             let _ = std::fs::remove_dir_all(&dir);
             let home = dir.join("h");
             let root = dir.join("r");
@@ -546,7 +619,9 @@ mod tests {
 
         fn context(self, name: &str, host: &str) -> Fake {
             let rel = format!(".docker/contexts/meta/{}/meta.json", context_dir_name(name));
-            let meta = format!(r#"{{"Name":"{name}","Metadata":{{}},"Endpoints":{{"docker":{{"Host":"{host}","SkipTLSVerify":false}}}}}}"#);
+            let meta = format!(
+                r#"{{"Name":"{name}","Metadata":{{}},"Endpoints":{{"docker":{{"Host":"{host}","SkipTLSVerify":false}}}}}}"#
+            );
             self.file(&rel, &meta)
         }
 
@@ -559,6 +634,15 @@ mod tests {
 
         fn sock(&self, rel: &str) -> String {
             format!("unix://{}", self.home.join(rel).display())
+        }
+    }
+
+    trait IsOrbStack {
+        fn is_orbstack_error(&self) -> bool;
+    }
+    impl IsOrbStack for DiscoveryError {
+        fn is_orbstack_error(&self) -> bool {
+            matches!(self, DiscoveryError::OrbStack { .. })
         }
     }
 
@@ -581,7 +665,10 @@ mod tests {
             context_dir_name("default"),
             "37a8eec1ce19687d132fe29051dca629d164e2c4958ba141d5f4133a33f0688f"
         );
-        assert_eq!(context_dir_name("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            context_dir_name("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
@@ -613,8 +700,13 @@ mod tests {
         assert_eq!(r.source, Source::DockerHostEnv);
         assert!(r.why.contains("DOCKER_HOST"));
         // Empty config value and empty DOCKER_HOST count as unset.
-        let env = Fake::new().var("DOCKER_HOST", " ").socket(".docker/run/docker.sock", true);
-        assert_eq!(resolve(Some(""), &env).unwrap().source, Source::DockerDesktop);
+        let env = Fake::new()
+            .var("DOCKER_HOST", " ")
+            .socket(".docker/run/docker.sock", true);
+        assert_eq!(
+            resolve(Some(""), &env).unwrap().source,
+            Source::DockerDesktop
+        );
     }
 
     #[test]
@@ -624,8 +716,16 @@ mod tests {
             .context("colima", "unix:///Users/alice/.colima/default/docker.sock")
             .socket(".docker/run/docker.sock", true);
         let r = resolve(None, &env).unwrap();
-        assert_eq!(r.endpoint, "unix:///Users/alice/.colima/default/docker.sock");
-        assert_eq!(r.source, Source::Context { name: "colima".into() });
+        assert_eq!(
+            r.endpoint,
+            "unix:///Users/alice/.colima/default/docker.sock"
+        );
+        assert_eq!(
+            r.source,
+            Source::Context {
+                name: "colima".into()
+            }
+        );
         assert!(r.why.contains("console user alice"), "{}", r.why);
         assert!(r.why.contains("currentContext"), "{}", r.why);
     }
@@ -655,21 +755,30 @@ mod tests {
     #[test]
     fn config_without_context_falls_through() {
         let env = Fake::new()
-            .file(".docker/config.json", r#"{"auths":{},"credsStore":"desktop"}"#)
+            .file(
+                ".docker/config.json",
+                r#"{"auths":{},"credsStore":"desktop"}"#,
+            )
             .socket(".docker/run/docker.sock", true);
         assert_eq!(resolve(None, &env).unwrap().source, Source::DockerDesktop);
     }
 
     #[test]
     fn broken_context_is_an_error_not_a_silent_fallback() {
-        let env = Fake::new().current_context("gone").socket(".docker/run/docker.sock", true);
+        let env = Fake::new()
+            .current_context("gone")
+            .socket(".docker/run/docker.sock", true);
         let e = resolve(None, &env).unwrap_err();
-        assert!(matches!(&e, DiscoveryError::Context { name, .. } if name == "gone"), "{e}");
+        assert!(
+            matches!(&e, DiscoveryError::Context { name, .. } if name == "gone"),
+            "{e}"
+        );
         assert!(e.to_string().contains("meta.json"), "{e}");
 
-        let env = Fake::new()
-            .current_context("x")
-            .file(&format!(".docker/contexts/meta/{}/meta.json", context_dir_name("x")), r#"{"Name":"x","Endpoints":{}}"#);
+        let env = Fake::new().current_context("x").file(
+            &format!(".docker/contexts/meta/{}/meta.json", context_dir_name("x")),
+            r#"{"Name":"x","Endpoints":{}}"#,
+        );
         let e = resolve(None, &env).unwrap_err();
         assert!(e.to_string().contains("Endpoints.docker.Host"), "{e}");
 
@@ -680,9 +789,14 @@ mod tests {
 
     #[test]
     fn ssh_context_is_unsupported() {
-        let env = Fake::new().current_context("remote").context("remote", "ssh://me@box");
+        let env = Fake::new()
+            .current_context("remote")
+            .context("remote", "ssh://me@box");
         let e = resolve(None, &env).unwrap_err();
-        assert!(matches!(&e, DiscoveryError::Unsupported { endpoint, .. } if endpoint == "ssh://me@box"), "{e}");
+        assert!(
+            matches!(&e, DiscoveryError::Unsupported { endpoint, .. } if endpoint == "ssh://me@box"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -701,8 +815,17 @@ mod tests {
             .socket(".docker/run/docker.sock", false)
             .socket(".colima/default/docker.sock", true);
         let r = resolve(None, &env).unwrap();
-        assert_eq!(r.source, Source::Colima { profile: "default".into() });
-        assert!(r.why.contains("Docker Desktop"), "the why names the skipped socket: {}", r.why);
+        assert_eq!(
+            r.source,
+            Source::Colima {
+                profile: "default".into()
+            }
+        );
+        assert!(
+            r.why.contains("Docker Desktop"),
+            "the why names the skipped socket: {}",
+            r.why
+        );
         assert!(r.why.contains("does not answer"), "{}", r.why);
     }
 
@@ -711,14 +834,24 @@ mod tests {
         let env = Fake::new()
             .socket(".colima/work/docker.sock", true)
             .socket(".colima/default/docker.sock", true);
-        assert_eq!(resolve(None, &env).unwrap().source, Source::Colima { profile: "default".into() });
+        assert_eq!(
+            resolve(None, &env).unwrap().source,
+            Source::Colima {
+                profile: "default".into()
+            }
+        );
 
         let env = Fake::new()
             .socket(".colima/zeta/docker.sock", true)
             .socket(".colima/alpha/docker.sock", true)
             .file(".colima/_lima/x", "");
         let r = resolve(None, &env).unwrap();
-        assert_eq!(r.source, Source::Colima { profile: "alpha".into() });
+        assert_eq!(
+            r.source,
+            Source::Colima {
+                profile: "alpha".into()
+            }
+        );
         assert_eq!(r.endpoint, env.sock(".colima/alpha/docker.sock"));
     }
 
@@ -743,8 +876,14 @@ mod tests {
             panic!("{e}")
         };
         assert!(tried.iter().any(|t| t.contains("no user")), "{tried:?}");
-        assert!(tried.iter().any(|t| t.contains("system socket")), "{tried:?}");
-        assert!(!tried.iter().any(|t| t.contains("Docker Desktop")), "{tried:?}");
+        assert!(
+            tried.iter().any(|t| t.contains("system socket")),
+            "{tried:?}"
+        );
+        assert!(
+            !tried.iter().any(|t| t.contains("Docker Desktop")),
+            "{tried:?}"
+        );
     }
 
     #[test]
@@ -771,7 +910,7 @@ mod tests {
     fn orbstack_socket_is_detected() {
         let env = Fake::new().socket(".orbstack/run/docker.sock", true);
         let e = resolve(None, &env).unwrap_err();
-        assert!(e.is_orbstack(), "{e}");
+        assert!(e.is_orbstack_error(), "{e}");
         assert!(e.to_string().contains("connector is not needed"), "{e}");
     }
 
@@ -792,7 +931,7 @@ mod tests {
         std::os::unix::fs::symlink(&target, env.root.join("var/run/docker.sock")).unwrap();
         let env = env.nobody();
         let e = resolve(None, &env).unwrap_err();
-        assert!(e.is_orbstack(), "{e}");
+        assert!(e.is_orbstack_error(), "{e}");
     }
 
     #[test]
@@ -800,10 +939,13 @@ mod tests {
         let env = Fake::new()
             .current_context("orbstack")
             .context("orbstack", "unix:///Users/alice/.orbstack/run/docker.sock");
-        assert!(resolve(None, &env).unwrap_err().is_orbstack());
+        assert!(resolve(None, &env).unwrap_err().is_orbstack_error());
 
-        let env = Fake::new().var("DOCKER_HOST", "unix:///Users/alice/.orbstack/run/docker.sock");
-        assert!(resolve(None, &env).unwrap_err().is_orbstack());
+        let env = Fake::new().var(
+            "DOCKER_HOST",
+            "unix:///Users/alice/.orbstack/run/docker.sock",
+        );
+        assert!(resolve(None, &env).unwrap_err().is_orbstack_error());
     }
 
     #[test]

@@ -74,3 +74,79 @@ pub async fn bridge_networks(docker: &Docker) -> Result<Vec<DockerNetwork>> {
         })
         .collect())
 }
+
+/// What a command run with `docker exec` printed, and how it ended.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` inside a running container and collects its output.
+pub async fn exec(docker: &Docker, container: &str, cmd: &[&str]) -> Result<ExecOutput> {
+    use bollard::container::LogOutput;
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    use futures_util::StreamExt;
+
+    let created = docker
+        .create_exec(
+            container,
+            CreateExecOptions {
+                cmd: Some(cmd.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("cannot exec in container {container}"))?;
+    let mut out = ExecOutput {
+        exit_code: -1,
+        stdout: String::new(),
+        stderr: String::new(),
+    };
+    if let StartExecResults::Attached { mut output, .. } = docker
+        .start_exec(&created.id, None)
+        .await
+        .with_context(|| format!("cannot start exec in container {container}"))?
+    {
+        while let Some(chunk) = output.next().await {
+            match chunk.context("reading exec output")? {
+                LogOutput::StdOut { message } => out.stdout += &String::from_utf8_lossy(&message),
+                LogOutput::StdErr { message } => out.stderr += &String::from_utf8_lossy(&message),
+                _ => {}
+            }
+        }
+    }
+    let inspected = docker
+        .inspect_exec(&created.id)
+        .await
+        .context("cannot read the exec result")?;
+    out.exit_code = inspected.exit_code.unwrap_or(-1);
+    Ok(out)
+}
+
+/// Running containers' names and IP addresses on all their networks.
+pub async fn container_ips(docker: &Docker) -> Result<Vec<(String, std::net::IpAddr)>> {
+    let containers = docker
+        .list_containers(None::<bollard::query_parameters::ListContainersOptions>)
+        .await
+        .context("cannot list containers")?;
+    let mut out = Vec::new();
+    for c in containers {
+        let name = c
+            .names
+            .and_then(|n| n.into_iter().next())
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned();
+        let networks = c.network_settings.and_then(|s| s.networks).unwrap_or_default();
+        for endpoint in networks.values() {
+            if let Some(ip) = endpoint.ip_address.as_deref().and_then(|a| a.parse().ok()) {
+                out.push((name.clone(), ip));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -6,6 +6,9 @@ mod control;
 mod daemon;
 mod discovery;
 mod docker;
+mod doctor;
+mod events;
+mod icmp;
 mod os;
 mod plan;
 mod protocol;
@@ -44,6 +47,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Walk the whole path (config, daemon, Docker, agent, handshake, routes,
+    /// VM rules, a probe through the tunnel) and say how to fix what fails.
+    Doctor,
     /// Show the running daemon's state.
     Status {
         /// Print the report as JSON.
@@ -79,13 +85,23 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> Result<()> {
-    // Validate the config before anything touches the system.
-    let config = Config::load(cli.config.as_deref())?;
-    init_logging(&cli.log_level)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if let Command::Doctor = cli.command {
+        // Doctor reports a bad config as its first failed step.
+        let checks = runtime.block_on(doctor::run(cli.config.as_deref()));
+        let (text, ok) = doctor::render(&checks);
+        print!("{text}");
+        if !ok {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    // Validate the config before anything touches the system.
+    let config = Config::load(cli.config.as_deref())?;
+    init_logging(&cli.log_level)?;
     runtime.block_on(async {
         match cli.command {
             Command::Run => daemon::run(config).await,
@@ -98,6 +114,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 }
                 Ok(())
             }
+            Command::Doctor => unreachable!("handled above"),
             Command::Status { json } => {
                 match control::request(&config.control_socket, &Request::Status).await? {
                     Response::Status(status) if json => println!("{}", serde_json::to_string_pretty(&status)?),
@@ -113,23 +130,31 @@ fn real_main(cli: Cli) -> Result<()> {
 
 fn render_status(s: &protocol::StatusReport) -> String {
     let mut out = format!(
-        "connector {} up {}s\ndocker: {} ({})\nagent: {} {} ({})\n",
+        "connector {} up {}s\ndocker: {} ({}){}\nagent: {} {} ({}){}\n",
         s.version,
         s.uptime_secs,
         s.docker_endpoint,
         s.engine_version,
+        if s.docker_reachable { "" } else { " UNREACHABLE" },
         s.agent.name,
         &s.agent.container_id.get(..12).unwrap_or(&s.agent.container_id),
-        s.agent.image
+        s.agent.image,
+        s.agent.error.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default(),
+    );
+    out += &format!(
+        "firewall: {} {}\n",
+        s.firewall.backend.as_deref().unwrap_or("?"),
+        if s.firewall.all_present { "all rules present".to_owned() } else { s.firewall.detail.join("; ") }
     );
     let t = &s.tunnel;
     out += &format!(
-        "tunnel: {} {} listen {} peer {} handshake {} rx {} B tx {} B\n",
+        "tunnel: {} {} listen {} peer {} handshake {} last datagram {} rx {} B tx {} B\n",
         t.interface,
         t.address,
         t.listen,
         t.endpoint.as_deref().unwrap_or("-"),
         t.last_handshake_secs.map(|s| format!("{s}s ago")).unwrap_or_else(|| "never".into()),
+        t.last_received_secs.map(|s| format!("{s}s ago")).unwrap_or_else(|| "never".into()),
         t.rx_bytes,
         t.tx_bytes
     );

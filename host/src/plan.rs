@@ -81,12 +81,6 @@ pub struct Plan {
     pub remove: Vec<IpNet>,
 }
 
-impl Plan {
-    pub fn routed(&self) -> impl Iterator<Item = &SubnetDecision> {
-        self.decisions.iter().filter(|d| d.skipped.is_none())
-    }
-}
-
 /// Inputs of [`plan`].
 pub struct PlanInput<'a> {
     pub networks: &'a [DockerNetwork],
@@ -96,6 +90,9 @@ pub struct PlanInput<'a> {
     pub interface: &'a str,
     /// The host's routing table as read just now.
     pub host_routes: &'a [RouteEntry],
+    /// Subnets that do not come from a Docker network (kind pod and Service
+    /// CIDRs), named by their owner; `[networks]` does not filter them.
+    pub extra: &'a [DockerNetwork],
 }
 
 /// Decides every subnet and diffs the result against the routes on our tun.
@@ -113,13 +110,18 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .map(|r| r.destination)
         .collect();
 
-    let mut networks: Vec<&DockerNetwork> = input.networks.iter().collect();
-    networks.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut networks: Vec<(&DockerNetwork, bool)> = input
+        .networks
+        .iter()
+        .map(|n| (n, true))
+        .chain(input.extra.iter().map(|n| (n, false)))
+        .collect();
+    networks.sort_by(|a, b| a.0.name.cmp(&b.0.name));
 
     let mut decisions = Vec::new();
     let mut wanted = BTreeSet::new();
-    for network in networks {
-        let excluded = input.filter.rejects(&network.name);
+    for (network, filtered) in networks {
+        let excluded = if filtered { input.filter.rejects(&network.name) } else { None };
         for subnet in &network.subnets {
             let subnet = subnet.trunc();
             let skipped = if let Some(rule) = excluded {
@@ -131,6 +133,12 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             } else if overlaps(&subnet, &IpNet::V4(input.tunnel)) {
                 Some(SkipReason::TunnelOverlap {
                     tunnel: input.tunnel.to_string(),
+                })
+            } else if let Some(other) = wanted.iter().find(|w| overlaps(w, &subnet)) {
+                Some(SkipReason::Conflict {
+                    route: other.to_string(),
+                    interface: None,
+                    gateway: None,
                 })
             } else if let Some(route) = foreign.iter().find(|r| overlaps(&r.destination, &subnet)) {
                 Some(SkipReason::Conflict {
@@ -208,6 +216,7 @@ mod tests {
             tunnel: "10.254.253.0/30".parse().unwrap(),
             interface: "connector0",
             host_routes: routes,
+            extra: &[],
         })
     }
 
@@ -299,6 +308,31 @@ mod tests {
         ];
         let p = run(&[], &all(), &routes);
         assert!(p.remove.is_empty(), "{:?}", p.remove);
+    }
+
+    #[test]
+    fn extra_subnets_bypass_the_network_filter_but_not_conflicts() {
+        let filter = NetworkFilter::new(vec!["app".into()], vec![]).unwrap();
+        let extra = [net("kind/dev/pods", &["10.244.0.0/16"]), net("kind/dev/services", &["192.168.0.0/16"])];
+        let p = plan(&PlanInput {
+            networks: &[net("app", &["172.20.0.0/16"]), net("other", &["172.21.0.0/16"])],
+            filter: &filter,
+            tunnel: "10.254.253.0/30".parse().unwrap(),
+            interface: "connector0",
+            host_routes: &[route("192.168.1.0/24", "en0")],
+            extra: &extra,
+        });
+        assert_eq!(p.add, nets(&["10.244.0.0/16", "172.20.0.0/16"]));
+        let services = p.decisions.iter().find(|d| d.network == "kind/dev/services").unwrap();
+        assert!(matches!(services.skipped, Some(SkipReason::Conflict { .. })));
+    }
+
+    #[test]
+    fn two_networks_claiming_overlapping_subnets_route_only_the_first() {
+        let networks = [net("a", &["172.20.0.0/16"]), net("b", &["172.20.5.0/24"])];
+        let p = run(&networks, &all(), &[]);
+        assert_eq!(p.add, nets(&["172.20.0.0/16"]));
+        assert!(matches!(p.decisions[1].skipped, Some(SkipReason::Conflict { .. })));
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub struct TunnelStatus {
     pub endpoint: Option<String>,
     /// Seconds since the last handshake; `None` = never.
     pub last_handshake_secs: Option<u64>,
+    /// Seconds since the last authenticated datagram from the agent (it
+    /// sends a keepalive every 20 s); `None` = never.
+    pub last_received_secs: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub rx_packets: u64,
@@ -107,6 +110,18 @@ pub struct AgentStatus {
     pub container_id: String,
     pub image: String,
     pub adopted: bool,
+    /// Last error ensuring the agent container, if it is failing.
+    pub error: Option<String>,
+}
+
+/// The agent's firewall rules in the VM, as the agent itself reports them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FirewallStatus {
+    /// `nft` or `legacy`; `None` when the agent could not be asked.
+    pub backend: Option<String>,
+    pub all_present: bool,
+    /// The agent's report, one line per rule problem (or its error).
+    pub detail: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,8 +138,10 @@ pub struct StatusReport {
     pub version: String,
     pub uptime_secs: u64,
     pub docker_endpoint: String,
+    pub docker_reachable: bool,
     pub engine_version: String,
     pub agent: AgentStatus,
+    pub firewall: FirewallStatus,
     pub tunnel: TunnelStatus,
     pub networks: Vec<NetworkStatus>,
 }

@@ -9,7 +9,7 @@ use ipnet::{IpNet, Ipv4Net};
 
 use crate::config::NetworkFilter;
 use crate::os::RouteTable;
-use crate::plan::{self, Plan, PlanInput, SubnetDecision};
+use crate::plan::{self, DockerNetwork, Plan, PlanInput, SubnetDecision};
 use crate::protocol::{RouteChange, Skipped, SyncReport};
 
 pub struct Router {
@@ -41,6 +41,12 @@ impl Router {
 
     /// Reads Docker and the routing table, then adds and removes routes.
     pub async fn sync(&mut self, docker: &Docker) -> Result<SyncReport> {
+        self.sync_with(docker, &[]).await
+    }
+
+    /// [`Router::sync`] plus subnets that are not Docker networks (kind pod
+    /// and Service CIDRs), each named by its owner.
+    pub async fn sync_with(&mut self, docker: &Docker, extra: &[DockerNetwork]) -> Result<SyncReport> {
         let networks = crate::docker::bridge_networks(docker).await?;
         let host_routes = self.table.list().await.context("reading the host routing table")?;
         let plan = plan::plan(&PlanInput {
@@ -49,6 +55,7 @@ impl Router {
             tunnel: self.tunnel,
             interface: &self.interface,
             host_routes: &host_routes,
+            extra,
         });
         Ok(self.apply(plan).await)
     }

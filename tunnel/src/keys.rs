@@ -43,9 +43,9 @@ pub fn parse_public_key(text: &str) -> Result<PublicKey, TunnelError> {
 
 /// Reads a base64 private key file (as written by [`encode_private`]).
 pub fn read_private_key_file(path: &Path) -> Result<StaticSecret, TunnelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TunnelError::KeyFile {
+    let text = std::fs::read_to_string(path).map_err(|error| TunnelError::KeyFile {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     parse_private_key(&text).map_err(|e| TunnelError::Key(format!("{}: {e}", path.display())))
 }

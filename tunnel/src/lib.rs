@@ -22,15 +22,14 @@ pub use worker::{Tunnel, TunnelConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
     #[error("tun device: {0}")]
-    Tun(#[source] std::io::Error),
+    Tun(std::io::Error),
     #[error("udp socket: {0}")]
-    Udp(#[source] std::io::Error),
+    Udp(std::io::Error),
     #[error("invalid key: {0}")]
     Key(String),
-    #[error("cannot read key file {path}: {source}")]
+    #[error("cannot read key file {path}: {error}")]
     KeyFile {
         path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }

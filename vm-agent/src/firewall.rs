@@ -15,8 +15,8 @@ use std::time::Duration;
 
 pub use detect::{assess_filter_listing, choose, Backend, Choice, DetectError, Probe};
 pub use rules::{
-    desired_rules, diff, parse_listing, shell_quote, tagged, validate_tag, FirewallSpec, NatMode, ParseError,
-    Rule, SpecError, Table,
+    desired_rules, diff, parse_listing, shell_quote, tagged, validate_tag, FirewallSpec, NatMode,
+    ParseError, Rule, SpecError, Table,
 };
 
 /// Seconds iptables waits for the xtables lock (legacy only; nft ignores it).
@@ -34,12 +34,18 @@ pub enum FirewallError {
     Detect(#[from] DetectError),
     #[error(transparent)]
     Parse(#[from] ParseError),
-    #[error("could not run `{command}`: {source}")]
-    Spawn { command: String, source: io::Error },
+    // `error`, not `source`: the message already shows it, and anyhow's `{:#}`
+    // would print a `#[source]` a second time.
+    #[error("could not run `{command}`: {error}")]
+    Spawn { command: String, error: io::Error },
     #[error("`{command}` did not finish within {secs} s", secs = COMMAND_TIMEOUT.as_secs())]
     Timeout { command: String },
     #[error("`{command}` failed ({status}): {stderr}")]
-    Command { command: String, status: String, stderr: String },
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     #[error("`{command}` still finds the rule after {MAX_COPIES} deletions")]
     DeleteLoop { command: String },
     #[error("empty iptables command")]
@@ -49,7 +55,7 @@ pub enum FirewallError {
 impl FirewallError {
     /// The binary does not exist (as opposed to failing when run).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, FirewallError::Spawn { source, .. } if source.kind() == io::ErrorKind::NotFound)
+        matches!(self, FirewallError::Spawn { error, .. } if error.kind() == io::ErrorKind::NotFound)
     }
 }
 
@@ -69,7 +75,10 @@ impl FromStr for IptablesCmd {
     fn from_str(s: &str) -> Result<Self> {
         let mut words = s.split_whitespace();
         let program = words.next().ok_or(FirewallError::EmptyCommand)?;
-        Ok(IptablesCmd { program: program.into(), pre_args: words.map(str::to_owned).collect() })
+        Ok(IptablesCmd {
+            program: program.into(),
+            pre_args: words.map(str::to_owned).collect(),
+        })
     }
 }
 
@@ -110,7 +119,7 @@ impl IptablesCmd {
             .output();
         let out = match tokio::time::timeout(COMMAND_TIMEOUT, child).await {
             Err(_) => return Err(FirewallError::Timeout { command }),
-            Ok(Err(source)) => return Err(FirewallError::Spawn { command, source }),
+            Ok(Err(error)) => return Err(FirewallError::Spawn { command, error }),
             Ok(Ok(out)) => out,
         };
         Ok(Outcome {
@@ -137,13 +146,19 @@ impl IptablesCmd {
                 Some(c) => format!("exit status {c}"),
                 None => "killed by a signal".to_owned(),
             },
-            stderr: if out.stderr.is_empty() { "(no stderr)".to_owned() } else { out.stderr.clone() },
+            stderr: if out.stderr.is_empty() {
+                "(no stderr)".to_owned()
+            } else {
+                out.stderr.clone()
+            },
         }
     }
 
     /// All rules of one table.
     pub async fn list(&self, table: Table) -> Result<Vec<Rule>> {
-        let text = self.run(&["-t".to_owned(), table.as_str().to_owned(), "-S".to_owned()]).await?;
+        let text = self
+            .run(&["-t".to_owned(), table.as_str().to_owned(), "-S".to_owned()])
+            .await?;
         Ok(parse_listing(table, &text)?)
     }
 
@@ -172,7 +187,9 @@ impl IptablesCmd {
         let mut n = 0;
         while self.exists(rule).await? {
             if n == MAX_COPIES {
-                return Err(FirewallError::DeleteLoop { command: self.command_line(&rule.delete_args()) });
+                return Err(FirewallError::DeleteLoop {
+                    command: self.command_line(&rule.delete_args()),
+                });
             }
             self.delete_one(rule).await?;
             n += 1;
@@ -185,7 +202,9 @@ impl IptablesCmd {
         let args = ["-t".to_owned(), "filter".to_owned(), "-S".to_owned()];
         match self.run(&args).await {
             Ok(text) => Probe::Listed(assess_filter_listing(&text)),
-            Err(e) if e.is_not_found() => Probe::Unavailable(format!("{} not found", self.program.display())),
+            Err(e) if e.is_not_found() => {
+                Probe::Unavailable(format!("{} not found", self.program.display()))
+            }
             Err(e) => Probe::Unavailable(e.to_string()),
         }
     }
@@ -230,7 +249,10 @@ pub async fn remove_tagged(ipt: &IptablesCmd, tag: &str, tables: &[Table]) -> Re
         for rule in distinct {
             let copies = ipt.delete_all(rule).await?;
             if copies > 0 {
-                removed.push(Removed { rule: rule.clone(), copies });
+                removed.push(Removed {
+                    rule: rule.clone(),
+                    copies,
+                });
             }
         }
     }
@@ -286,7 +308,13 @@ impl Firewall {
         let (legacy, nft) = tokio::join!(binaries.legacy.probe(), binaries.nft.probe());
         tracing::debug!(%legacy, %nft, "probed iptables variants");
         let Choice { backend, reason } = choose(&legacy, &nft)?;
-        Ok(Firewall { desired: desired_rules(&spec), spec, backend, ipt: binaries.get(backend).clone(), reason })
+        Ok(Firewall {
+            desired: desired_rules(&spec),
+            spec,
+            backend,
+            ipt: binaries.get(backend).clone(),
+            reason,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -322,7 +350,10 @@ impl Firewall {
         for rule in &d.stale {
             let copies = self.ipt.delete_all(rule).await?;
             if copies > 0 {
-                report.removed_stale.push(Removed { rule: rule.clone(), copies });
+                report.removed_stale.push(Removed {
+                    rule: rule.clone(),
+                    copies,
+                });
             }
         }
         for rule in &d.duplicates {
@@ -349,8 +380,14 @@ impl Firewall {
     pub async fn verify(&self) -> Result<Vec<MissingRule>> {
         let present = self.present().await?;
         let d = diff(&self.desired, &present, &self.spec.tag);
-        let absent = d.missing.into_iter().map(|rule| MissingRule { rule, reason: MissingReason::Absent });
-        let shadowed = d.misplaced.into_iter().map(|rule| MissingRule { rule, reason: MissingReason::Shadowed });
+        let absent = d.missing.into_iter().map(|rule| MissingRule {
+            rule,
+            reason: MissingReason::Absent,
+        });
+        let shadowed = d.misplaced.into_iter().map(|rule| MissingRule {
+            rule,
+            reason: MissingReason::Shadowed,
+        });
         Ok(absent.chain(shadowed).collect())
     }
 
@@ -366,8 +403,8 @@ pub const IP_FORWARD_PATH: &str = "/proc/sys/net/ipv4/ip_forward";
 pub enum IpForwardError {
     #[error("net.ipv4.ip_forward is 0 in the Docker VM: routed traffic cannot reach containers")]
     Disabled,
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: io::Error },
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: io::Error },
     #[error("unexpected content {content:?} in {path}")]
     Unexpected { path: String, content: String },
 }
@@ -375,11 +412,17 @@ pub enum IpForwardError {
 /// A host-network container cannot set `net.*` sysctls, so only report.
 pub fn check_ip_forward(path: &Path) -> Result<(), IpForwardError> {
     let shown = path.display().to_string();
-    let content = std::fs::read_to_string(path).map_err(|source| IpForwardError::Read { path: shown.clone(), source })?;
+    let content = std::fs::read_to_string(path).map_err(|error| IpForwardError::Read {
+        path: shown.clone(),
+        error,
+    })?;
     match content.trim() {
         "1" => Ok(()),
         "0" => Err(IpForwardError::Disabled),
-        other => Err(IpForwardError::Unexpected { path: shown, content: other.to_owned() }),
+        other => Err(IpForwardError::Unexpected {
+            path: shown,
+            content: other.to_owned(),
+        }),
     }
 }
 

@@ -25,10 +25,19 @@ const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 const RESOLVE_RETRY: Duration = Duration::from_secs(5);
 
 #[derive(Parser, Debug)]
-#[command(name = "connector-agent", version, about = "connector's agent inside the Docker VM")]
+#[command(
+    name = "connector-agent",
+    version,
+    about = "connector's agent inside the Docker VM"
+)]
 struct Cli {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
-    #[arg(long, global = true, env = "CONNECTOR_AGENT_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "CONNECTOR_AGENT_LOG_LEVEL",
+        default_value = "info"
+    )]
     log_level: String,
     #[command(subcommand)]
     command: Command,
@@ -38,6 +47,9 @@ struct Cli {
 enum Command {
     /// Install the firewall rules, run the tunnel, remove the rules on SIGTERM/SIGINT.
     Run(RunArgs),
+    /// Check (read-only) that every rule `run` would install is in place;
+    /// takes the same arguments as `run`. Exit 1 and one line per missing rule.
+    Verify(RunArgs),
     /// Remove every rule carrying the tag, in both iptables variants.
     Cleanup(CleanupArgs),
     /// Print the agent version.
@@ -48,10 +60,18 @@ enum Command {
 struct IptablesArgs {
     /// Command for the legacy iptables variant (may include leading arguments,
     /// e.g. "xtables-legacy-multi iptables").
-    #[arg(long, env = "CONNECTOR_AGENT_IPTABLES_LEGACY", default_value = "iptables-legacy")]
+    #[arg(
+        long,
+        env = "CONNECTOR_AGENT_IPTABLES_LEGACY",
+        default_value = "iptables-legacy"
+    )]
     iptables_legacy: String,
     /// Command for the nf_tables iptables variant.
-    #[arg(long, env = "CONNECTOR_AGENT_IPTABLES_NFT", default_value = "iptables-nft")]
+    #[arg(
+        long,
+        env = "CONNECTOR_AGENT_IPTABLES_NFT",
+        default_value = "iptables-nft"
+    )]
     iptables_nft: String,
 }
 
@@ -90,7 +110,11 @@ struct RunArgs {
     #[arg(long, env = "CONNECTOR_AGENT_ADDRESS", default_value = "10.254.253.2")]
     address: Ipv4Addr,
     /// The host's address inside the tunnel (source of routed traffic).
-    #[arg(long, env = "CONNECTOR_AGENT_PEER_ADDRESS", default_value = "10.254.253.1")]
+    #[arg(
+        long,
+        env = "CONNECTOR_AGENT_PEER_ADDRESS",
+        default_value = "10.254.253.1"
+    )]
     peer_address: Ipv4Addr,
     #[arg(long, env = "CONNECTOR_AGENT_PREFIX", default_value_t = 30,
           value_parser = clap::value_parser!(u8).range(1..=32))]
@@ -99,13 +123,21 @@ struct RunArgs {
           value_parser = clap::value_parser!(u16).range(576..=9000))]
     mtu: u16,
     /// The host daemon's UDP endpoint, host:port; the host name is re-resolved periodically.
-    #[arg(long, env = "CONNECTOR_AGENT_ENDPOINT", default_value = "host.docker.internal:51871")]
+    #[arg(
+        long,
+        env = "CONNECTOR_AGENT_ENDPOINT",
+        default_value = "host.docker.internal:51871"
+    )]
     endpoint: String,
     /// The host daemon's WireGuard public key (base64).
     #[arg(long, env = "CONNECTOR_AGENT_PEER_PUBLIC_KEY")]
     peer_public_key: String,
     /// File holding the agent's base64 WireGuard private key.
-    #[arg(long, env = "CONNECTOR_AGENT_PRIVATE_KEY_FILE", default_value = "/etc/connector/agent.key")]
+    #[arg(
+        long,
+        env = "CONNECTOR_AGENT_PRIVATE_KEY_FILE",
+        default_value = "/etc/connector/agent.key"
+    )]
     private_key_file: PathBuf,
     #[arg(long, env = "CONNECTOR_AGENT_NAT", value_enum, default_value_t = NatArg::Masquerade)]
     nat: NatArg,
@@ -133,7 +165,11 @@ fn main() -> std::process::ExitCode {
         eprintln!("connector-agent: {e:#}");
         return std::process::ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("connector-agent: cannot start the async runtime: {e}");
@@ -143,6 +179,7 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
+            Command::Verify(args) => verify(args).await,
             Command::Cleanup(args) => cleanup(args).await,
             Command::Version => {
                 println!("connector-agent {}", env!("CARGO_PKG_VERSION"));
@@ -160,7 +197,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn init_tracing(level: &str) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("invalid --log-level {level:?}"))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("invalid --log-level {level:?}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -205,11 +243,12 @@ fn check_endpoint(endpoint: &str) -> Result<()> {
 
 /// First IPv4 address of the endpoint (the UDP socket is IPv4).
 async fn resolve(endpoint: &str) -> Result<SocketAddr> {
-    let addrs: Vec<SocketAddr> = tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(endpoint))
-        .await
-        .map_err(|_| anyhow!("resolving {endpoint} timed out"))?
-        .with_context(|| format!("resolving {endpoint}"))?
-        .collect();
+    let addrs: Vec<SocketAddr> =
+        tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(endpoint))
+            .await
+            .map_err(|_| anyhow!("resolving {endpoint} timed out"))?
+            .with_context(|| format!("resolving {endpoint}"))?
+            .collect();
     addrs
         .iter()
         .copied()
@@ -234,7 +273,9 @@ async fn run(args: RunArgs) -> Result<()> {
         nat: args.nat.into(),
         tag: args.tag.clone(),
     };
-    let fw = Firewall::detect(spec, &args.iptables.binaries()?).await.context("choosing the iptables variant")?;
+    let fw = Firewall::detect(spec, &args.iptables.binaries()?)
+        .await
+        .context("choosing the iptables variant")?;
     tracing::info!(backend = %fw.backend(), reason = fw.reason(), "iptables variant");
 
     // From here on every exit path removes the rules.
@@ -265,7 +306,10 @@ async fn install_rules(fw: &Firewall) -> Result<()> {
         for m in &missing {
             tracing::error!(rule = %m.rule, reason = ?m.reason, "rule not in effect after install");
         }
-        bail!("{} firewall rule(s) not in effect right after installing them", missing.len());
+        bail!(
+            "{} firewall rule(s) not in effect right after installing them",
+            missing.len()
+        );
     }
     tracing::info!(nat = fw.spec().nat.as_str(), tag = %fw.spec().tag, "firewall rules in place");
     Ok(())
@@ -300,7 +344,11 @@ async fn first_endpoint(endpoint: &str, shutdown: &mut Shutdown) -> Result<Optio
     loop {
         match resolve(endpoint).await {
             Ok(addr) => return Ok(Some(addr)),
-            Err(e) => tracing::warn!(error = format!("{e:#}"), retry_in_s = delay.as_secs(), "endpoint not resolvable yet"),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                retry_in_s = delay.as_secs(),
+                "endpoint not resolvable yet"
+            ),
         }
         tokio::select! {
             sig = shutdown.recv() => {
@@ -315,6 +363,8 @@ async fn first_endpoint(endpoint: &str, shutdown: &mut Shutdown) -> Result<Optio
 
 enum Event {
     Signal(&'static str),
+    /// The host daemon restarted and lost the session: handshake again now.
+    Rehandshake,
     TunnelFailed(connector_tunnel::TunnelError),
     Reassert,
     Resolve,
@@ -334,14 +384,21 @@ async fn serve(
         prefix: args.prefix,
         mtu: args.mtu,
     })
-    .with_context(|| format!("creating tun {} (needs --cap-add NET_ADMIN and --device /dev/net/tun)", args.tun_name))?;
+    .with_context(|| {
+        format!(
+            "creating tun {} (needs --cap-add NET_ADMIN and --device /dev/net/tun)",
+            args.tun_name
+        )
+    })?;
     tracing::info!(tun = %args.tun_name, address = %args.address, peer = %args.peer_address,
                    prefix = args.prefix, mtu = args.mtu, "tun up");
 
     let Some(mut endpoint) = first_endpoint(&args.endpoint, shutdown).await? else {
         return Ok(());
     };
-    let socket = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await.context("binding the UDP socket")?;
+    let socket = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .await
+        .context("binding the UDP socket")?;
     let local = socket.local_addr().ok();
     let mut tunnel = Tunnel::spawn(
         device,
@@ -356,6 +413,7 @@ async fn serve(
     tracing::info!(endpoint = %endpoint, name = %args.endpoint, local = ?local, keepalive_s = args.keepalive, "tunnel started");
 
     let stats = tunnel.stats();
+    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut had_handshake = false;
     let mut reassert = tokio::time::interval_at(Instant::now() + REASSERT_EVERY, REASSERT_EVERY);
     reassert.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -364,6 +422,7 @@ async fn serve(
     let outcome = loop {
         let event = tokio::select! {
             sig = shutdown.recv() => Event::Signal(sig),
+            _ = usr1.recv() => Event::Rehandshake,
             err = tunnel.failed() => Event::TunnelFailed(err),
             _ = reassert.tick() => Event::Reassert,
             _ = sleep_until(next_resolve) => Event::Resolve,
@@ -374,6 +433,10 @@ async fn serve(
                 break Ok(());
             }
             Event::TunnelFailed(e) => break Err(anyhow!(e).context("tunnel stopped")),
+            Event::Rehandshake => {
+                tracing::info!("SIGUSR1: starting a new handshake");
+                tunnel.rehandshake().await;
+            }
             Event::Reassert => {
                 match fw.ensure().await {
                     Ok(report) => log_report(&report, true),
@@ -383,7 +446,11 @@ async fn serve(
                 if snap.last_handshake.is_some() != had_handshake {
                     had_handshake = !had_handshake;
                     if had_handshake {
-                        tracing::info!(rx_bytes = snap.rx_bytes, tx_bytes = snap.tx_bytes, "handshake with host completed");
+                        tracing::info!(
+                            rx_bytes = snap.rx_bytes,
+                            tx_bytes = snap.tx_bytes,
+                            "handshake with host completed"
+                        );
                     }
                 }
             }
@@ -407,6 +474,33 @@ async fn serve(
     outcome
 }
 
+/// Used by `connector doctor` through `docker exec`.
+async fn verify(args: RunArgs) -> Result<()> {
+    let spec = FirewallSpec {
+        tun: args.tun_name.clone(),
+        host_tunnel_ip: args.peer_address,
+        nat: args.nat.into(),
+        tag: args.tag.clone(),
+    };
+    let fw = Firewall::detect(spec, &args.iptables.binaries()?)
+        .await
+        .context("choosing the iptables variant")?;
+    let missing = fw.verify().await.context("listing the firewall rules")?;
+    let wanted = firewall::desired_rules(fw.spec()).len();
+    if missing.is_empty() {
+        println!("ok: all {wanted} rules tagged {:?} are in place ({})", args.tag, fw.backend());
+        return Ok(());
+    }
+    for m in &missing {
+        let why = match m.reason {
+            firewall::MissingReason::Absent => "missing",
+            firewall::MissingReason::Shadowed => "behind a DROP rule",
+        };
+        println!("{why}: [{}] {}", fw.backend(), m.rule);
+    }
+    bail!("{} of {wanted} firewall rules are not in place", missing.len())
+}
+
 async fn cleanup(args: CleanupArgs) -> Result<()> {
     firewall::validate_tag(&args.tag)?;
     let binaries = args.iptables.binaries()?;
@@ -422,20 +516,145 @@ async fn cleanup(args: CleanupArgs) -> Result<()> {
                     listed_any = true;
                     for r in removed {
                         total += r.copies;
-                        println!("removed [{backend}] {} ({} cop{})", r.rule, r.copies, if r.copies == 1 { "y" } else { "ies" });
+                        println!(
+                            "removed [{backend}] {} ({} cop{})",
+                            r.rule,
+                            r.copies,
+                            if r.copies == 1 { "y" } else { "ies" }
+                        );
                     }
                 }
                 Err(e) if e.is_not_found() => {
-                    println!("skipped [{backend}]: {} not found", ipt.program.display());
+                    eprintln!("skipped [{backend}]: {} not found", ipt.program.display());
                     break;
                 }
-                Err(e) => println!("skipped [{backend}] table {table}: {e}"),
+                Err(e) => eprintln!("skipped [{backend}] table {table}: {e}"),
             }
         }
     }
     if !listed_any {
-        bail!("no iptables table could be listed in either variant");
+        bail!("no iptables table could be listed in either variant (the agent needs --cap-add NET_ADMIN and --net host)");
     }
     println!("removed {total} rule(s) tagged {:?}", args.tag);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_accepts_the_host_daemon_contract() {
+        let cli = Cli::try_parse_from([
+            "connector-agent",
+            "run",
+            "--tun-name",
+            "connector-vm",
+            "--address",
+            "10.254.253.2",
+            "--peer-address",
+            "10.254.253.1",
+            "--prefix",
+            "30",
+            "--mtu",
+            "1420",
+            "--endpoint",
+            "host.docker.internal:51871",
+            "--peer-public-key",
+            "AAAA",
+            "--private-key-file",
+            "/etc/connector/agent.key",
+            "--nat",
+            "routed",
+            "--tag",
+            "connector",
+            "--keepalive",
+            "20",
+            "--iptables-legacy",
+            "xtables-legacy-multi iptables",
+            "--iptables-nft",
+            "iptables-nft",
+            "--log-level",
+            "debug",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_level, "debug");
+        let Command::Run(run) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.nat, NatArg::Routed);
+        assert_eq!((run.prefix, run.mtu, run.keepalive), (30, 1420, 20));
+        let bins = run.iptables.binaries().unwrap();
+        assert_eq!(bins.legacy.program, PathBuf::from("xtables-legacy-multi"));
+        assert_eq!(bins.legacy.pre_args, ["iptables"]);
+    }
+
+    #[test]
+    fn run_defaults_and_limits() {
+        let cli =
+            Cli::try_parse_from(["connector-agent", "run", "--peer-public-key", "AAAA"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.tun_name, "connector-vm");
+        assert_eq!(run.nat, NatArg::Masquerade);
+        assert_eq!(run.iptables.iptables_legacy, "iptables-legacy");
+        assert_eq!(
+            run.private_key_file,
+            PathBuf::from("/etc/connector/agent.key")
+        );
+        assert!(
+            Cli::try_parse_from(["connector-agent", "run"]).is_err(),
+            "peer key is required"
+        );
+        assert!(Cli::try_parse_from([
+            "connector-agent",
+            "run",
+            "--peer-public-key",
+            "A",
+            "--prefix",
+            "33"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from([
+            "connector-agent",
+            "run",
+            "--peer-public-key",
+            "A",
+            "--nat",
+            "snat"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn cleanup_and_version_parse() {
+        let cli =
+            Cli::try_parse_from(["connector-agent", "cleanup", "--tag", "fwtest-tag"]).unwrap();
+        let Command::Cleanup(c) = cli.command else {
+            panic!("expected cleanup")
+        };
+        assert_eq!(c.tag, "fwtest-tag");
+        assert!(matches!(
+            Cli::try_parse_from(["connector-agent", "version"])
+                .unwrap()
+                .command,
+            Command::Version
+        ));
+    }
+
+    #[test]
+    fn endpoint_syntax() {
+        assert!(check_endpoint("host.docker.internal:51871").is_ok());
+        assert!(check_endpoint("192.168.65.254:1").is_ok());
+        for bad in ["host.docker.internal", ":51871", "h:0", "h:70000", "h:x"] {
+            assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+    }
 }

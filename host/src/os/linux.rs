@@ -91,11 +91,11 @@ impl RouteTable {
     }
 
     pub async fn add(&self, destination: IpNet, interface: &str) -> Result<(), OsError> {
-        let err = |source| OsError::Route {
+        let err = |error| OsError::Route {
             op: "add",
             destination,
             interface: interface.to_owned(),
-            source,
+            error,
         };
         let index = self.interface_index(interface).await.map_err(err)?;
         let message = Self::message(destination, index).map_err(err)?;
@@ -119,11 +119,11 @@ impl RouteTable {
     }
 
     pub async fn delete(&self, destination: IpNet, interface: &str) -> Result<(), OsError> {
-        let err = |source| OsError::Route {
+        let err = |error| OsError::Route {
             op: "delete",
             destination,
             interface: interface.to_owned(),
-            source,
+            error,
         };
         // The kernel would match a route with the same prefix on another
         // interface if we got the index wrong; check ownership first.

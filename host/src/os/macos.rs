@@ -19,11 +19,78 @@ use ipnet::IpNet;
 use super::route_socket::{self as rs, LinkAddr, RouteMessage};
 use super::{OsError, RouteEntry, TunConfig};
 
+// route_socket.rs transcribes the headers by hand so Linux can test it; on the
+// Apple targets, hold the transcription against libc's at compile time.
+macro_rules! same_as_libc {
+    ($($name:ident),* $(,)?) => {
+        $(const _: () = assert!(rs::$name as i64 == libc::$name as i64, stringify!($name));)*
+    };
+}
+same_as_libc!(
+    RTM_VERSION,
+    RTM_ADD,
+    RTM_DELETE,
+    RTM_CHANGE,
+    RTM_GET,
+    RTM_GET2,
+    RTF_UP,
+    RTF_GATEWAY,
+    RTF_HOST,
+    RTF_REJECT,
+    RTF_DONE,
+    RTF_CLONING,
+    RTF_LLINFO,
+    RTF_STATIC,
+    RTF_BLACKHOLE,
+    RTF_PRCLONING,
+    RTF_WASCLONED,
+    RTF_LOCAL,
+    RTF_BROADCAST,
+    RTF_MULTICAST,
+    RTF_IFSCOPE,
+    RTF_CONDEMNED,
+    RTF_DEAD,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_NETMASK,
+    RTA_GENMASK,
+    RTA_IFP,
+    RTA_IFA,
+    RTA_AUTHOR,
+    RTA_BRD,
+    RTAX_DST,
+    RTAX_GATEWAY,
+    RTAX_NETMASK,
+    RTAX_GENMASK,
+    RTAX_IFP,
+    RTAX_IFA,
+    RTAX_AUTHOR,
+    RTAX_BRD,
+    RTAX_MAX,
+    AF_UNSPEC,
+    AF_INET,
+    AF_LINK,
+    AF_INET6,
+    PF_ROUTE,
+    NET_RT_DUMP,
+    NET_RT_DUMP2,
+    CTL_NET,
+    IFNAMSIZ,
+);
+const _: () = {
+    use std::mem::size_of;
+    assert!(size_of::<libc::rt_msghdr>() == rs::RT_MSGHDR_LEN);
+    assert!(size_of::<libc::rt_msghdr2>() == rs::RT_MSGHDR_LEN);
+    assert!(size_of::<libc::sockaddr_in>() == rs::SOCKADDR_IN_LEN);
+    assert!(size_of::<libc::sockaddr_in6>() == rs::SOCKADDR_IN6_LEN);
+    assert!(size_of::<libc::sockaddr_dl>() == rs::SOCKADDR_DL_LEN);
+};
+
 /// How long to wait for the kernel's echo of a request. The echo is queued
 /// before `write` returns, so this only matters if the socket buffer overflowed.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn create_tun(config: &TunConfig) -> Result<tun_rs::AsyncDevice, OsError> {
+pub fn create_tun(config: &TunConfig) -> Result<connector_tunnel::tun::AsyncDevice, OsError> {
     super::create_tun_with_tun_rs(config)
 }
 
@@ -57,7 +124,8 @@ impl RouteTable {
                     .or_insert_with(|| index_to_name(index))
                     .clone()
             };
-            rs::parse_dump(&dump, &ifname).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            rs::parse_dump(&dump, &ifname)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
         })
         .await
         .map_err(OsError::ListRoutes)
@@ -72,7 +140,7 @@ impl RouteTable {
             op: "add",
             destination: dst,
             interface: interface.to_owned(),
-            source,
+            error: source,
         };
         let index = name_to_index(interface).map_err(err)?;
         let seq = self.next_seq();
@@ -131,14 +199,16 @@ impl RouteTable {
                 op: "delete",
                 destination: dst,
                 interface: interface.to_owned(),
-                source,
+                error: source,
             }),
         }
     }
 }
 
 /// Runs blocking socket/sysctl work off the async runtime.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| io::Error::other(format!("routing task failed: {e}")))?
@@ -269,17 +339,27 @@ fn dump_routing_table() -> io::Result<Vec<u8>> {
         buf.truncate(got);
         return Ok(buf);
     }
-    Err(io::Error::other("the routing table kept growing while being read"))
+    Err(io::Error::other(
+        "the routing table kept growing while being read",
+    ))
 }
 
 fn name_to_index(name: &str) -> io::Result<u16> {
-    let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name contains NUL"))?;
+    let cname = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name contains NUL"))?;
     // SAFETY: `cname` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     if index == 0 {
-        return Err(io::Error::new(io::ErrorKind::NotFound, format!("no interface named {name}")));
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface named {name}"),
+        ));
     }
-    u16::try_from(index).map_err(|_| io::Error::other(format!("interface index {index} of {name} does not fit a route message")))
+    u16::try_from(index).map_err(|_| {
+        io::Error::other(format!(
+            "interface index {index} of {name} does not fit a route message"
+        ))
+    })
 }
 
 fn index_to_name(index: u16) -> Option<String> {
@@ -290,5 +370,9 @@ fn index_to_name(index: u16) -> Option<String> {
         return None;
     }
     // SAFETY: on success `buf` holds a NUL-terminated name.
-    Some(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }

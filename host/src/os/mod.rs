@@ -55,19 +55,18 @@ pub struct RouteEntry {
 #[derive(Debug, thiserror::Error)]
 pub enum OsError {
     #[error("cannot create tun device: {0}")]
-    Tun(#[source] std::io::Error),
-    #[error("cannot {op} route {destination} on {interface}: {source}")]
+    Tun(std::io::Error),
+    #[error("cannot {op} route {destination} on {interface}: {error}")]
     Route {
         op: &'static str,
         destination: IpNet,
         interface: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot read the routing table: {0}")]
-    ListRoutes(#[source] std::io::Error),
+    ListRoutes(std::io::Error),
     #[error("routing socket: {0}")]
-    Socket(#[source] std::io::Error),
+    Socket(std::io::Error),
 }
 
 /// tun-rs creates both Linux `tun` and macOS `utun` devices; only the route

@@ -178,10 +178,16 @@ impl LinkAddr {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SockAddr {
     V4(Ipv4Addr),
-    V6 { addr: Ipv6Addr, scope_id: u32 },
+    V6 {
+        addr: Ipv6Addr,
+        scope_id: u32,
+    },
     Link(LinkAddr),
     /// Any other family: the raw bytes, `sa_len` long.
-    Other { family: u8, bytes: Vec<u8> },
+    Other {
+        family: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 impl SockAddr {
@@ -367,7 +373,10 @@ impl RouteMessage {
 
     /// Decoded sockaddr of a slot.
     pub fn sockaddr(&self, slot: usize) -> Result<Option<SockAddr>, DecodeError> {
-        self.addrs[slot].as_deref().map(SockAddr::decode).transpose()
+        self.addrs[slot]
+            .as_deref()
+            .map(SockAddr::decode)
+            .transpose()
     }
 
     /// Serialize to what `write(2)` on a routing socket expects:
@@ -637,7 +646,15 @@ mod tests {
     }
 
     /// A header as xnu writes it, built field by field.
-    fn header(msglen: u16, msg_type: u8, index: u16, flags: i32, addrs: i32, pid: i32, seq: i32) -> Vec<u8> {
+    fn header(
+        msglen: u16,
+        msg_type: u8,
+        index: u16,
+        flags: i32,
+        addrs: i32,
+        pid: i32,
+        seq: i32,
+    ) -> Vec<u8> {
         let mut h = Vec::new();
         h.extend(le16(msglen));
         h.push(RTM_VERSION);
@@ -695,7 +712,15 @@ mod tests {
             b.extend_from_slice(sa);
             b.resize(b.len() + sa_space(sa.len()) - sa.len(), 0);
         }
-        let mut m = header((RT_MSGHDR_LEN + b.len()) as u16, msg_type, index, flags, addrs, 0, 0);
+        let mut m = header(
+            (RT_MSGHDR_LEN + b.len()) as u16,
+            msg_type,
+            index,
+            flags,
+            addrs,
+            0,
+            0,
+        );
         m.extend(b);
         m
     }
@@ -723,7 +748,10 @@ mod tests {
         assert_eq!(bytes[3], RTM_ADD);
         assert_eq!(&bytes[4..8], &[0, 0, 0, 0]);
         assert_eq!(&bytes[8..12], &le32(RTF_UP | RTF_STATIC));
-        assert_eq!(&bytes[12..16], &le32(RTA_DST | RTA_GATEWAY | RTA_NETMASK | RTA_IFP));
+        assert_eq!(
+            &bytes[12..16],
+            &le32(RTA_DST | RTA_GATEWAY | RTA_NETMASK | RTA_IFP)
+        );
         assert_eq!(&bytes[16..20], &le32(0), "the kernel fills in rtm_pid");
         assert_eq!(&bytes[20..24], &le32(7));
         assert!(bytes[24..92].iter().all(|b| *b == 0));
@@ -735,7 +763,11 @@ mod tests {
         assert_eq!(&body[16..36], &dl);
         assert_eq!(&body[36..52], sin([255, 255, 0, 0]).as_slice());
         assert_eq!(&body[52..72], &dl);
-        assert_eq!(bytes[8] & RTF_GATEWAY as u8, 0, "an interface route has no RTF_GATEWAY");
+        assert_eq!(
+            bytes[8] & RTF_GATEWAY as u8,
+            0,
+            "an interface route has no RTF_GATEWAY"
+        );
     }
 
     #[test]
@@ -754,8 +786,14 @@ mod tests {
         let bytes = add_interface_route(3, &dst, &LinkAddr::interface(15, "utun4")).unwrap();
         assert_eq!(bytes.len(), 92 + 28 + 20 + 28 + 20);
         let body = &bytes[92..];
-        assert_eq!(&body[0..28], sin6("fd00:10:244::".parse().unwrap()).as_slice());
-        assert_eq!(&body[48..76], sin6("ffff:ffff:ffff:ff00::".parse().unwrap()).as_slice());
+        assert_eq!(
+            &body[0..28],
+            sin6("fd00:10:244::".parse().unwrap()).as_slice()
+        );
+        assert_eq!(
+            &body[48..76],
+            sin6("ffff:ffff:ffff:ff00::".parse().unwrap()).as_slice()
+        );
     }
 
     #[test]
@@ -763,7 +801,10 @@ mod tests {
         let dst: IpNet = "172.18.3.4/16".parse().unwrap();
         let bytes = delete_route(1, &dst);
         let (m, _) = RouteMessage::decode(&bytes).unwrap();
-        assert_eq!(m.sockaddr(RTAX_DST).unwrap(), Some(SockAddr::V4(Ipv4Addr::new(172, 18, 0, 0))));
+        assert_eq!(
+            m.sockaddr(RTAX_DST).unwrap(),
+            Some(SockAddr::V4(Ipv4Addr::new(172, 18, 0, 0)))
+        );
     }
 
     #[test]
@@ -812,9 +853,15 @@ mod tests {
         assert_eq!(len, bytes.len());
         assert_eq!(m.msg_type, RTM_ADD);
         assert_eq!(m.seq, -5);
-        assert_eq!(m.sockaddr(RTAX_GATEWAY).unwrap(), Some(SockAddr::Link(link.clone())));
+        assert_eq!(
+            m.sockaddr(RTAX_GATEWAY).unwrap(),
+            Some(SockAddr::Link(link.clone()))
+        );
         assert_eq!(m.sockaddr(RTAX_IFP).unwrap(), Some(SockAddr::Link(link)));
-        assert_eq!(netmask_prefix(m.addrs[RTAX_NETMASK].as_ref().unwrap(), AF_INET), Some(24));
+        assert_eq!(
+            netmask_prefix(m.addrs[RTAX_NETMASK].as_ref().unwrap(), AF_INET),
+            Some(24)
+        );
         assert_eq!(m.encode(), bytes);
     }
 
@@ -842,8 +889,14 @@ mod tests {
         // Full sockaddr_in, as route(8) sends.
         assert_eq!(netmask_prefix(&sin([255, 255, 255, 0]), AF_INET), Some(24));
         // Radix form from the kernel: sa_len 6, family byte meaningless.
-        assert_eq!(netmask_prefix(&[6, 0xff, 0, 0, 255, 255], AF_INET), Some(16));
-        assert_eq!(netmask_prefix(&[7, 0, 0, 0, 255, 255, 240], AF_INET), Some(20));
+        assert_eq!(
+            netmask_prefix(&[6, 0xff, 0, 0, 255, 255], AF_INET),
+            Some(16)
+        );
+        assert_eq!(
+            netmask_prefix(&[7, 0, 0, 0, 255, 255, 240], AF_INET),
+            Some(20)
+        );
         // Default route: sa_len 0.
         assert_eq!(netmask_prefix(&[], AF_INET), Some(0));
         assert_eq!(netmask_prefix(&[0], AF_INET6), Some(0));
@@ -880,7 +933,11 @@ mod tests {
         ));
         // 127/8 127.0.0.1 UCS lo0 (netmask radix form, sa_len 5)
         d.extend(msg(
-            &[&sin([127, 0, 0, 0]), &sin([127, 0, 0, 1]), &[5, 0xff, 0, 0, 255]],
+            &[
+                &sin([127, 0, 0, 0]),
+                &sin([127, 0, 0, 1]),
+                &[5, 0xff, 0, 0, 255],
+            ],
             RTM_GET,
             1,
             RTF_UP | RTF_STATIC | RTF_CLONING,
@@ -888,7 +945,11 @@ mod tests {
         ));
         // 192.168.1/24 link#4 UCS en0
         d.extend(msg(
-            &[&sin([192, 168, 1, 0]), &sdl_index(4, 6), &[7, 0, 0, 0, 255, 255, 255]],
+            &[
+                &sin([192, 168, 1, 0]),
+                &sdl_index(4, 6),
+                &[7, 0, 0, 0, 255, 255, 255],
+            ],
             RTM_GET,
             4,
             RTF_UP | RTF_STATIC | RTF_CLONING,
@@ -918,7 +979,11 @@ mod tests {
         ));
         // default fe80::1%en0 UGcg en0 (IPv6, scope 4 embedded in bytes 2..4)
         d.extend(msg(
-            &[&sin6(Ipv6Addr::UNSPECIFIED), &sin6("fe80:4::1".parse().unwrap()), &[0]],
+            &[
+                &sin6(Ipv6Addr::UNSPECIFIED),
+                &sin6("fe80:4::1".parse().unwrap()),
+                &[0],
+            ],
             RTM_GET,
             4,
             RTF_UP | RTF_GATEWAY,
@@ -928,7 +993,11 @@ mod tests {
         let mut m56 = vec![15, AF_INET6, 0, 0, 0, 0, 0, 0];
         m56.extend([0xff; 7]);
         d.extend(msg(
-            &[&sin6("fd00:10:244::".parse().unwrap()), &sdl_index(99, 0), &m56],
+            &[
+                &sin6("fd00:10:244::".parse().unwrap()),
+                &sdl_index(99, 0),
+                &m56,
+            ],
             RTM_GET,
             99,
             RTF_UP | RTF_STATIC,
@@ -936,7 +1005,6 @@ mod tests {
         ));
         d
     }
-
 
     #[test]
     fn parses_a_dump() {
@@ -948,7 +1016,9 @@ mod tests {
                     "{} {} {}",
                     r.destination,
                     r.interface.as_deref().unwrap_or("-"),
-                    r.gateway.map(|g| g.to_string()).unwrap_or_else(|| "-".into())
+                    r.gateway
+                        .map(|g| g.to_string())
+                        .unwrap_or_else(|| "-".into())
                 )
             })
             .collect();
@@ -1024,7 +1094,10 @@ mod tests {
         }
         assert!(matches!(
             parse_dump(&dump[..50], &names),
-            Err(DecodeError::Truncated { what: "message", .. })
+            Err(DecodeError::Truncated {
+                what: "message",
+                ..
+            })
         ));
         assert!(matches!(
             parse_dump(&dump[..3], &names),
@@ -1039,13 +1112,19 @@ mod tests {
         m.extend([16, AF_INET, 0, 0]);
         assert!(matches!(
             RouteMessage::decode(&m),
-            Err(DecodeError::Truncated { what: "sockaddr", .. })
+            Err(DecodeError::Truncated {
+                what: "sockaddr",
+                ..
+            })
         ));
         // Bits for sockaddrs that are not there at all.
         let m = header(92, RTM_GET, 1, RTF_UP, RTA_DST | RTA_GATEWAY, 0, 0);
         assert!(matches!(
             RouteMessage::decode(&m),
-            Err(DecodeError::Truncated { what: "sockaddr", .. })
+            Err(DecodeError::Truncated {
+                what: "sockaddr",
+                ..
+            })
         ));
     }
 
@@ -1066,10 +1145,19 @@ mod tests {
         // nlen says 30 bytes of name in a 20-byte sockaddr_dl.
         let mut dl = sdl_index(4, 6);
         dl[5] = 30;
-        let m = msg(&[&sin([10, 0, 0, 0]), &dl], RTM_GET, 4, RTF_UP | RTF_HOST, RTA_DST | RTA_GATEWAY);
+        let m = msg(
+            &[&sin([10, 0, 0, 0]), &dl],
+            RTM_GET,
+            4,
+            RTF_UP | RTF_HOST,
+            RTA_DST | RTA_GATEWAY,
+        );
         assert!(matches!(
             parse_dump(&m, &names),
-            Err(DecodeError::Sockaddr { family: AF_LINK, .. })
+            Err(DecodeError::Sockaddr {
+                family: AF_LINK,
+                ..
+            })
         ));
         let short = [4u8, AF_LINK, 0, 0];
         assert!(SockAddr::decode(&short).is_err());
@@ -1102,9 +1190,19 @@ mod tests {
     #[test]
     fn non_ip_and_noncontiguous_entries_are_skipped() {
         // An AF_LINK destination (interface entry) and a 255.0.255.0 mask.
-        let link_dst = msg(&[&sdl_index(4, 6), &sdl_index(4, 6)], RTM_GET, 4, RTF_UP, RTA_DST | RTA_GATEWAY);
+        let link_dst = msg(
+            &[&sdl_index(4, 6), &sdl_index(4, 6)],
+            RTM_GET,
+            4,
+            RTF_UP,
+            RTA_DST | RTA_GATEWAY,
+        );
         let odd = msg(
-            &[&sin([10, 0, 0, 0]), &sdl_index(4, 6), &sin([255, 0, 255, 0])],
+            &[
+                &sin([10, 0, 0, 0]),
+                &sdl_index(4, 6),
+                &sin([255, 0, 255, 0]),
+            ],
             RTM_GET,
             4,
             RTF_UP,
@@ -1122,7 +1220,12 @@ mod tests {
         ifp.extend(b"utun9");
         ifp.extend([0u8; 7]);
         let m = msg(
-            &[&sin([10, 0, 0, 0]), &sdl_index(15, 0), &[5, 0, 0, 0, 255], &ifp],
+            &[
+                &sin([10, 0, 0, 0]),
+                &sdl_index(15, 0),
+                &[5, 0, 0, 0, 255],
+                &ifp,
+            ],
             RTM_GET,
             4,
             RTF_UP,

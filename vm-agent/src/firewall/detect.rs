@@ -45,7 +45,12 @@ impl Evidence {
     // Ordering used when both variants hold Docker chains: the live one is
     // wired into FORWARD and has per-container rules; leftovers usually are not.
     fn rank(&self) -> (bool, bool, bool, usize) {
-        (self.forward_to_docker_user, self.docker_rules > 0, self.has_docker_user, self.docker_rules)
+        (
+            self.forward_to_docker_user,
+            self.docker_rules > 0,
+            self.has_docker_user,
+            self.docker_rules,
+        )
     }
 }
 
@@ -130,6 +135,11 @@ impl fmt::Display for Probe {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DetectError {
     #[error(
+        "iptables could not be run in either variant (legacy: {legacy}; nft: {nft}); the agent needs \
+         --cap-add NET_ADMIN, --net host and iptables binaries (see --iptables-legacy/--iptables-nft)"
+    )]
+    Unusable { legacy: String, nft: String },
+    #[error(
         "Docker's iptables chains (DOCKER, DOCKER-USER) were not found in either iptables variant \
          (legacy: {legacy}; nft: {nft}). A likely cause is Docker Engine 29+ running its nftables \
          firewall backend (\"firewall-backend\": \"nftables\"), where iptables rules cannot override \
@@ -155,21 +165,44 @@ pub struct Choice {
 pub fn choose(legacy: &Probe, nft: &Probe) -> Result<Choice, DetectError> {
     let (backend, ev, reason) = match (legacy.evidence(), nft.evidence()) {
         (None, None) => {
-            return Err(DetectError::NoDockerChains { legacy: legacy.to_string(), nft: nft.to_string() })
+            // Nothing listed at all: a permission or packaging problem, not Docker's setup.
+            let listed = |p: &Probe| matches!(p, Probe::Listed(_));
+            let unusable = !listed(legacy) && !listed(nft);
+            let (legacy, nft) = (legacy.to_string(), nft.to_string());
+            return Err(if unusable {
+                DetectError::Unusable { legacy, nft }
+            } else {
+                DetectError::NoDockerChains { legacy, nft }
+            });
         }
         (Some(l), None) => (Backend::Legacy, l, format!("legacy: {l}; nft: {nft}")),
         (None, Some(n)) => (Backend::Nft, n, format!("nft: {n}; legacy: {legacy}")),
         (Some(l), Some(n)) => {
             // On a tie nft wins: it is what current Docker Desktop VMs use.
             if l.rank() > n.rank() {
-                (Backend::Legacy, l, format!("both variants hold Docker chains; legacy looks live ({l}) vs nft ({n})"))
+                (
+                    Backend::Legacy,
+                    l,
+                    format!(
+                        "both variants hold Docker chains; legacy looks live ({l}) vs nft ({n})"
+                    ),
+                )
             } else {
-                (Backend::Nft, n, format!("both variants hold Docker chains; nft looks live ({n}) vs legacy ({l})"))
+                (
+                    Backend::Nft,
+                    n,
+                    format!(
+                        "both variants hold Docker chains; nft looks live ({n}) vs legacy ({l})"
+                    ),
+                )
             }
         }
     };
     if !ev.has_docker_user {
-        return Err(DetectError::NoDockerUser { backend, evidence: ev.to_string() });
+        return Err(DetectError::NoDockerUser {
+            backend,
+            evidence: ev.to_string(),
+        });
     }
     Ok(Choice { backend, reason })
 }
@@ -221,9 +254,17 @@ mod tests {
         let ev = assess_filter_listing(DOCKER_20);
         assert_eq!(
             ev,
-            Evidence { has_docker: true, has_docker_user: true, docker_rules: 1, forward_to_docker_user: true }
+            Evidence {
+                has_docker: true,
+                has_docker_user: true,
+                docker_rules: 1,
+                forward_to_docker_user: true
+            }
         );
-        assert_eq!(ev.to_string(), "DOCKER with 1 rules, DOCKER-USER, FORWARD jumps to DOCKER-USER");
+        assert_eq!(
+            ev.to_string(),
+            "DOCKER with 1 rules, DOCKER-USER, FORWARD jumps to DOCKER-USER"
+        );
         assert_eq!(assess_filter_listing(EMPTY), Evidence::default());
         assert_eq!(assess_filter_listing(EMPTY).to_string(), "no Docker chains");
     }
@@ -232,31 +273,62 @@ mod tests {
     fn only_nft() {
         let c = choose(&probe(EMPTY), &probe(DOCKER_20)).unwrap();
         assert_eq!(c.backend, Backend::Nft);
-        assert!(c.reason.contains("legacy: no Docker chains"), "{}", c.reason);
+        assert!(
+            c.reason.contains("legacy: no Docker chains"),
+            "{}",
+            c.reason
+        );
     }
 
     #[test]
     fn only_legacy_even_if_nft_missing() {
-        let c = choose(&probe(DOCKER_28), &Probe::Unavailable("iptables-nft: not found".into())).unwrap();
+        let c = choose(
+            &probe(DOCKER_28),
+            &Probe::Unavailable("iptables-nft: not found".into()),
+        )
+        .unwrap();
         assert_eq!(c.backend, Backend::Legacy);
     }
 
     #[test]
     fn both_prefers_live_one() {
-        assert_eq!(choose(&probe(DOCKER_28), &probe(LEFTOVER)).unwrap().backend, Backend::Legacy);
-        assert_eq!(choose(&probe(LEFTOVER), &probe(DOCKER_20)).unwrap().backend, Backend::Nft);
+        assert_eq!(
+            choose(&probe(DOCKER_28), &probe(LEFTOVER)).unwrap().backend,
+            Backend::Legacy
+        );
+        assert_eq!(
+            choose(&probe(LEFTOVER), &probe(DOCKER_20)).unwrap().backend,
+            Backend::Nft
+        );
         // Both wired into FORWARD: the one with DOCKER rules wins.
         let wired_empty = "-N DOCKER\n-N DOCKER-USER\n-A FORWARD -j DOCKER-USER\n";
-        assert_eq!(choose(&probe(DOCKER_28), &probe(wired_empty)).unwrap().backend, Backend::Legacy);
+        assert_eq!(
+            choose(&probe(DOCKER_28), &probe(wired_empty))
+                .unwrap()
+                .backend,
+            Backend::Legacy
+        );
         // Tie: nft.
-        assert_eq!(choose(&probe(DOCKER_28), &probe(DOCKER_28)).unwrap().backend, Backend::Nft);
+        assert_eq!(
+            choose(&probe(DOCKER_28), &probe(DOCKER_28))
+                .unwrap()
+                .backend,
+            Backend::Nft
+        );
     }
 
     #[test]
     fn neither_mentions_nftables_backend() {
-        let err = choose(&probe(EMPTY), &Probe::Unavailable("exit status 3: Table does not exist".into())).unwrap_err();
+        let err = choose(
+            &probe(EMPTY),
+            &Probe::Unavailable("exit status 3: Table does not exist".into()),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("not found in either iptables variant"), "{msg}");
+        assert!(
+            msg.contains("not found in either iptables variant"),
+            "{msg}"
+        );
         assert!(msg.contains("nftables firewall backend"), "{msg}");
         assert!(msg.contains("Docker Engine 29"), "{msg}");
         assert!(msg.contains("legacy: no Docker chains"), "{msg}");
@@ -264,8 +336,31 @@ mod tests {
     }
 
     #[test]
+    fn neither_listable_is_a_permission_problem() {
+        let denied = "exit status 4: Could not fetch rule set generation id: Permission denied (you must be root)";
+        let err = choose(
+            &Probe::Unavailable("iptables-legacy not found".into()),
+            &Probe::Unavailable(denied.into()),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, DetectError::Unusable { .. }));
+        assert!(
+            msg.contains("NET_ADMIN") && msg.contains("Permission denied"),
+            "{msg}"
+        );
+        assert!(!msg.contains("nftables firewall backend"), "{msg}");
+    }
+
+    #[test]
     fn docker_without_docker_user() {
         let err = choose(&probe("-N DOCKER\n-A DOCKER -j DROP\n"), &probe(EMPTY)).unwrap_err();
-        assert!(matches!(err, DetectError::NoDockerUser { backend: Backend::Legacy, .. }));
+        assert!(matches!(
+            err,
+            DetectError::NoDockerUser {
+                backend: Backend::Legacy,
+                ..
+            }
+        ));
     }
 }

@@ -68,7 +68,9 @@ impl FromStr for NatMode {
         match s {
             "masquerade" => Ok(NatMode::Masquerade),
             "routed" => Ok(NatMode::Routed),
-            other => Err(format!("unknown NAT mode {other:?} (expected masquerade or routed)")),
+            other => Err(format!(
+                "unknown NAT mode {other:?} (expected masquerade or routed)"
+            )),
         }
     }
 }
@@ -97,8 +99,9 @@ fn token_ok(s: &str, max: usize, extra: &[char]) -> bool {
     !s.is_empty()
         && s.len() <= max
         && !s.starts_with(['-', '.'])
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' || extra.contains(&c))
+        && s.chars().all(|c| {
+            c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' || extra.contains(&c)
+        })
 }
 
 /// Tags and interface names become iptables arguments and are matched back in
@@ -133,21 +136,35 @@ pub struct Rule {
 
 impl Rule {
     fn new(table: Table, chain: &str, args: &[&str]) -> Rule {
-        Rule { table, chain: chain.to_owned(), args: args.iter().map(|s| (*s).to_owned()).collect() }
+        Rule {
+            table,
+            chain: chain.to_owned(),
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+        }
     }
 
     /// True if the rule carries `-m comment --comment <tag>`.
     pub fn has_tag(&self, tag: &str) -> bool {
-        self.args.windows(2).any(|w| w[0] == "--comment" && w[1] == tag)
+        self.args
+            .windows(2)
+            .any(|w| w[0] == "--comment" && w[1] == tag)
     }
 
     /// The rule's target (`-j X`), if any.
     pub fn target(&self) -> Option<&str> {
-        self.args.windows(2).find(|w| w[0] == "-j").map(|w| w[1].as_str())
+        self.args
+            .windows(2)
+            .find(|w| w[0] == "-j")
+            .map(|w| w[1].as_str())
     }
 
     fn with_op(&self, op: &str, position: Option<&str>) -> Vec<String> {
-        let mut v = vec!["-t".to_owned(), self.table.as_str().to_owned(), op.to_owned(), self.chain.clone()];
+        let mut v = vec![
+            "-t".to_owned(),
+            self.table.as_str().to_owned(),
+            op.to_owned(),
+            self.chain.clone(),
+        ];
         v.extend(position.map(str::to_owned));
         v.extend(self.args.iter().cloned());
         v
@@ -217,7 +234,10 @@ impl fmt::Display for Rule {
 
 /// Quote an argument for display in logs and error messages.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,+!@%".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+!@%".contains(c))
+    {
         s.to_owned()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -231,18 +251,42 @@ pub fn desired_rules(spec: &FirewallSpec) -> Vec<Rule> {
     // Docker 28.2+ drops packets to container IPs in raw PREROUTING unless they
     // come from the bridge; an ACCEPT in raw ends only that table...
     let mut rules = vec![
-        Rule::new(Table::Raw, "PREROUTING", &["-i", tun, "-m", "comment", "--comment", tag, "-j", "ACCEPT"]),
+        Rule::new(
+            Table::Raw,
+            "PREROUTING",
+            &["-i", tun, "-m", "comment", "--comment", tag, "-j", "ACCEPT"],
+        ),
         // ...so filter needs its own ACCEPT ahead of Docker's per-bridge DROPs;
         // `-o` covers replies and networks marked internal.
-        Rule::new(Table::Filter, "DOCKER-USER", &["-i", tun, "-m", "comment", "--comment", tag, "-j", "ACCEPT"]),
-        Rule::new(Table::Filter, "DOCKER-USER", &["-o", tun, "-m", "comment", "--comment", tag, "-j", "ACCEPT"]),
+        Rule::new(
+            Table::Filter,
+            "DOCKER-USER",
+            &["-i", tun, "-m", "comment", "--comment", tag, "-j", "ACCEPT"],
+        ),
+        Rule::new(
+            Table::Filter,
+            "DOCKER-USER",
+            &["-o", tun, "-m", "comment", "--comment", tag, "-j", "ACCEPT"],
+        ),
     ];
     if spec.nat == NatMode::Masquerade {
         let src = format!("{}/32", spec.host_tunnel_ip);
         rules.push(Rule::new(
             Table::Nat,
             "POSTROUTING",
-            &["-s", &src, "!", "-o", tun, "-m", "comment", "--comment", tag, "-j", "MASQUERADE"],
+            &[
+                "-s",
+                &src,
+                "!",
+                "-o",
+                tun,
+                "-m",
+                "comment",
+                "--comment",
+                tag,
+                "-j",
+                "MASQUERADE",
+            ],
         ));
     }
     rules
@@ -304,16 +348,29 @@ pub fn parse_listing(table: Table, text: &str) -> Result<Vec<Rule>, ParseError> 
     let mut rules = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with("-P ") || line.starts_with("-N ") {
+        if line.is_empty()
+            || line.starts_with('#')
+            || line.starts_with("-P ")
+            || line.starts_with("-N ")
+        {
             continue;
         }
-        let err = |reason| ParseError { table, line_no: i + 1, line: line.to_owned(), reason };
+        let err = |reason| ParseError {
+            table,
+            line_no: i + 1,
+            line: line.to_owned(),
+            reason,
+        };
         let mut words = split_words(line).map_err(err)?;
         if words.len() < 2 || words[0] != "-A" {
             return Err(err("expected `-A <chain> ...`"));
         }
         let args = words.split_off(2);
-        rules.push(Rule { table, chain: words.swap_remove(1), args });
+        rules.push(Rule {
+            table,
+            chain: words.swap_remove(1),
+            args,
+        });
     }
     Ok(rules)
 }
@@ -340,7 +397,10 @@ pub struct RuleDiff {
 
 impl RuleDiff {
     pub fn is_empty(&self) -> bool {
-        self.missing.is_empty() && self.stale.is_empty() && self.duplicates.is_empty() && self.misplaced.is_empty()
+        self.missing.is_empty()
+            && self.stale.is_empty()
+            && self.duplicates.is_empty()
+            && self.misplaced.is_empty()
     }
 }
 
@@ -364,9 +424,12 @@ pub fn diff(desired: &[Rule], present: &[Rule], tag: &str) -> RuleDiff {
                 if seen[i] > 1 {
                     out.duplicates.push(rule.clone());
                 } else {
-                    let shadowed = present[..pos]
-                        .iter()
-                        .any(|p| p.table == rule.table && p.chain == rule.chain && !p.has_tag(tag) && blocks(p));
+                    let shadowed = present[..pos].iter().any(|p| {
+                        p.table == rule.table
+                            && p.chain == rule.chain
+                            && !p.has_tag(tag)
+                            && blocks(p)
+                    });
                     if shadowed {
                         out.misplaced.push(desired[i].clone());
                     }
@@ -456,7 +519,10 @@ mod tests {
     #[test]
     fn nat_mode_parse() {
         assert_eq!("routed".parse::<NatMode>(), Ok(NatMode::Routed));
-        assert_eq!("masquerade".parse::<NatMode>().unwrap().to_string(), "masquerade");
+        assert_eq!(
+            "masquerade".parse::<NatMode>().unwrap().to_string(),
+            "masquerade"
+        );
         assert!("snat".parse::<NatMode>().is_err());
     }
 
@@ -474,12 +540,27 @@ mod tests {
         let rules = parse_listing(Table::Raw, RAW).unwrap();
         assert_eq!(rules.len(), 2);
         assert_eq!(rules[0].chain, "PREROUTING");
-        assert_eq!(rules[0].args, ["-i", "connector-vm", "-m", "comment", "--comment", "connector", "-j", "ACCEPT"]);
+        assert_eq!(
+            rules[0].args,
+            [
+                "-i",
+                "connector-vm",
+                "-m",
+                "comment",
+                "--comment",
+                "connector",
+                "-j",
+                "ACCEPT"
+            ]
+        );
         assert!(rules[0].has_tag("connector"));
         assert!(!rules[1].has_tag("connector"));
         assert_eq!(tagged(&rules, "connector").count(), 1);
         // Round trip through Display for the unquoted case.
-        assert_eq!(rules[1].to_string(), "-t raw -A PREROUTING -d 172.17.0.2/32 ! -i docker0 -j DROP");
+        assert_eq!(
+            rules[1].to_string(),
+            "-t raw -A PREROUTING -d 172.17.0.2/32 ! -i docker0 -j DROP"
+        );
     }
 
     #[test]
@@ -497,19 +578,27 @@ mod tests {
         let e = parse_listing(Table::Nat, "-P POSTROUTING ACCEPT\n-X foo\n").unwrap_err();
         assert_eq!(e.line_no, 2);
         assert!(e.to_string().contains("iptables -t nat -S"));
-        let e = parse_listing(Table::Nat, "-A POSTROUTING -m comment --comment \"open").unwrap_err();
+        let e =
+            parse_listing(Table::Nat, "-A POSTROUTING -m comment --comment \"open").unwrap_err();
         assert_eq!(e.reason, "unterminated quote");
         assert!(parse_listing(Table::Nat, "-A").is_err());
     }
 
     fn present(listings: &[(Table, &str)]) -> Vec<Rule> {
-        listings.iter().flat_map(|(t, s)| parse_listing(*t, s).unwrap()).collect()
+        listings
+            .iter()
+            .flat_map(|(t, s)| parse_listing(*t, s).unwrap())
+            .collect()
     }
 
     #[test]
     fn diff_empty_system_all_missing() {
         let desired = desired_rules(&spec(NatMode::Masquerade));
-        let d = diff(&desired, &present(&[(Table::Raw, "-P PREROUTING ACCEPT\n")]), "connector");
+        let d = diff(
+            &desired,
+            &present(&[(Table::Raw, "-P PREROUTING ACCEPT\n")]),
+            "connector",
+        );
         assert_eq!(d.missing, desired);
         assert!(d.stale.is_empty() && d.duplicates.is_empty() && d.misplaced.is_empty());
     }
@@ -607,7 +696,10 @@ mod tests {
         assert_eq!(d.misplaced, vec![desired[0].clone()]);
         // A DROP in another chain or an untagged ACCEPT in front does not count.
         let p = present(&[
-            (Table::Filter, "-A FORWARD -j DROP\n-A DOCKER-USER -i foo -j ACCEPT\n"),
+            (
+                Table::Filter,
+                "-A FORWARD -j DROP\n-A DOCKER-USER -i foo -j ACCEPT\n",
+            ),
             (
                 Table::Filter,
                 "-A DOCKER-USER -i connector-vm -m comment --comment connector -j ACCEPT\n\

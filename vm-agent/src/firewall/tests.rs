@@ -55,7 +55,8 @@ impl Fake {
     /// A fake variant whose tables start with the given listings; tables not
     /// given do not exist.
     fn new(name: &str, tables: &[(&str, &str)]) -> Fake {
-        let dir = std::env::temp_dir().join(format!("connector-agent-fw-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("connector-agent-fw-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("fake-iptables"), FAKE).unwrap();
@@ -70,7 +71,10 @@ impl Fake {
     fn cmd(&self) -> IptablesCmd {
         IptablesCmd {
             program: "bash".into(),
-            pre_args: vec![self.dir.join("fake-iptables").display().to_string(), self.dir.display().to_string()],
+            pre_args: vec![
+                self.dir.join("fake-iptables").display().to_string(),
+                self.dir.display().to_string(),
+            ],
         }
     }
 
@@ -83,7 +87,11 @@ impl Fake {
     }
 
     fn rules(&self, t: &str) -> Vec<String> {
-        self.table(t).lines().filter(|l| l.starts_with("-A ")).map(str::to_owned).collect()
+        self.table(t)
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -98,7 +106,10 @@ fn docker_tables() -> Vec<(&'static str, &'static str)> {
         ("raw", "-P PREROUTING ACCEPT\n-P OUTPUT ACCEPT\n"),
         ("mangle", "-P PREROUTING ACCEPT\n"),
         ("filter", DOCKER_FILTER),
-        ("nat", "-P POSTROUTING ACCEPT\n-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n"),
+        (
+            "nat",
+            "-P POSTROUTING ACCEPT\n-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n",
+        ),
     ]
 }
 
@@ -124,11 +135,20 @@ fn spec(nat: NatMode) -> FirewallSpec {
 async fn detect_ensure_idempotent_remove() {
     let legacy = Fake::new("e2e-legacy", &empty_tables());
     let nft = Fake::new("e2e-nft", &docker_tables());
-    let bins = Binaries { legacy: legacy.cmd(), nft: nft.cmd() };
+    let bins = Binaries {
+        legacy: legacy.cmd(),
+        nft: nft.cmd(),
+    };
 
-    let fw = Firewall::detect(spec(NatMode::Masquerade), &bins).await.unwrap();
+    let fw = Firewall::detect(spec(NatMode::Masquerade), &bins)
+        .await
+        .unwrap();
     assert_eq!(fw.backend(), Backend::Nft);
-    assert!(fw.reason().contains("FORWARD jumps to DOCKER-USER"), "{}", fw.reason());
+    assert!(
+        fw.reason().contains("FORWARD jumps to DOCKER-USER"),
+        "{}",
+        fw.reason()
+    );
     assert_eq!(fw.verify().await.unwrap().len(), 4);
 
     let first = fw.ensure().await.unwrap();
@@ -146,7 +166,10 @@ async fn detect_ensure_idempotent_remove() {
         nft.rules("nat")[0],
         "-A POSTROUTING -s 10.254.253.1/32 ! -o connector-vm -m comment --comment connector -j MASQUERADE"
     );
-    assert_eq!(nft.rules("raw"), ["-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT"]);
+    assert_eq!(
+        nft.rules("raw"),
+        ["-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT"]
+    );
     // Legacy was only probed.
     assert_eq!(legacy.calls().trim(), "-w 10 -t filter -S");
     // Every call waits for the xtables lock.
@@ -162,7 +185,10 @@ async fn detect_ensure_idempotent_remove() {
     assert!(removed.iter().all(|r| r.copies == 1));
     assert_eq!(nft.table("filter"), DOCKER_FILTER);
     assert!(nft.rules("raw").is_empty());
-    assert_eq!(nft.rules("nat"), ["-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"]);
+    assert_eq!(
+        nft.rules("nat"),
+        ["-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE"]
+    );
 }
 
 #[tokio::test]
@@ -180,9 +206,15 @@ async fn ensure_cleans_stale_duplicates_and_shadowed() {
     tables[0].1 = &raw;
     let nft = Fake::new("stale-nft", &tables);
     let legacy = Fake::new("stale-legacy", &[]);
-    let fw = Firewall::detect(spec(NatMode::Routed), &Binaries { legacy: legacy.cmd(), nft: nft.cmd() })
-        .await
-        .unwrap();
+    let fw = Firewall::detect(
+        spec(NatMode::Routed),
+        &Binaries {
+            legacy: legacy.cmd(),
+            nft: nft.cmd(),
+        },
+    )
+    .await
+    .unwrap();
     let missing = fw.verify().await.unwrap();
     assert_eq!(missing.len(), 3);
     assert_eq!(missing[2].reason, MissingReason::Shadowed);
@@ -208,26 +240,52 @@ async fn ensure_cleans_stale_duplicates_and_shadowed() {
 async fn remove_tagged_everywhere_and_copies() {
     let line = "-A PREROUTING -i x -m comment --comment fwtest -j ACCEPT\n";
     let raw = format!("-P PREROUTING ACCEPT\n{}", line.repeat(3));
-    let mangle = "-A PREROUTING -i y -m comment --comment fwtest -j MARK --set-xmark 0x1/0xffffffff\n";
-    let fake = Fake::new("remove", &[("raw", &raw), ("mangle", mangle), ("filter", DOCKER_FILTER), ("nat", "")]);
-    let removed = remove_tagged(&fake.cmd(), "fwtest", &Table::ALL).await.unwrap();
+    let mangle =
+        "-A PREROUTING -i y -m comment --comment fwtest -j MARK --set-xmark 0x1/0xffffffff\n";
+    let fake = Fake::new(
+        "remove",
+        &[
+            ("raw", &raw),
+            ("mangle", mangle),
+            ("filter", DOCKER_FILTER),
+            ("nat", ""),
+        ],
+    );
+    let removed = remove_tagged(&fake.cmd(), "fwtest", &Table::ALL)
+        .await
+        .unwrap();
     assert_eq!(removed.len(), 2);
     assert_eq!((removed[0].rule.table, removed[0].copies), (Table::Raw, 3));
     assert_eq!(removed[1].rule.table, Table::Mangle);
     assert!(fake.rules("raw").is_empty() && fake.rules("mangle").is_empty());
-    assert!(remove_tagged(&fake.cmd(), "fwtest", &Table::ALL).await.unwrap().is_empty());
-    assert!(matches!(remove_tagged(&fake.cmd(), "bad tag", &Table::ALL).await, Err(FirewallError::Spec(_))));
+    assert!(remove_tagged(&fake.cmd(), "fwtest", &Table::ALL)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        remove_tagged(&fake.cmd(), "bad tag", &Table::ALL).await,
+        Err(FirewallError::Spec(_))
+    ));
 }
 
 #[tokio::test]
 async fn errors_carry_command_and_stderr() {
     // No nat table: listing it fails like a missing kernel module would.
-    let tables: Vec<_> = docker_tables().into_iter().filter(|(t, _)| *t != "nat").collect();
+    let tables: Vec<_> = docker_tables()
+        .into_iter()
+        .filter(|(t, _)| *t != "nat")
+        .collect();
     let nft = Fake::new("err-nft", &tables);
     let legacy = Fake::new("err-legacy", &[]);
-    let fw = Firewall::detect(spec(NatMode::Masquerade), &Binaries { legacy: legacy.cmd(), nft: nft.cmd() })
-        .await
-        .unwrap();
+    let fw = Firewall::detect(
+        spec(NatMode::Masquerade),
+        &Binaries {
+            legacy: legacy.cmd(),
+            nft: nft.cmd(),
+        },
+    )
+    .await
+    .unwrap();
     let msg = fw.ensure().await.unwrap_err().to_string();
     assert!(msg.contains("-w 10 -t nat -S"), "{msg}");
     assert!(msg.contains("exit status 3"), "{msg}");
@@ -238,12 +296,24 @@ async fn errors_carry_command_and_stderr() {
 async fn detect_neither_variant() {
     let nft = Fake::new("none-nft", &empty_tables());
     let missing = IptablesCmd::from_str("/nonexistent/iptables-legacy").unwrap();
-    let err = Firewall::detect(spec(NatMode::Routed), &Binaries { legacy: missing, nft: nft.cmd() })
-        .await
-        .unwrap_err();
+    let err = Firewall::detect(
+        spec(NatMode::Routed),
+        &Binaries {
+            legacy: missing,
+            nft: nft.cmd(),
+        },
+    )
+    .await
+    .unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, FirewallError::Detect(DetectError::NoDockerChains { .. })));
-    assert!(msg.contains("legacy: unavailable: /nonexistent/iptables-legacy not found"), "{msg}");
+    assert!(matches!(
+        err,
+        FirewallError::Detect(DetectError::NoDockerChains { .. })
+    ));
+    assert!(
+        msg.contains("legacy: unavailable: /nonexistent/iptables-legacy not found"),
+        "{msg}"
+    );
     assert!(msg.contains("nft: no Docker chains"), "{msg}");
     assert!(msg.contains("nftables firewall backend"), "{msg}");
 }
@@ -253,7 +323,15 @@ async fn detect_rejects_invalid_spec() {
     let nft = Fake::new("spec-nft", &docker_tables());
     let mut s = spec(NatMode::Routed);
     s.tun = "has space".into();
-    let err = Firewall::detect(s, &Binaries { legacy: nft.cmd(), nft: nft.cmd() }).await.unwrap_err();
+    let err = Firewall::detect(
+        s,
+        &Binaries {
+            legacy: nft.cmd(),
+            nft: nft.cmd(),
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, FirewallError::Spec(SpecError::Interface(_))));
     assert!(nft.calls().is_empty());
 }
@@ -267,7 +345,10 @@ fn iptables_cmd_parse() {
         c.command_line(&["-t".into(), "raw".into(), "-S".into()]),
         "xtables-legacy-multi iptables -w 10 -t raw -S"
     );
-    assert!(matches!(IptablesCmd::from_str("  "), Err(FirewallError::EmptyCommand)));
+    assert!(matches!(
+        IptablesCmd::from_str("  "),
+        Err(FirewallError::EmptyCommand)
+    ));
 }
 
 #[test]
@@ -283,7 +364,10 @@ fn ip_forward() {
         "net.ipv4.ip_forward is 0 in the Docker VM: routed traffic cannot reach containers"
     );
     fs::write(&p, "yes").unwrap();
-    assert!(matches!(check_ip_forward(&p), Err(IpForwardError::Unexpected { .. })));
+    assert!(matches!(
+        check_ip_forward(&p),
+        Err(IpForwardError::Unexpected { .. })
+    ));
     let err = check_ip_forward(&dir.join("absent")).unwrap_err();
     assert!(err.to_string().contains("absent"), "{err}");
     let _ = fs::remove_dir_all(&dir);

@@ -1,0 +1,171 @@
+//! Following Docker live: one task reads the engine's event stream and tells
+//! the daemon what to reconcile. It owns the reconnect logic: when the engine
+//! goes away (restart, Docker Desktop quit) it retries with capped backoff,
+//! logs once per state change, and announces the engine's return so the
+//! daemon runs a full reconcile.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::models::EventMessageTypeEnum;
+use bollard::query_parameters::EventsOptions;
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::agent::LABEL_MANAGED;
+
+/// Label kind puts on its node containers.
+pub const KIND_CLUSTER_LABEL: &str = "io.x-k8s.kind.cluster";
+
+/// What changed, from the daemon's point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// A network was created or removed: re-plan routes.
+    Networks,
+    /// Our agent container changed state (`action` = Docker's event action).
+    Agent { action: String },
+    /// A kind node container started, stopped or went away.
+    KindNode { cluster: String, action: String },
+    /// The engine stopped answering.
+    DockerDown { error: String },
+    /// The engine answers again (or for the first time): reconcile everything.
+    DockerUp,
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Pure: maps one event to a trigger, ignoring what we do not route on.
+pub fn classify(
+    typ: Option<EventMessageTypeEnum>,
+    action: &str,
+    attributes: &HashMap<String, String>,
+) -> Option<Trigger> {
+    match typ? {
+        EventMessageTypeEnum::NETWORK => match action {
+            "create" | "destroy" | "remove" => Some(Trigger::Networks),
+            _ => None,
+        },
+        EventMessageTypeEnum::CONTAINER => {
+            let action = action.split(':').next().unwrap_or(action);
+            if !matches!(action, "start" | "die" | "destroy" | "stop" | "kill" | "restart") {
+                return None;
+            }
+            if attributes.get(LABEL_MANAGED).map(String::as_str) == Some("true") {
+                Some(Trigger::Agent { action: action.to_owned() })
+            } else {
+                attributes.get(KIND_CLUSTER_LABEL).map(|cluster| Trigger::KindNode {
+                    cluster: cluster.clone(),
+                    action: action.to_owned(),
+                })
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Runs until the receiver is dropped.
+pub async fn follow(docker: Docker, tx: mpsc::Sender<Trigger>) {
+    let filters = HashMap::from([
+        ("type".to_owned(), vec!["network".to_owned(), "container".to_owned()]),
+    ]);
+    let mut up = true; // the daemon connected before starting us
+    let mut backoff = BACKOFF_START;
+    loop {
+        let mut stream = docker.events(Some(EventsOptions {
+            filters: Some(filters.clone()),
+            ..Default::default()
+        }));
+        // The stream only yields on events; ping so a dead engine is noticed
+        // (and a returning one announced) promptly.
+        let healthy = docker.ping().await.is_ok();
+        if healthy && !up {
+            tracing::info!("Docker is reachable again");
+            up = true;
+            backoff = BACKOFF_START;
+            if tx.send(Trigger::DockerUp).await.is_err() {
+                return;
+            }
+        }
+        if healthy {
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(event) => {
+                        let attributes = event
+                            .actor
+                            .as_ref()
+                            .and_then(|a| a.attributes.clone())
+                            .unwrap_or_default();
+                        let action = event.action.clone().unwrap_or_default();
+                        if let Some(trigger) = classify(event.typ, &action, &attributes) {
+                            tracing::debug!(?trigger, "docker event");
+                            if tx.send(trigger).await.is_err() {
+                                return;
+                            }
+                        }
+                        backoff = BACKOFF_START;
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "docker event stream ended");
+                        break;
+                    }
+                }
+            }
+        }
+        // Stream over: distinguish a closed stream from a dead engine.
+        match docker.ping().await {
+            Ok(_) => continue,
+            Err(error) => {
+                if up {
+                    tracing::warn!(%error, "Docker is unreachable; retrying with backoff");
+                    up = false;
+                    if tx
+                        .send(Trigger::DockerDown { error: error.to_string() })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn network_lifecycle_triggers_a_route_sync() {
+        let none = HashMap::new();
+        assert_eq!(classify(Some(EventMessageTypeEnum::NETWORK), "create", &none), Some(Trigger::Networks));
+        assert_eq!(classify(Some(EventMessageTypeEnum::NETWORK), "destroy", &none), Some(Trigger::Networks));
+        assert_eq!(classify(Some(EventMessageTypeEnum::NETWORK), "connect", &none), None);
+    }
+
+    #[test]
+    fn only_our_agent_and_kind_nodes_matter_among_containers() {
+        let agent = attrs(&[(LABEL_MANAGED, "true")]);
+        assert_eq!(
+            classify(Some(EventMessageTypeEnum::CONTAINER), "die", &agent),
+            Some(Trigger::Agent { action: "die".into() })
+        );
+        let node = attrs(&[(KIND_CLUSTER_LABEL, "dev")]);
+        assert_eq!(
+            classify(Some(EventMessageTypeEnum::CONTAINER), "start", &node),
+            Some(Trigger::KindNode { cluster: "dev".into(), action: "start".into() })
+        );
+        let other = attrs(&[("app", "web")]);
+        assert_eq!(classify(Some(EventMessageTypeEnum::CONTAINER), "start", &other), None);
+        assert_eq!(classify(Some(EventMessageTypeEnum::CONTAINER), "exec_start: sh", &agent), None);
+        assert_eq!(classify(Some(EventMessageTypeEnum::IMAGE), "pull", &agent), None);
+    }
+}

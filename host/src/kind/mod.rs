@@ -1,0 +1,172 @@
+//! kind clusters as first-class citizens: node IPs come with the `kind`
+//! Docker network; this module adds pod IPs and Service ClusterIPs.
+//!
+//! Per reconcile: [`discover`] reads the clusters through the Docker API,
+//! [`plan`] decides (pure) which cluster owns which CIDR, the host router
+//! routes the resulting pseudo-networks through the tun, and the VM routes
+//! (each node's podCIDR via that node, the Service CIDR via a node) go to the
+//! agent through [`crate::agent_link`].
+
+mod discover;
+mod kubeadm;
+mod nodes;
+pub mod plan;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use bollard::Docker;
+use serde::{Deserialize, Serialize};
+
+use crate::agent_link::{LinkStatus, VmRoute};
+use crate::config::KindConfig;
+use crate::plan::SubnetDecision;
+pub use plan::{CidrState, ClusterStatus, KindPlan};
+
+/// A cluster still starting (no kubeadm.conf or podCIDRs yet) is looked at
+/// again this soon, then less and less often, up to the daemon's safety net.
+const RETRY_FIRST: Duration = Duration::from_secs(3);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The kind part of `connector status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KindReport {
+    pub clusters: Vec<ClusterStatus>,
+    /// The routes the agent holds in the VM for these clusters.
+    pub vm_routes: LinkStatus,
+}
+
+pub struct Kind {
+    config: KindConfig,
+    discovery: discover::Discovery,
+    clusters: Vec<ClusterStatus>,
+    retry: Option<Duration>,
+}
+
+impl Kind {
+    pub fn new(config: KindConfig) -> Self {
+        Kind {
+            config,
+            discovery: discover::Discovery::default(),
+            clusters: Vec::new(),
+            retry: None,
+        }
+    }
+
+    /// Discovers the clusters and plans; call [`Kind::settle`] with the host
+    /// router's decisions next.
+    pub async fn plan(&mut self, docker: &Docker) -> Result<KindPlan> {
+        let snapshot = self.discovery.snapshot(docker).await?;
+        Ok(plan::plan(&snapshot, &self.config))
+    }
+
+    /// The VM routes that survive the host planner's verdict; remembers the
+    /// clusters' status.
+    pub fn settle(&mut self, plan: KindPlan, decisions: &[SubnetDecision]) -> Vec<VmRoute> {
+        let (routes, clusters) = plan::settle(plan, decisions);
+        let pending = clusters
+            .iter()
+            .any(|c| matches!(c.pods.state, CidrState::Pending { .. }) || matches!(c.services.state, CidrState::Pending { .. }));
+        self.retry = match (pending, self.retry) {
+            (false, _) => None,
+            (true, None) => Some(RETRY_FIRST),
+            (true, Some(d)) => Some((d * 2).min(RETRY_MAX)),
+        };
+        for c in &clusters {
+            if let Some(problem) = &c.problem {
+                tracing::debug!(cluster = %c.name, %problem, "kind cluster not fully readable");
+            }
+        }
+        self.clusters = clusters;
+        routes
+    }
+
+    pub fn clusters(&self) -> &[ClusterStatus] {
+        &self.clusters
+    }
+
+    /// When to reconcile again because a cluster is still starting.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry
+    }
+}
+
+/// The `kind clusters:` part of `connector status`.
+pub fn render(report: &KindReport) -> String {
+    if report.clusters.is_empty() {
+        return "kind clusters: none\n".into();
+    }
+    let mut out = String::from("kind clusters:\n");
+    for c in &report.clusters {
+        out += &format!("  {}\n", c.name);
+        for (what, cidr) in [("pods", &c.pods), ("services", &c.services)] {
+            let subnets = if cidr.subnets.is_empty() {
+                "-".to_owned()
+            } else {
+                cidr.subnets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+            };
+            out += &format!("    {what:<9} {subnets:<20} {}\n", cidr.state);
+        }
+        for n in &c.nodes {
+            let cidrs = if n.pod_cidrs.is_empty() {
+                "-".to_owned()
+            } else {
+                n.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+            };
+            out += &format!(
+                "    node {:<28} {:<14} {:<15} podCIDRs {}\n",
+                n.name,
+                n.role,
+                n.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                cidrs
+            );
+        }
+        if let Some(p) = &c.problem {
+            out += &format!("    problem: {p}\n");
+        }
+    }
+    let v = &report.vm_routes;
+    out += &format!("VM routes (agent): {}\n", v.summary());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kind::plan::{CidrStatus, NodeStatus};
+
+    #[test]
+    fn status_lists_clusters_nodes_and_states() {
+        let report = KindReport {
+            clusters: vec![ClusterStatus {
+                name: "dev".into(),
+                created: 0,
+                nodes: vec![NodeStatus {
+                    name: "dev-control-plane".into(),
+                    role: "control-plane".into(),
+                    ip: Some("172.18.0.2".parse().unwrap()),
+                    pod_cidrs: vec!["10.244.0.0/24".parse().unwrap()],
+                }],
+                pods: CidrStatus {
+                    subnets: vec!["10.244.0.0/16".parse().unwrap()],
+                    state: CidrState::Routed,
+                },
+                services: CidrStatus {
+                    subnets: vec!["10.96.0.0/16".parse().unwrap()],
+                    state: CidrState::Conflict {
+                        with: "other".into(),
+                        subnet: "10.96.0.0/16".parse().unwrap(),
+                    },
+                },
+                problem: None,
+            }],
+            vm_routes: LinkStatus::default(),
+        };
+        let text = render(&report);
+        assert!(text.contains("  dev\n"), "{text}");
+        assert!(text.contains("pods      10.244.0.0/16        routed"), "{text}");
+        assert!(text.contains("conflict with cluster other"), "{text}");
+        assert!(text.contains("node dev-control-plane") && text.contains("172.18.0.2") && text.contains("podCIDRs 10.244.0.0/24"), "{text}");
+        assert_eq!(render(&KindReport::default()), "kind clusters: none\n");
+    }
+}
