@@ -25,6 +25,10 @@ pub const LABEL_MANAGED: &str = "io.connector.managed";
 pub const LABEL_SPEC: &str = "io.connector.spec";
 pub const LABEL_AGENT_KEY: &str = "io.connector.agent-public-key";
 pub const LABEL_VERSION: &str = "io.connector.version";
+/// The host public key of the daemon that owns the container: several daemons
+/// (a test beside a real one) may share one engine and must not touch each
+/// other's agents.
+pub const LABEL_OWNER: &str = "io.connector.owner";
 /// The default agent's tun inside the VM. Distinct from the host's
 /// `connector0` so both can coexist when Docker runs natively on the host.
 pub const AGENT_TUN: &str = "connector-vm";
@@ -154,6 +158,7 @@ pub struct AgentManager {
     image: String,
     name: String,
     command: Vec<String>,
+    owner: String,
 }
 
 impl AgentManager {
@@ -163,6 +168,7 @@ impl AgentManager {
             image: config.agent_image.clone(),
             name: config.agent_name.clone(),
             command: agent_command(config, host_public),
+            owner: keys::encode_public(host_public),
         }
     }
 
@@ -197,13 +203,23 @@ impl AgentManager {
             None,
             None,
         );
+        let mut pull_error = None;
         while let Some(step) = pull.next().await {
             if let Err(e) = step {
-                bail!(
+                pull_error = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = pull_error {
+            match crate::agent_image::source_dir() {
+                Some(dir) => crate::agent_image::build(&self.docker, &self.image, &dir)
+                    .await
+                    .with_context(|| format!("agent image {} cannot be pulled ({e}) nor built", self.image))?,
+                None => bail!(
                     "agent image {} is not present and cannot be pulled ({e}); build it with \
                      `scripts/agent-image --local` or set agent_image",
                     self.image
-                );
+                ),
             }
         }
         let image = self
@@ -270,6 +286,7 @@ impl AgentManager {
             (LABEL_SPEC.to_owned(), spec.to_owned()),
             (LABEL_AGENT_KEY.to_owned(), keys::encode_public(&public)),
             (LABEL_VERSION.to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            (LABEL_OWNER.to_owned(), self.owner.clone()),
         ]);
         let body = ContainerCreateBody {
             image: Some(self.image.clone()),
@@ -349,9 +366,12 @@ impl AgentManager {
             .context("cannot signal the agent container")
     }
 
-    /// Containers labelled as ours under another name (an older `agent_name`).
+    /// This daemon's agents under another name (an older `agent_name`).
     async fn remove_strays(&self) -> Result<()> {
-        let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_MANAGED}=true")])]);
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_MANAGED}=true"), format!("{LABEL_OWNER}={}", self.owner)],
+        )]);
         let ours = self
             .docker
             .list_containers(Some(ListContainersOptions {

@@ -56,6 +56,38 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     control_socket: Option<PathBuf>,
     networks: Option<RawNetworks>,
+    kind: Option<RawKind>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKind {
+    pods: Option<bool>,
+    services: Option<bool>,
+    clusters: Option<Vec<String>>,
+}
+
+/// `[kind]`: what to route for kind clusters (node IPs come with the `kind`
+/// Docker network and follow `[networks]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindConfig {
+    /// Route pod IPs (each node's podCIDR via that node).
+    pub pods: bool,
+    /// Route Service ClusterIPs (via a node; kube-proxy translates them).
+    pub services: bool,
+    /// Clusters to route, in order of preference when their CIDRs overlap;
+    /// empty = all (the most recently created wins an overlap).
+    pub clusters: Vec<String>,
+}
+
+impl Default for KindConfig {
+    fn default() -> Self {
+        KindConfig {
+            pods: true,
+            services: true,
+            clusters: Vec::new(),
+        }
+    }
 }
 
 /// Which Docker networks to route, by name or glob.
@@ -116,16 +148,13 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub control_socket: PathBuf,
     pub networks: NetworkFilter,
+    pub kind: KindConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path} cannot be read: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("config file {path} cannot be read: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}` has a bad value {value:?}: {reason}")]
@@ -162,9 +191,9 @@ impl Config {
         match path {
             None => Config::from_toml("", Path::new("<defaults>")),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                     path: path.to_owned(),
-                    source,
+                    error,
                 })?;
                 Config::from_toml(&text, path)
             }
@@ -277,6 +306,25 @@ impl Config {
             networks.include.unwrap_or_else(|| vec!["*".to_owned()]),
             networks.exclude.unwrap_or_default(),
         )?;
+        let raw_kind = raw.kind.unwrap_or_default();
+        let clusters = raw_kind.clusters.unwrap_or_default();
+        for (i, name) in clusters.iter().enumerate() {
+            // kind's own rule for cluster names (they become container names).
+            let valid = !name.is_empty()
+                && name.len() <= 63
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c));
+            if !valid {
+                return Err(invalid("kind.clusters", name, "a kind cluster name: lowercase letters, digits, '.' and '-'"));
+            }
+            if clusters[..i].contains(name) {
+                return Err(invalid("kind.clusters", name, "listed twice"));
+            }
+        }
+        let kind = KindConfig {
+            pods: raw_kind.pods.unwrap_or(true),
+            services: raw_kind.services.unwrap_or(true),
+            clusters,
+        };
         Ok(Config {
             docker_host,
             agent_image,
@@ -290,6 +338,7 @@ impl Config {
             state_dir,
             control_socket,
             networks,
+            kind,
         })
     }
 
@@ -357,6 +406,39 @@ mod tests {
         assert!(c.networks.rejects("app-web").is_none());
         assert_eq!(c.networks.rejects("app-secret"), Some("in networks.exclude"));
         assert_eq!(c.networks.rejects("bridge"), Some("not in networks.include"));
+    }
+
+    #[test]
+    fn kind_table_defaults_and_values() {
+        assert_eq!(parse("").unwrap().kind, KindConfig::default());
+        let d = KindConfig::default();
+        assert!(d.pods && d.services && d.clusters.is_empty());
+        let c = parse("[kind]\npods = false\nservices = true\nclusters = [\"dev\", \"ci-2.x\"]\n").unwrap();
+        assert_eq!(
+            c.kind,
+            KindConfig {
+                pods: false,
+                services: true,
+                clusters: vec!["dev".into(), "ci-2.x".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn kind_table_rejects_bad_keys_and_values_by_name() {
+        for (text, key, value) in [
+            ("[kind]\npodz = true", "podz", "podz"),
+            ("[kind]\npods = \"yes\"", "pods", "yes"),
+            ("[kind]\nservices = 1", "services", "1"),
+            ("[kind]\nclusters = \"dev\"", "clusters", "dev"),
+            ("[kind]\nclusters = [\"Dev\"]", "kind.clusters", "Dev"),
+            ("[kind]\nclusters = [\"\"]", "kind.clusters", "\"\""),
+            ("[kind]\nclusters = [\"a\", \"a\"]", "kind.clusters", "listed twice"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+            assert!(err.contains(value), "{text}: {err}");
+        }
     }
 
     #[test]

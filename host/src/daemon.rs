@@ -34,13 +34,50 @@ fn tun_name() -> Option<String> {
     cfg!(target_os = "linux").then(|| "connector0".to_owned())
 }
 
-/// Where the Docker engine is: config, then `DOCKER_HOST`, then discovery.
-fn docker_endpoint(config: &Config) -> Result<String> {
-    let resolved = crate::discovery::resolve(config.docker_host.as_deref(), &crate::discovery::SystemEnv)
-        .context("cannot find the Docker engine")?;
-    tracing::info!(endpoint = %resolved.endpoint, why = %resolved.why, "Docker endpoint");
-    Ok(resolved.endpoint)
+/// Finds and connects to the engine, waiting (capped backoff, one log line)
+/// while it is not there yet — under launchd the daemon often starts before
+/// Docker Desktop. Misconfiguration (OrbStack, a broken context) is fatal.
+async fn wait_for_docker(config: &Config) -> Result<Option<(String, Docker, String)>> {
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut backoff = Duration::from_millis(250);
+    let mut waiting = false;
+    loop {
+        let attempt = async {
+            let resolved = crate::discovery::resolve(config.docker_host.as_deref(), &crate::discovery::SystemEnv)
+                .map_err(|e| match e {
+                    crate::discovery::DiscoveryError::NotFound { .. } => anyhow::anyhow!(e),
+                    fatal => anyhow::anyhow!(Fatal(fatal.to_string())),
+                })?;
+            let docker = crate::docker::connect(&resolved.endpoint).await?;
+            let engine = crate::docker::engine_version(&docker).await?;
+            anyhow::Ok((resolved, docker, engine))
+        };
+        match attempt.await {
+            Ok((resolved, docker, engine)) => {
+                tracing::info!(endpoint = %resolved.endpoint, why = %resolved.why, %engine, "connected to Docker");
+                return Ok(Some((resolved.endpoint, docker, engine)));
+            }
+            Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e).context("cannot find the Docker engine"),
+            Err(e) => {
+                if !waiting {
+                    tracing::warn!(error = format!("{e:#}"), "Docker is not reachable yet; waiting for it");
+                    waiting = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = sigterm.recv() => return Ok(None),
+            _ = sigint.recv() => return Ok(None),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Fatal(String);
 
 /// A full reconcile (agent and routes) runs this often even without events.
 const SAFETY_NET: Duration = Duration::from_secs(30);
@@ -92,10 +129,10 @@ struct Running {
 
 pub async fn run(config: Config) -> Result<()> {
     let started = Instant::now();
-    let endpoint = docker_endpoint(&config)?;
-    let docker = crate::docker::connect(&endpoint).await?;
-    let engine = crate::docker::engine_version(&docker).await?;
-    tracing::info!(%engine, "connected to Docker");
+    let Some((endpoint, docker, engine)) = wait_for_docker(&config).await? else {
+        tracing::info!("stopped before Docker came up");
+        return Ok(());
+    };
 
     let host_key = crate::state::load_or_create_host_key(&config.state_dir, &config.host_key_path())?;
     let host_public = PublicKey::from(&host_key);

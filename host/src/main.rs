@@ -1,6 +1,8 @@
 //! `connector`: the host daemon and its CLI.
 
 mod agent;
+mod agent_image;
+mod agent_link;
 mod config;
 mod control;
 mod daemon;
@@ -9,11 +11,13 @@ mod docker;
 mod doctor;
 mod events;
 mod icmp;
+mod kind;
 mod os;
 mod plan;
 mod protocol;
 mod router;
 mod state;
+mod uninstall;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +54,9 @@ enum Command {
     /// Walk the whole path (config, daemon, Docker, agent, handshake, routes,
     /// VM rules, a probe through the tunnel) and say how to fix what fails.
     Doctor,
+    /// Remove everything connector set up (agent container, VM rules, routes,
+    /// state directory). Stop the daemon first.
+    Uninstall,
     /// Show the running daemon's state.
     Status {
         /// Print the report as JSON.
@@ -69,6 +76,7 @@ fn init_logging(level: &str) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     Ok(())
 }
@@ -107,14 +115,28 @@ fn real_main(cli: Cli) -> Result<()> {
             Command::Run => daemon::run(config).await,
             Command::SyncNetworks { json } => {
                 match control::request(&config.control_socket, &Request::SyncNetworks).await? {
-                    Response::Sync(report) if json => println!("{}", serde_json::to_string_pretty(&report)?),
-                    Response::Sync(report) => print!("{}", report.render()),
+                    Response::Sync(report) => {
+                        if json {
+                            println!("{}", serde_json::to_string_pretty(&report)?);
+                        } else {
+                            print!("{}", report.render());
+                        }
+                        if !report.errors.is_empty() {
+                            bail!("{} route change(s) failed", report.errors.len());
+                        }
+                    }
                     Response::Error { message } => bail!("{message}"),
                     other => bail!("unexpected response {other:?}"),
                 }
                 Ok(())
             }
             Command::Doctor => unreachable!("handled above"),
+            Command::Uninstall => {
+                for line in uninstall::run(&config).await? {
+                    println!("{line}");
+                }
+                Ok(())
+            }
             Command::Status { json } => {
                 match control::request(&config.control_socket, &Request::Status).await? {
                     Response::Status(status) if json => println!("{}", serde_json::to_string_pretty(&status)?),

@@ -140,14 +140,15 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     interface: None,
                     gateway: None,
                 })
-            } else if let Some(route) = foreign.iter().find(|r| overlaps(&r.destination, &subnet)) {
-                Some(SkipReason::Conflict {
-                    route: route.destination.to_string(),
-                    interface: route.interface.clone(),
-                    gateway: route.gateway.map(|g| g.to_string()),
-                })
             } else {
-                None
+                foreign
+                    .iter()
+                    .find(|r| overlaps(&r.destination, &subnet))
+                    .map(|route| SkipReason::Conflict {
+                        route: route.destination.to_string(),
+                        interface: route.interface.clone(),
+                        gateway: route.gateway.map(|g| g.to_string()),
+                    })
             };
             if skipped.is_none() {
                 wanted.insert(subnet);

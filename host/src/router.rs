@@ -68,7 +68,7 @@ impl Router {
                 .find(|d| d.subnet == *subnet)
                 .map(|d| d.network.clone())
                 .or_else(|| origin.get(subnet).cloned())
-                .unwrap_or_else(|| "unknown network".into())
+                .unwrap_or_else(|| "no longer a Docker network".into())
         };
         for subnet in &plan.remove {
             let network = network_of(subnet, &self.origin);

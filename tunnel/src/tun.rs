@@ -28,5 +28,11 @@ pub fn create(spec: &TunSpec) -> Result<AsyncDevice, TunnelError> {
     if let Some(name) = &spec.name {
         builder = builder.name(name.clone());
     }
+    // connector owns every route on the device; tun-rs would add one for the
+    // tunnel prefix on BSDs.
+    #[cfg(target_os = "macos")]
+    {
+        builder = builder.associate_route(false);
+    }
     builder.build_async().map_err(TunnelError::Tun)
 }

@@ -2,11 +2,14 @@
 //! holds the VM end of the WireGuard tunnel and the firewall rules that let
 //! routed traffic from the tunnel reach containers.
 
+mod control;
 mod firewall;
+mod routes;
 
 use std::io::IsTerminal;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -16,6 +19,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 
 use firewall::{Backend, Binaries, Firewall, FirewallSpec, IptablesCmd, NatMode, Table};
+use routes::RouteTable;
 
 /// How often the rules are re-asserted (Docker may rebuild its chains).
 const REASSERT_EVERY: Duration = Duration::from_secs(10);
@@ -277,12 +281,33 @@ async fn run(args: RunArgs) -> Result<()> {
         .await
         .context("choosing the iptables variant")?;
     tracing::info!(backend = %fw.backend(), reason = fw.reason(), "iptables variant");
+    let routes = Arc::new(
+        RouteTable::new(routes::protocol_for_tag(&args.tag), vec![args.address, args.peer_address])
+            .context("opening the routing table")?,
+    );
+    match routes.ours().await {
+        // Left by a crashed run: kept (no gap for traffic) until the daemon's
+        // next set-routes, which replaces them.
+        Ok(left) if !left.is_empty() => {
+            tracing::info!(count = left.len(), protocol = routes.protocol(), "routes of an earlier run found; kept until the daemon sends its set")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot list routes"),
+    }
 
-    // From here on every exit path removes the rules.
+    // From here on every exit path removes the rules and the routes.
     let result = match install_rules(&fw).await {
-        Ok(()) => serve(&args, &fw, private_key, peer_public, &mut shutdown).await,
+        Ok(()) => serve(&args, &fw, routes.clone(), private_key, peer_public, &mut shutdown).await,
         Err(e) => Err(e),
     };
+    match routes.flush().await {
+        Ok(removed) => {
+            for r in removed {
+                tracing::info!(route = %r, "removed route");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "removing routes failed"),
+    }
     let removal = fw.remove().await;
     match &removal {
         Ok(removed) => {
@@ -361,6 +386,15 @@ async fn first_endpoint(endpoint: &str, shutdown: &mut Shutdown) -> Result<Optio
     }
 }
 
+/// Stops a background task when the owner goes out of scope.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 enum Event {
     Signal(&'static str),
     /// The host daemon restarted and lost the session: handshake again now.
@@ -373,6 +407,7 @@ enum Event {
 async fn serve(
     args: &RunArgs,
     fw: &Firewall,
+    routes: Arc<RouteTable>,
     private_key: keys::StaticSecret,
     peer_public: keys::PublicKey,
     shutdown: &mut Shutdown,
@@ -392,6 +427,18 @@ async fn serve(
     })?;
     tracing::info!(tun = %args.tun_name, address = %args.address, peer = %args.peer_address,
                    prefix = args.prefix, mtu = args.mtu, "tun up");
+    // The daemon's control channel rides inside the tunnel: bound to the
+    // tun's address, answering the host's tunnel address only.
+    let _control = match tokio::net::TcpListener::bind((args.address, control::CONTROL_PORT)).await {
+        Ok(listener) => {
+            tracing::info!(listen = %format!("{}:{}", args.address, control::CONTROL_PORT), "control channel up");
+            Some(AbortOnDrop(tokio::spawn(control::serve(listener, args.peer_address, routes))))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, port = control::CONTROL_PORT, "cannot listen for the daemon's control channel; VM routes (kind pods and Services) will not be managed");
+            None
+        }
+    };
 
     let Some(mut endpoint) = first_endpoint(&args.endpoint, shutdown).await? else {
         return Ok(());
@@ -536,6 +583,19 @@ async fn cleanup(args: CleanupArgs) -> Result<()> {
         bail!("no iptables table could be listed in either variant (the agent needs --cap-add NET_ADMIN and --net host)");
     }
     println!("removed {total} rule(s) tagged {:?}", args.tag);
+    let protocol = routes::protocol_for_tag(&args.tag);
+    match RouteTable::new(protocol, Vec::new()) {
+        Ok(table) => match table.flush().await {
+            Ok(removed) => {
+                for r in &removed {
+                    println!("removed route {r} (proto {protocol})");
+                }
+                println!("removed {} route(s) of protocol {protocol}", removed.len());
+            }
+            Err(e) => eprintln!("skipped routes: {e}"),
+        },
+        Err(e) => eprintln!("skipped routes: {e}"),
+    }
     Ok(())
 }
 

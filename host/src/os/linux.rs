@@ -90,6 +90,16 @@ impl RouteTable {
             .build())
     }
 
+    /// For deletion the kernel matches every field that is set; leave the
+    /// protocol and scope open so a route on our tun that someone else added
+    /// by hand (or an older version) is removed too.
+    fn delete_message(destination: IpNet, index: u32) -> Result<RouteMessage, io::Error> {
+        let mut message = Self::message(destination, index)?;
+        message.header.protocol = RouteProtocol::Unspec;
+        message.header.scope = RouteScope::NoWhere;
+        Ok(message)
+    }
+
     pub async fn add(&self, destination: IpNet, interface: &str) -> Result<(), OsError> {
         let err = |error| OsError::Route {
             op: "add",
@@ -131,7 +141,7 @@ impl RouteTable {
             return Ok(());
         }
         let index = self.interface_index(interface).await.map_err(err)?;
-        let message = Self::message(destination, index).map_err(err)?;
+        let message = Self::delete_message(destination, index).map_err(err)?;
         self.handle
             .route()
             .del(message)
