@@ -31,6 +31,11 @@ LAB_AGENT_NAME=connector-agent-live
 LAB_AGENT_TAG=$LAB_AGENT_NAME        # the agent tags its rules with its agent_name
 LAB_LISTEN_PORT=51873
 LAB_TUNNEL_CIDR=10.254.250.0/30
+# The agent image under a tag of this suite's own: other engineers rebuilding
+# connector-agent:dev mid-run would otherwise make the daemon replace its agent
+# ("configuration differs") and blur what a case measures.
+LIVE_SOURCE_IMAGE=${LAB_AGENT_IMAGE:-connector-agent:dev}
+LAB_AGENT_IMAGE=connector-agent:e2e-live
 # shellcheck source=tests/lab.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lab.sh"
 
@@ -56,6 +61,18 @@ LIVE_DOCKERD_LOG=/var/log/connector-lab-dockerd.log
 TIMES=()           # "what|ms" recovery figures
 
 # ------------------------------------------------------------------------ helpers
+# The daemon's log lines (colours stripped) from T0-MS on.
+live_log_since() { # T0-MS
+  local since
+  since=$(date -u -d "@$(( $1 / 1000 ))" +%Y-%m-%dT%H:%M:%S)
+  sed -e 's/\x1b\[[0-9;]*m//g' "$LAB_DAEMON_LOG" | awk -v t="$since" 'substr($1, 1, 19) >= t'
+}
+# Other connector agents on this engine (a daemon removes agents of other names as strays).
+other_agents() {
+  docker ps -a --filter "label=io.connector.managed=true" --format '{{.Names}}' 2>/dev/null \
+    | grep -v "^${LAB_AGENT_NAME}\$" || true
+}
+no_other_agents() { [ -z "$(other_agents)" ]; }
 ms_since() { echo $(( $(now_ms) - $1 )); }
 secs_fmt() { awk -v ms="$1" 'BEGIN { printf "%.1f s", ms / 1000 }'; }
 record_time() { TIMES+=("$1|$2"); lab_log "TIME $1: $(secs_fmt "$2")"; }
@@ -140,8 +157,13 @@ wait_recovery() {
 foreign_activity() {
   docker ps --format '{{.Names}} {{.Label "'"$LAB_LABEL_KEY"'"}}' 2>/dev/null \
     | awk -v me="$P" -v agent="$LAB_AGENT_NAME" '$1 != agent && $2 != me { print "container " $1 }'
-  ip netns list 2>/dev/null | awk -v me="$LAB_NS" '$1 != me { print "netns " $1 }'
+  local ns
+  for ns in $(ip netns list 2>/dev/null | awk -v me="$LAB_NS" '$1 != me { print $1 }'); do
+    [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] || echo "netns $ns (processes: $(ip netns pids "$ns" | paste -sd, -))"
+  done
 }
+
+engine_quiet() { [ -z "$(foreign_activity)" ]; }
 
 dockerd_pid() { pidof dockerd 2>/dev/null | awk '{ print $1 }'; }
 
@@ -215,7 +237,9 @@ live_cleanup() {
   lab_delete_tagged "$LAB_EMU_TAG"
   lab_delete_tagged "$LAB_PROBE_TAG"
   lab_delete_tagged "$LAB_AGENT_TAG"
+  if [ "$LIVE_CLEAN_IMAGE" = 1 ] && docker_answers; then docker rmi "$LAB_AGENT_IMAGE" >/dev/null 2>&1 || true; fi
 }
+LIVE_CLEAN_IMAGE=0
 
 live_leftovers() {
   ip netns list 2>/dev/null | awk '{print "netns " $1}' | grep -E ' cnl[0-9]+-mac$' || true
@@ -238,6 +262,7 @@ live_on_exit() {
   trap - EXIT INT TERM
   if [ "$LIVE_CLEANED" = 0 ]; then
     lab_log "cleaning up"
+    LIVE_CLEAN_IMAGE=1
     live_cleanup || true
   fi
   if [ -n "$LAB_TMP" ] && [ -d "$LAB_TMP" ]; then
@@ -259,8 +284,9 @@ live_init() {
   docker_answers || lab_die "docker does not answer"
   [ -x "$LAB_CONNECTOR" ] || lab_die "$LAB_CONNECTOR is missing (cargo build --workspace)"
   docker image inspect "$LAB_WORKLOAD_IMAGE" >/dev/null 2>&1 || lab_die "image $LAB_WORKLOAD_IMAGE is missing (scripts/workload-image)"
-  docker image inspect "$LAB_AGENT_IMAGE" >/dev/null 2>&1 || lab_die "image $LAB_AGENT_IMAGE is missing (scripts/agent-image --local)"
+  docker image inspect "$LIVE_SOURCE_IMAGE" >/dev/null 2>&1 || lab_die "image $LIVE_SOURCE_IMAGE is missing (scripts/agent-image --local)"
   lab_lock
+  docker tag "$LIVE_SOURCE_IMAGE" "$LAB_AGENT_IMAGE" || lab_die "docker tag $LIVE_SOURCE_IMAGE $LAB_AGENT_IMAGE"
   trap live_on_exit EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
@@ -277,10 +303,9 @@ live_init() {
     live_cleanup
   fi
   # A daemon removes agent containers of other names as strays: never run beside one.
-  other_agents() { docker ps -a --filter "label=io.connector.managed=true" --format '{{.Names}}' | grep -v "^${LAB_AGENT_NAME}\$" || true; }
   if [ -n "$(other_agents)" ]; then
     lab_log "other connector agents exist ($(other_agents | paste -sd, -)); waiting up to 10 min"
-    wait_until 600 test -z "$(other_agents)" || lab_die "another connector agent is still there: $(other_agents | paste -sd, -)"
+    wait_until 600 no_other_agents || lab_die "another connector agent is still there: $(other_agents | paste -sd, -)"
   fi
 }
 
@@ -344,7 +369,9 @@ check("uptime_secs", isinstance(up, int) and 0 <= up <= max_up, f"{up} (daemon s
 check("docker_endpoint", s["docker_endpoint"] == "unix:///var/run/docker.sock", s["docker_endpoint"])
 check("docker_reachable", s["docker_reachable"] is True, s["docker_reachable"])
 engine = sh("docker", "version", "-f", "{{.Server.Version}}")
-check("engine_version", s["engine_version"] == engine, f"{s['engine_version']!r} (docker version: {engine!r})")
+api = sh("docker", "version", "-f", "{{.Server.APIVersion}}")
+check("engine_version", s["engine_version"] in (engine, f"{engine} (API {api})"),
+      f"{s['engine_version']!r} (docker version: {engine!r}, API {api})")
 # agent
 a = s["agent"]
 real_id = sh("docker", "inspect", "-f", "{{.Id}}", E["AGENT"])
@@ -500,6 +527,10 @@ doctor_ok_before() { # FILE STEP
   done
 }
 
+agent_raw_rule_present() { # TUN
+  [ -n "$(lab_rules_tagged "$LAB_AGENT_TAG" | awk -v t="$1" '$2 == "raw" && / -A PREROUTING / && index($0, " -i " t " ")')" ]
+}
+
 case_doctor_vm_rule() {
   local out="$LAB_TMP/doctor-vm-rule.out" rc attempt rule v table ok=0 tun
   tun=$(agent_tun)
@@ -508,7 +539,7 @@ case_doctor_vm_rule() {
     # delete it and ask doctor at once; retry if the agent won the race).
     read -r v table rule < <(lab_rules_tagged "$LAB_AGENT_TAG" | awk '$2 == "raw" && / -A PREROUTING /')
     if [ -z "${rule:-}" ]; then
-      wait_until 12 test -n "$(lab_rules_tagged "$LAB_AGENT_TAG" | awk '$2 == "raw" && / -A PREROUTING /')"
+      wait_until 12 agent_raw_rule_present "$tun"
       continue
     fi
     eval "iptables-$v -w -t raw ${rule/#-A /-D }" || { lab_warn "could not delete: $rule"; continue; }
@@ -530,7 +561,7 @@ case_doctor_vm_rule() {
     lab_fail "doctor prints a fix under the vm-rules failure" "$(tr '\n' '|' <"$out" | head -c 400)"
   fi
   # The agent puts it back by itself (every 10 s).
-  if wait_until 15 test -n "$(lab_rules_tagged "$LAB_AGENT_TAG" | awk -v t="$tun" '$2 == "raw" && / -A PREROUTING / && index($0, t)')"; then
+  if wait_until 15 agent_raw_rule_present "$tun"; then
     lab_pass "the deleted VM rule is back within 15 s (the agent re-asserts it)" "raw PREROUTING -i $tun ACCEPT present"
   else
     lab_fail "the deleted VM rule is back within 15 s (the agent re-asserts it)" "still missing"
@@ -743,6 +774,81 @@ case_vm_tun_deleted() {
   after_heal_checks "after the VM tun was deleted"
 }
 
+# A dead data path with a live Docker socket (the VM suspended by Resource Saver or
+# sleep): the agent container is frozen, nothing comes through the tunnel any more, and
+# only the daemon's silence check can notice. (Docker resumes a paused container to
+# deliver a signal, so here the nudge after 25 s of silence — SIGUSR1 — is what heals.)
+case_agent_frozen() {
+  local t0 id_before
+  wait_until 30 one_agent_running || lab_warn "agent not running before the frozen case"
+  wait_until 10 http_probe_fast "$IP_A" "$C_A" || lab_warn "$C_A not answering before the frozen case"
+  id_before=$(agent_id)
+  t0=$(now_ms)
+  docker pause "$LAB_AGENT_NAME" >/dev/null
+  if http_probe "$IP_A" "$C_A" 2; then
+    lab_warn "HTTP still answers with the agent paused"
+  fi
+  if wait_recovery "agent frozen (docker pause) -> HTTP again" "$t0" "$IP_A" "$C_A" 90; then
+    lab_pass "agent frozen (docker pause: dead data path, live socket): detected, the tunnel works within 90 s" \
+      "HTTP after $(secs_fmt "$RECOVERY_MS"), container ${id_before:0:12} -> $(agent_id | cut -c1-12); daemon: $(live_log_since "$t0" | grep -oE 'agent silent[^=]*|no datagram from the agent[^=]*' | head -n 1)"
+  else
+    lab_fail "agent frozen (docker pause: dead data path, live socket): detected, the tunnel works within 90 s" \
+      "no HTTP; agent: $(docker ps -a --filter "name=^/${LAB_AGENT_NAME}" --format '{{.ID}} {{.Status}}' | paste -sd, -)"
+  fi
+  docker unpause "$LAB_AGENT_NAME" >/dev/null 2>&1 || true
+  after_heal_checks "after the frozen agent"
+  local f="$LAB_TMP/status-after-frozen.json" rx
+  status_json "$f"
+  rx=$(status_field "$f" 's["tunnel"]["last_received_secs"]')
+  if [ -n "$rx" ] && [ "$rx" != None ] && [ "$rx" -le 45 ]; then
+    lab_pass "after the frozen agent: status shows a recent datagram" "last_received_secs $rx"
+  else
+    lab_fail "after the frozen agent: status shows a recent datagram" "last_received_secs $rx"
+  fi
+}
+
+# The UDP mapping is lost (Docker Desktop forgets idle mappings): the agent lives, but its
+# datagrams no longer arrive. A new handshake from the same socket does not help; the
+# daemon must replace the agent (45 s of silence), whose new socket gets through.
+case_udp_mapping_lost() {
+  local t0 id_before f="$LAB_TMP/status-before-udp-loss.json" ep port
+  wait_until 30 one_agent_running || lab_warn "agent not running before the UDP case"
+  wait_until 10 http_probe_fast "$IP_A" "$C_A" || lab_warn "$C_A not answering before the UDP case"
+  status_json "$f"
+  ep=$(status_field "$f" 's["tunnel"]["endpoint"]')
+  port=${ep##*:}
+  if ! [[ "$port" =~ ^[0-9]+$ ]]; then
+    lab_fail "UDP mapping lost (agent's datagrams dropped): agent replaced, the tunnel works within 90 s" "no endpoint in status: $ep"
+    return
+  fi
+  id_before=$(agent_id)
+  t0=$(now_ms)
+  mac iptables -w -I INPUT -p udp -s "$LAB_VM_IP" --sport "$port" -j DROP
+  if wait_recovery "UDP mapping lost -> agent replaced -> HTTP again" "$t0" "$IP_A" "$C_A" 90; then
+    local id_after
+    id_after=$(agent_id)
+    if [ "$id_after" != "$id_before" ]; then
+      lab_pass "UDP mapping lost (agent's datagrams dropped): agent replaced, the tunnel works within 90 s" \
+        "HTTP after $(secs_fmt "$RECOVERY_MS"), container ${id_before:0:12} -> ${id_after:0:12}"
+    else
+      lab_fail "UDP mapping lost (agent's datagrams dropped): agent replaced, the tunnel works within 90 s" \
+        "HTTP after $(secs_fmt "$RECOVERY_MS") but the same container ${id_after:0:12}: the drop rule is not effective"
+    fi
+  else
+    lab_fail "UDP mapping lost (agent's datagrams dropped): agent replaced, the tunnel works within 90 s" \
+      "no HTTP; agent: $(docker ps -a --filter "name=^/${LAB_AGENT_NAME}" --format '{{.ID}} {{.Status}}' | paste -sd, -)"
+  fi
+  mac iptables -w -D INPUT -p udp -s "$LAB_VM_IP" --sport "$port" -j DROP 2>/dev/null || true
+  local why
+  why=$(live_log_since "$t0" | grep -E 'agent silent|no datagram from the agent|replacing agent container' | sed -E 's/^[^ ]+ +[A-Z]+ +//' | paste -sd';' -)
+  if live_log_since "$t0" | grep -q 'no datagram from the agent; replacing it'; then
+    lab_pass "UDP mapping lost: the daemon replaced the agent because it was silent (log)" "$why"
+  else
+    lab_fail "UDP mapping lost: the daemon replaced the agent because it was silent (log)" "no 'no datagram from the agent; replacing it' in the log since the drop; ${why:-nothing}"
+  fi
+  after_heal_checks "after the lost UDP mapping"
+}
+
 # ------------------------------------------------------------ case: dockerd restart
 case_dockerd_restart() {
   local name="dockerd restarted: the tunnel works again" left t_stop t_start t_up pid
@@ -751,7 +857,7 @@ case_dockerd_restart() {
   if [ -n "$left" ]; then
     lab_log "waiting (up to ${LIVE_QUIET_WAIT:-600} s) for a quiet engine before restarting dockerd:"
     echo "$left" | sed 's/^/    /'
-    if ! wait_until "${LIVE_QUIET_WAIT:-600}" test -z "$(foreign_activity)"; then
+    if ! wait_until "${LIVE_QUIET_WAIT:-600}" engine_quiet; then
       lab_fail "$name" "not run: other tests keep using the engine: $(foreign_activity | paste -sd, -)"
       return
     fi
@@ -851,6 +957,7 @@ case_final() {
 }
 
 case_cleanup() {
+  LIVE_CLEAN_IMAGE=1
   live_cleanup
   LIVE_CLEANED=1
   local left
@@ -865,7 +972,8 @@ case_cleanup() {
 # --------------------------------------------------------------------------- main
 ALL_CASES=(case_before case_start case_status_json case_status_nonroot case_doctor_healthy
            case_doctor_vm_rule case_doctor_agent_stopped case_live_network case_burst
-           case_agent_kill case_agent_rm case_vm_tun_deleted case_dockerd_restart case_final)
+           case_agent_kill case_agent_rm case_vm_tun_deleted case_agent_frozen case_udp_mapping_lost case_dockerd_restart
+           case_final)
 if [ $# -gt 0 ]; then
   CASES=("$@")
   [[ " $* " == *" case_start "* ]] || CASES=(case_start "$@")

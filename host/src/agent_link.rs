@@ -169,6 +169,11 @@ impl AgentLink {
         self.tx.send_replace(routes);
     }
 
+    /// Sends the wanted set again (the agent restarted or was replaced).
+    pub fn resend(&self) {
+        self.tx.send_modify(|_| {});
+    }
+
     pub fn status(&self) -> LinkStatus {
         let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         let mut status = shared.status.clone();

@@ -18,9 +18,11 @@ use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
 use crate::agent::{Agent, AgentManager};
+use crate::agent_link::AgentLink;
 use crate::config::Config;
 use crate::control;
 use crate::events::{self, Trigger};
+use crate::kind::{Kind, KindReport};
 use crate::os::{self, RouteTable, TunConfig};
 use crate::plan::SkipReason;
 use crate::protocol::{
@@ -125,6 +127,10 @@ struct Running {
     nudged: bool,
     /// The last agent error logged, so a persisting failure logs once.
     agent_error: Option<String>,
+    /// kind clusters: discovery, plan and status.
+    kind: Kind,
+    /// Delivers the VM routes (kind pods and Services) to the agent.
+    agent_link: AgentLink,
 }
 
 pub async fn run(config: Config) -> Result<()> {
@@ -171,6 +177,8 @@ pub async fn run(config: Config) -> Result<()> {
             config.tunnel,
             config.networks.clone(),
         ),
+        kind: Kind::new(config.kind.clone()),
+        agent_link: AgentLink::spawn(config.host_tunnel_ip(), config.agent_tunnel_ip()),
         config,
         docker,
         endpoint,
@@ -200,7 +208,7 @@ impl Running {
                 tracing::warn!(error = format!("{e:#}"), "could not nudge the adopted agent");
             }
         }
-        let report = self.router.sync(&self.docker).await?;
+        let report = self.sync_routes().await?;
         tracing::info!(
             routed = report.routed.len(),
             skipped = report.skipped.len(),
@@ -217,6 +225,7 @@ impl Running {
         safety.reset();
         let mut health = tokio::time::interval(HEALTH_EVERY);
         let mut pending = Pending::default();
+        self.kind_retry(&mut pending);
         let result = loop {
             let deadline = pending.deadline;
             tokio::select! {
@@ -232,15 +241,20 @@ impl Running {
                     let Pending { networks, agent, .. } = std::mem::take(&mut pending);
                     if agent {
                         self.reconcile_agent().await;
+                        // Same container restarted by Docker, or a new one:
+                        // either way it needs the VM routes again.
+                        self.agent_link.resend();
                     }
                     if networks {
                         self.reconcile_routes().await;
+                        self.kind_retry(&mut pending);
                     }
                 }
                 _ = safety.tick() => {
                     if self.docker_up {
                         self.reconcile_agent().await;
                         self.reconcile_routes().await;
+                        self.kind_retry(&mut pending);
                     }
                 }
                 _ = health.tick() => self.check_data_path().await,
@@ -296,6 +310,7 @@ impl Running {
                     self.agent_since = Instant::now();
                     self.nudged = false;
                     self.agent = agent;
+                    self.agent_link.resend();
                 }
             }
             Err(e) => {
@@ -308,8 +323,27 @@ impl Running {
         }
     }
 
+    /// Docker networks and kind's pod/Service CIDRs on the host, then the
+    /// kind VM routes to the agent. Every route sync goes through here, so a
+    /// plain sync never drops the kind routes.
+    async fn sync_routes(&mut self) -> Result<crate::protocol::SyncReport> {
+        let kind = self.kind.plan(&self.docker).await?;
+        let report = self.router.sync_with(&self.docker, &kind.extra).await?;
+        let vm_routes = self.kind.settle(kind, self.router.decisions());
+        self.agent_link.push(vm_routes);
+        Ok(report)
+    }
+
+    /// A kind cluster still starting is looked at again soon.
+    fn kind_retry(&self, pending: &mut Pending) {
+        if let Some(after) = self.kind.retry_after() {
+            pending.networks = true;
+            pending.schedule(after);
+        }
+    }
+
     async fn reconcile_routes(&mut self) {
-        match self.router.sync(&self.docker).await {
+        match self.sync_routes().await {
             Ok(report) if !report.added.is_empty() || !report.removed.is_empty() => {
                 tracing::info!(added = report.added.len(), removed = report.removed.len(), routed = report.routed.len(), "routes reconciled");
             }
@@ -359,7 +393,7 @@ impl Running {
 
     async fn handle(&mut self, request: Request) -> Response {
         match request {
-            Request::SyncNetworks => match self.router.sync(&self.docker).await {
+            Request::SyncNetworks => match self.sync_routes().await {
                 Ok(report) => Response::Sync(report),
                 Err(e) => Response::Error { message: format!("{e:#}") },
             },
@@ -422,6 +456,10 @@ impl Running {
                     reason: d.skipped.as_ref().map(|r| r.to_string()),
                 })
                 .collect(),
+            kind: KindReport {
+                clusters: self.kind.clusters().to_vec(),
+                vm_routes: self.agent_link.status(),
+            },
         }
     }
 

@@ -190,5 +190,6 @@ fn render_status(s: &protocol::StatusReport) -> String {
             n.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
         );
     }
+    out += &kind::render(&s.kind);
     out
 }

@@ -144,6 +144,9 @@ pub struct StatusReport {
     pub firewall: FirewallStatus,
     pub tunnel: TunnelStatus,
     pub networks: Vec<NetworkStatus>,
+    /// kind clusters and the VM routes held for them (absent from older daemons).
+    #[serde(default)]
+    pub kind: crate::kind::KindReport,
 }
 
 #[cfg(test)]

@@ -39,13 +39,11 @@ impl Router {
         &self.last
     }
 
-    /// Reads Docker and the routing table, then adds and removes routes.
-    pub async fn sync(&mut self, docker: &Docker) -> Result<SyncReport> {
-        self.sync_with(docker, &[]).await
-    }
-
-    /// [`Router::sync`] plus subnets that are not Docker networks (kind pod
-    /// and Service CIDRs), each named by its owner.
+    /// Reads Docker and the routing table, then adds and removes routes for
+    /// the Docker networks plus `extra`: subnets that are not Docker networks
+    /// (kind pod and Service CIDRs), each named by its owner. Routes on the
+    /// tun that are in neither are removed, so every sync must pass the
+    /// full `extra` (the daemon's `sync_routes` does).
     pub async fn sync_with(&mut self, docker: &Docker, extra: &[DockerNetwork]) -> Result<SyncReport> {
         let networks = crate::docker::bridge_networks(docker).await?;
         let host_routes = self.table.list().await.context("reading the host routing table")?;
