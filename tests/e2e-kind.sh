@@ -49,7 +49,8 @@ KIND_LABEL=$LAB_LABEL
 P=$LAB_PREFIX
 A="${P}-a"
 B="${P}-b"
-CONFIG=""
+CONFIG=""          # the config of the daemon running now
+BASE_CONFIG=""     # defaults ([kind] absent)
 TIMES=()
 
 # ------------------------------------------------------------------------ helpers
@@ -98,7 +99,9 @@ expected_vm_pod_routes() { # CLUSTER
 vm_pod_routes_are() { [ "$(vm_routes "$KIND_POD_SUBNET")" = "$1" ]; }
 vm_service_routes_are() { [ "$(vm_routes "$KIND_SERVICE_SUBNET")" = "$1" ]; }
 no_vm_fixture_routes() { [ -z "$(vm_routes "$KIND_POD_SUBNET")$(vm_routes "$KIND_SERVICE_SUBNET")" ]; }
-no_mac_fixture_routes() { ! mac_routes | grep -qE '^10\.(244|96)\.'; }
+no_mac_fixture_routes() {
+  [ -z "$(ip -n "$LAB_NS" -4 route show root "$KIND_POD_SUBNET")$(ip -n "$LAB_NS" -4 route show root "$KIND_SERVICE_SUBNET")" ]
+}
 
 pod_body() { echo "pod $1 ${KIND_POD_IP[$1]}"; }
 # The Service's endpoint in CLUSTER answers with this body.
@@ -123,15 +126,13 @@ daemon_start_until() { # CONFIG-FILE EXPR SECONDS CASE-NAME
     return 0
   fi
   lab_fail "$4" "status never showed: $2; $(status_desc)"
+  # The next case starts its own daemon.
+  if lab_daemon_alive; then daemon_stop; fi
   return 1
 }
 
 daemon_stop() {
   lab_daemon_stop TERM 20 || lab_warn "daemon did not stop within 20 s"
-}
-
-write_config() { # PATH [TOML-LINE...]
-  lab_write_config "$@"
 }
 
 synced() { echo "s['kind']['vm_routes']['state'] == 'synced'"; }
@@ -250,10 +251,11 @@ setup() {
   lab_log "emulating Engine 28.2's firewall on every bridge network (kind included)"
   emulate_28_2_all
 
-  CONFIG="$LAB_TMP/connector.toml"
-  write_config "$CONFIG"
-  write_config "$LAB_TMP/pods-off.toml" "[kind]" "pods = false"
-  write_config "$LAB_TMP/prefer-a.toml" "[kind]" "clusters = [\"$A\", \"$B\"]"
+  BASE_CONFIG="$LAB_TMP/connector.toml"
+  CONFIG=$BASE_CONFIG
+  lab_write_config "$BASE_CONFIG"
+  lab_write_config "$LAB_TMP/pods-off.toml" "[kind]" "pods = false"
+  lab_write_config "$LAB_TMP/prefer-a.toml" "[kind]" "clusters = [\"$A\", \"$B\"]"
 }
 
 # --------------------------------------------------------------------------- cases
@@ -277,7 +279,7 @@ case_before_connector() {
 }
 
 case_daemon_routes_cluster() {
-  daemon_start_until "$CONFIG" \
+  daemon_start_until "$BASE_CONFIG" \
     "st('$A','pods') == 'routed' and st('$A','services') == 'routed' and $(synced)" 40 \
     "connector run: cluster $A's pods and Services routed, VM routes synced" || return
   local cp w n svc
@@ -376,7 +378,7 @@ vm_routes_via_cluster() { # CLUSTER
 }
 
 case_conflict() {
-  daemon_start_until "$CONFIG" "st('$A','pods') == 'routed' and $(synced)" 40 \
+  daemon_start_until "$BASE_CONFIG" "st('$A','pods') == 'routed' and $(synced)" 40 \
     "default config again: cluster $A routed" || return
   lab_log "kind cluster $B with the same CIDRs, created while the daemon runs"
   kind_cluster_create "$B" 1
@@ -426,7 +428,7 @@ case_configured_order() {
 }
 
 case_cluster_deleted() {
-  daemon_start_until "$CONFIG" "st('$B','pods') == 'routed' and $(synced)" 40 \
+  daemon_start_until "$BASE_CONFIG" "st('$B','pods') == 'routed' and $(synced)" 40 \
     "default config again: the newer cluster $B routed" || return
   lab_log "deleting cluster $B while the daemon runs"
   kind_cluster_delete "$B"

@@ -166,12 +166,23 @@ impl AgentLink {
     pub fn push(&self, mut routes: Vec<VmRoute>) {
         routes.sort();
         routes.dedup();
+        self.mark_pending(&routes);
         self.tx.send_replace(routes);
     }
 
     /// Sends the wanted set again (the agent restarted or was replaced).
     pub fn resend(&self) {
+        self.mark_pending(&self.tx.borrow());
         self.tx.send_modify(|_| {});
+    }
+
+    /// Status says "synced" only for the set the agent confirmed.
+    fn mark_pending(&self, routes: &[VmRoute]) {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.status.wanted = routes.to_vec();
+        if shared.status.state != LinkState::Failing {
+            shared.status.state = LinkState::Pending;
+        }
     }
 
     pub fn status(&self) -> LinkStatus {
@@ -225,8 +236,10 @@ async fn deliver(
                     if warned {
                         tracing::info!("agent reachable again; VM routes synced");
                     }
+                    // A newer set may be waiting already: then still pending.
+                    let newer = rx.has_changed().unwrap_or(false);
                     update(&|s| {
-                        s.status.state = LinkState::Synced;
+                        s.status.state = if newer { LinkState::Pending } else { LinkState::Synced };
                         s.status.applied = reply.applied.clone();
                         s.status.errors = reply.errors.clone();
                         s.status.last_error = None;

@@ -46,10 +46,8 @@ pub async fn run(config: &Config) -> Result<Vec<String>> {
     let tun = if cfg!(target_os = "linux") { Some("connector0") } else { None };
     if let (Some(tun), Ok(table)) = (tun, RouteTable::new().await) {
         for route in table.list().await.unwrap_or_default() {
-            if route.interface.as_deref() == Some(tun) {
-                if table.delete(route.destination, tun).await.is_ok() {
-                    done.push(format!("removed route {} dev {tun}", route.destination));
-                }
+            if route.interface.as_deref() == Some(tun) && table.delete(route.destination, tun).await.is_ok() {
+                done.push(format!("removed route {} dev {tun}", route.destination));
             }
         }
     }

@@ -6,11 +6,17 @@
 //! VM agent (initiator: knows the host endpoint, starts the handshake and keeps
 //! the UDP mapping alive).
 //!
-//! Three tokio tasks share one `Tunn` behind a mutex that is never held across
-//! an `.await`: tun→UDP, UDP→tun, and a timer task. Each task owns its buffers,
-//! so the steady state does not allocate per packet.
+//! Three tokio tasks share one `Tunn` behind a mutex that is taken per packet
+//! and never held across an `.await` or a system call: tun→UDP, UDP→tun, and a
+//! timer task. Each task owns its buffers, so the steady state does not
+//! allocate. On Linux the packet loops work in batches (tun offload, UDP
+//! GSO/GRO, `sendmmsg`; see `linux`); elsewhere one packet per system call.
 
 pub mod keys;
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(not(target_os = "linux"))]
+mod plain;
 mod stats;
 pub mod tun;
 mod worker;

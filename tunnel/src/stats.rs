@@ -53,14 +53,15 @@ fn from_ms(ms: u64) -> Option<SystemTime> {
 }
 
 impl Stats {
-    pub(crate) fn add_rx(&self, bytes: usize) {
+    /// Counted per batch by the loops, not per packet.
+    pub(crate) fn add_rx(&self, bytes: usize, packets: usize) {
         self.rx_bytes.fetch_add(bytes as u64, Relaxed);
-        self.rx_packets.fetch_add(1, Relaxed);
+        self.rx_packets.fetch_add(packets as u64, Relaxed);
     }
 
-    pub(crate) fn add_tx(&self, bytes: usize) {
+    pub(crate) fn add_tx(&self, bytes: usize, packets: usize) {
         self.tx_bytes.fetch_add(bytes as u64, Relaxed);
-        self.tx_packets.fetch_add(1, Relaxed);
+        self.tx_packets.fetch_add(packets as u64, Relaxed);
     }
 
     pub(crate) fn mark_received(&self) {
@@ -95,9 +96,9 @@ mod tests {
     fn counters_accumulate_and_handshake_starts_unknown() {
         let stats = Stats::default();
         assert_eq!(stats.snapshot().last_handshake, None);
-        stats.add_rx(100);
-        stats.add_rx(50);
-        stats.add_tx(7);
+        stats.add_rx(100, 1);
+        stats.add_rx(50, 1);
+        stats.add_tx(7, 1);
         stats.set_handshake_age(Some(Duration::from_secs(3)));
         let snap = stats.snapshot();
         assert_eq!((snap.rx_bytes, snap.rx_packets), (150, 2));

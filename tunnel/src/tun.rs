@@ -21,18 +21,31 @@ pub struct TunSpec {
 
 /// Creates the device, gives it its address and MTU, and brings it up.
 /// The device disappears when the returned handle is dropped.
+///
+/// On Linux the device is opened with offload (`IFF_VNET_HDR`, TSO, checksum
+/// offload): the kernel then hands over and accepts TCP super-packets of up
+/// to 64 KiB, which the data path cuts and merges itself. Should the kernel
+/// refuse, the device is opened without it and the data path adapts.
 pub fn create(spec: &TunSpec) -> Result<AsyncDevice, TunnelError> {
-    let mut builder = tun_rs::DeviceBuilder::new()
-        .ipv4(spec.address, spec.prefix, Some(spec.peer))
-        .mtu(spec.mtu);
-    if let Some(name) = &spec.name {
-        builder = builder.name(name.clone());
+    let builder = || {
+        let mut builder = tun_rs::DeviceBuilder::new()
+            .ipv4(spec.address, spec.prefix, Some(spec.peer))
+            .mtu(spec.mtu);
+        if let Some(name) = &spec.name {
+            builder = builder.name(name.clone());
+        }
+        // connector owns every route on the device; tun-rs would add one for the
+        // tunnel prefix on BSDs.
+        #[cfg(target_os = "macos")]
+        {
+            builder = builder.associate_route(false);
+        }
+        builder
+    };
+    #[cfg(target_os = "linux")]
+    match builder().offload(true).build_async() {
+        Ok(device) => return Ok(device),
+        Err(error) => tracing::info!(%error, "tun offload unavailable; one packet per read"),
     }
-    // connector owns every route on the device; tun-rs would add one for the
-    // tunnel prefix on BSDs.
-    #[cfg(target_os = "macos")]
-    {
-        builder = builder.associate_route(false);
-    }
-    builder.build_async().map_err(TunnelError::Tun)
+    builder().build_async().map_err(TunnelError::Tun)
 }

@@ -1,10 +1,13 @@
-//! The packet loops: tun → UDP, UDP → tun, and WireGuard timers.
+//! The tunnel: packet loops (tun → UDP, UDP → tun) and WireGuard timers
+//! around one boringtun `Tunn`.
+//!
+//! The loops themselves live in [`crate::linux`] (batched, with tun offload)
+//! and [`crate::plain`] (one packet per system call, every other platform).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use tokio::net::UdpSocket;
@@ -15,12 +18,12 @@ use tun_rs::AsyncDevice;
 use crate::stats::Stats;
 use crate::TunnelError;
 
-/// Largest datagram or IP packet a loop handles; buffers are this size once.
-const BUF_SIZE: usize = 65_536 + 256;
 /// boringtun wants its timers driven "regularly"; 250 ms is what its own device uses.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// How often an initiator restarts a handshake after boringtun gave up on the peer.
 const REINITIATE_AFTER: Duration = Duration::from_secs(5);
+/// Room for a handshake message (the largest, an initiation, is 148 bytes).
+pub(crate) const HANDSHAKE_BUF: usize = 256;
 
 /// How one end of the tunnel is set up.
 pub struct TunnelConfig {
@@ -34,26 +37,29 @@ pub struct TunnelConfig {
     pub endpoint: Option<SocketAddr>,
 }
 
-struct Shared {
+/// What the loops share. The `Tunn` lock is taken per packet and never held
+/// across an `.await` or a system call, so the two directions only ever wait
+/// for each other's cipher work (about a microsecond per packet).
+pub(crate) struct Shared {
     tunn: Mutex<Tunn>,
     private_key: StaticSecret,
     keepalive: Option<u16>,
     initiator: bool,
-    stats: Arc<Stats>,
-    socket: UdpSocket,
-    device: AsyncDevice,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) socket: UdpSocket,
+    pub(crate) device: AsyncDevice,
 }
 
 impl Shared {
-    fn tunn(&self) -> MutexGuard<'_, Tunn> {
+    pub(crate) fn tunn(&self) -> MutexGuard<'_, Tunn> {
         self.tunn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn endpoint(&self) -> Option<SocketAddr> {
+    pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
         *self.stats.endpoint.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_endpoint(&self, addr: SocketAddr) {
+    pub(crate) fn set_endpoint(&self, addr: SocketAddr) {
         let mut slot = self.stats.endpoint.lock().unwrap_or_else(|e| e.into_inner());
         if *slot != Some(addr) {
             tracing::info!(endpoint = %addr, "peer endpoint");
@@ -61,14 +67,68 @@ impl Shared {
         }
     }
 
-    async fn send_to_peer(&self, datagram: &[u8]) {
+    pub(crate) async fn send_to_peer(&self, datagram: &[u8]) {
         if let Some(endpoint) = self.endpoint() {
-            if let Err(error) = self.socket.send_to(datagram, endpoint).await {
-                tracing::debug!(%endpoint, %error, "udp send failed");
+            self.send_to(datagram, endpoint).await;
+        }
+    }
+
+    pub(crate) async fn send_to(&self, datagram: &[u8], to: SocketAddr) {
+        if let Err(error) = self.socket.send_to(datagram, to).await {
+            tracing::debug!(endpoint = %to, %error, "udp send failed");
+        }
+    }
+
+    /// After authenticated datagrams from `from`: roaming, liveness, handshake age.
+    pub(crate) fn heard_from(&self, from: SocketAddr) {
+        self.set_endpoint(from);
+        self.stats.mark_received();
+        let age = self.tunn().time_since_last_handshake();
+        self.stats.set_handshake_age(age);
+    }
+}
+
+/// One step of decapsulating a datagram.
+pub(crate) enum Step {
+    /// A decrypted packet of this length is in the output buffer.
+    Tunnel(usize),
+    /// A message for the peer (handshake reply, queued packet) is in the output buffer.
+    Network(usize),
+    Done,
+    Rejected(boringtun::noise::errors::WireGuardError),
+}
+
+impl Shared {
+    /// Decapsulates `datagram` (empty: the next queued packet after a
+    /// handshake) into `out`.
+    pub(crate) fn decapsulate(&self, from: SocketAddr, datagram: &[u8], out: &mut [u8]) -> Step {
+        let source = (!datagram.is_empty()).then_some(from.ip());
+        match self.tunn().decapsulate(source, datagram, out) {
+            TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
+                Step::Tunnel(packet.len())
             }
+            TunnResult::WriteToNetwork(reply) => Step::Network(reply.len()),
+            TunnResult::Done => Step::Done,
+            TunnResult::Err(error) => Step::Rejected(error),
+        }
+    }
+
+    /// Encapsulates `packet` into `out`; the length of the datagram to send, if any.
+    pub(crate) fn encapsulate(&self, packet: &[u8], out: &mut [u8]) -> Option<usize> {
+        match self.tunn().encapsulate(packet, out) {
+            TunnResult::WriteToNetwork(datagram) => Some(datagram.len()),
+            TunnResult::Err(error) => {
+                tracing::debug!(?error, "encapsulate failed");
+                None
+            }
+            // Queued until a session exists (a handshake is under way).
+            _ => None,
         }
     }
 }
+
+/// Reports a stopped packet loop to [`Tunnel::failed`].
+pub(crate) type FailSender = Arc<watch::Sender<Option<String>>>;
 
 /// A running tunnel. Dropping it without [`Tunnel::shutdown`] also stops the
 /// tasks (they are aborted) and closes the tun.
@@ -104,11 +164,11 @@ impl Tunnel {
         });
         let (fail_tx, failed) = watch::channel(None);
         let fail_tx = Arc::new(fail_tx);
-        let tasks = vec![
-            tokio::spawn(outbound(shared.clone(), fail_tx.clone())),
-            tokio::spawn(inbound(shared.clone(), fail_tx)),
-            tokio::spawn(timers(shared.clone())),
-        ];
+        #[cfg(target_os = "linux")]
+        let mut tasks = crate::linux::spawn_loops(&shared, &fail_tx);
+        #[cfg(not(target_os = "linux"))]
+        let mut tasks = crate::plain::spawn_loops(&shared, &fail_tx);
+        tasks.push(tokio::spawn(timers(shared.clone())));
         Tunnel {
             shared,
             tasks,
@@ -135,7 +195,7 @@ impl Tunnel {
     /// Starts a new handshake now (e.g. the other end restarted and lost the
     /// session). Harmless if the peer is unreachable.
     pub async fn rehandshake(&self) {
-        let mut datagram = [0u8; 256];
+        let mut datagram = [0u8; HANDSHAKE_BUF];
         let len = match self.shared.tunn().format_handshake_initiation(&mut datagram, true) {
             TunnResult::WriteToNetwork(out) => out.len(),
             _ => return,
@@ -180,7 +240,7 @@ impl Drop for Tunnel {
 }
 
 /// Persistent errors make the loop stop (and report) instead of spinning.
-fn is_fatal(error: &std::io::Error) -> bool {
+pub(crate) fn is_fatal(error: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     !matches!(
         error.kind(),
@@ -197,104 +257,14 @@ const fn libc_enobufs() -> i32 {
     }
 }
 
-async fn outbound(shared: Arc<Shared>, fail: Arc<watch::Sender<Option<String>>>) {
-    let mut packet = vec![0u8; BUF_SIZE].into_boxed_slice();
-    let mut datagram = vec![0u8; BUF_SIZE].into_boxed_slice();
-    loop {
-        let n = match shared.device.recv(&mut packet).await {
-            Ok(n) => n,
-            Err(error) if is_fatal(&error) => {
-                tracing::warn!(%error, "tun read failed; stopping the tunnel");
-                let _ = fail.send(Some(format!("tun read: {error}")));
-                return;
-            }
-            Err(_) => continue,
-        };
-        let len = match shared.tunn().encapsulate(&packet[..n], &mut datagram) {
-            TunnResult::WriteToNetwork(out) => out.len(),
-            TunnResult::Err(error) => {
-                tracing::debug!(?error, "encapsulate failed");
-                continue;
-            }
-            _ => continue,
-        };
-        shared.stats.add_tx(n);
-        shared.send_to_peer(&datagram[..len]).await;
-    }
-}
-
-enum Step {
-    Network(usize),
-    Tunnel(usize),
-    Done,
-    Rejected(WireGuardError),
-}
-
-async fn inbound(shared: Arc<Shared>, fail: Arc<watch::Sender<Option<String>>>) {
-    let mut datagram = vec![0u8; BUF_SIZE].into_boxed_slice();
-    let mut packet = vec![0u8; BUF_SIZE].into_boxed_slice();
-    loop {
-        let (n, from) = match shared.socket.recv_from(&mut datagram).await {
-            Ok(r) => r,
-            Err(error) if is_fatal(&error) => {
-                tracing::warn!(%error, "udp receive failed; stopping the tunnel");
-                let _ = fail.send(Some(format!("udp receive: {error}")));
-                return;
-            }
-            Err(_) => continue,
-        };
-        let mut input: &[u8] = &datagram[..n];
-        loop {
-            let step = {
-                let mut tunn = shared.tunn();
-                let step = match tunn.decapsulate(Some(from.ip()), input, &mut packet) {
-                    TunnResult::WriteToNetwork(out) => Step::Network(out.len()),
-                    TunnResult::WriteToTunnelV4(out, _) | TunnResult::WriteToTunnelV6(out, _) => {
-                        Step::Tunnel(out.len())
-                    }
-                    TunnResult::Done => Step::Done,
-                    TunnResult::Err(error) => Step::Rejected(error),
-                };
-                shared.stats.set_handshake_age(tunn.time_since_last_handshake());
-                step
-            };
-            if !matches!(step, Step::Rejected(_)) {
-                // Only authenticated datagrams move the endpoint (roaming).
-                shared.set_endpoint(from);
-                shared.stats.mark_received();
-            }
-            match step {
-                Step::Network(len) => {
-                    // Handshake replies and packets queued during the
-                    // handshake; boringtun wants to be called again until Done.
-                    if let Err(error) = shared.socket.send_to(&packet[..len], from).await {
-                        tracing::debug!(%error, "udp send failed");
-                    }
-                    input = &[];
-                }
-                Step::Tunnel(len) => {
-                    if let Err(error) = shared.device.send(&packet[..len]).await {
-                        if is_fatal(&error) {
-                            tracing::warn!(%error, "tun write failed; stopping the tunnel");
-                            let _ = fail.send(Some(format!("tun write: {error}")));
-                            return;
-                        }
-                    }
-                    shared.stats.add_rx(len);
-                    break;
-                }
-                Step::Done => break,
-                Step::Rejected(error) => {
-                    tracing::debug!(?error, %from, "datagram rejected");
-                    break;
-                }
-            }
-        }
-    }
+/// Records why a loop stopped, for [`Tunnel::failed`].
+pub(crate) fn report(fail: &FailSender, what: &str, error: &std::io::Error) {
+    tracing::warn!(%error, "{what} failed; stopping the tunnel");
+    let _ = fail.send(Some(format!("{what}: {error}")));
 }
 
 async fn timers(shared: Arc<Shared>) {
-    let mut datagram = vec![0u8; BUF_SIZE].into_boxed_slice();
+    let mut datagram = [0u8; HANDSHAKE_BUF];
     let mut last_initiation: Option<Instant> = None;
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

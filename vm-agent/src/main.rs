@@ -271,15 +271,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let private_key = keys::read_private_key_file(&args.private_key_file)?;
     let peer_public = keys::parse_public_key(&args.peer_public_key).context("--peer-public-key")?;
 
-    let spec = FirewallSpec {
-        tun: args.tun_name.clone(),
-        host_tunnel_ip: args.peer_address,
-        nat: args.nat.into(),
-        tag: args.tag.clone(),
-    };
-    let fw = Firewall::detect(spec, &args.iptables.binaries()?)
-        .await
-        .context("choosing the iptables variant")?;
+    let fw = detect_firewall(&args).await?;
     tracing::info!(backend = %fw.backend(), reason = fw.reason(), "iptables variant");
     let routes = Arc::new(
         RouteTable::new(routes::protocol_for_tag(&args.tag), vec![args.address, args.peer_address])
@@ -521,17 +513,22 @@ async fn serve(
     outcome
 }
 
-/// Used by `connector doctor` through `docker exec`.
-async fn verify(args: RunArgs) -> Result<()> {
+/// The agent's rules for these arguments, in the iptables variant Docker uses.
+async fn detect_firewall(args: &RunArgs) -> Result<Firewall> {
     let spec = FirewallSpec {
         tun: args.tun_name.clone(),
         host_tunnel_ip: args.peer_address,
         nat: args.nat.into(),
         tag: args.tag.clone(),
     };
-    let fw = Firewall::detect(spec, &args.iptables.binaries()?)
+    Firewall::detect(spec, &args.iptables.binaries()?)
         .await
-        .context("choosing the iptables variant")?;
+        .context("choosing the iptables variant")
+}
+
+/// Used by `connector doctor` through `docker exec`.
+async fn verify(args: RunArgs) -> Result<()> {
+    let fw = detect_firewall(&args).await?;
     let missing = fw.verify().await.context("listing the firewall rules")?;
     let wanted = firewall::desired_rules(fw.spec()).len();
     if missing.is_empty() {

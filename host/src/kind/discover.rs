@@ -30,10 +30,13 @@ use crate::events::KIND_CLUSTER_LABEL;
 pub const KIND_ROLE_LABEL: &str = "io.x-k8s.kind.role";
 const ROLE_LOAD_BALANCER: &str = "external-load-balancer";
 const KUBEADM_CONF: &str = "/kind/kubeadm.conf";
-const KUBECTL: [&str; 7] = [
+/// The control plane's own kubectl and admin kubeconfig (kubeadm writes it);
+/// a bounded request so a hung API server cannot stall a reconcile.
+const KUBECTL: [&str; 8] = [
     "kubectl",
     "--kubeconfig",
     "/etc/kubernetes/admin.conf",
+    "--request-timeout=5s",
     "get",
     "nodes",
     "-o",

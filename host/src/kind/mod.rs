@@ -76,6 +76,19 @@ impl Kind {
             if let Some(problem) = &c.problem {
                 tracing::debug!(cluster = %c.name, %problem, "kind cluster not fully readable");
             }
+            let before = self.clusters.iter().find(|b| b.name == c.name);
+            for (what, now, was) in [
+                ("pods", &c.pods, before.map(|b| &b.pods)),
+                ("services", &c.services, before.map(|b| &b.services)),
+            ] {
+                if was.map(|w| &w.state) != Some(&now.state) {
+                    let subnets: Vec<String> = now.subnets.iter().map(ToString::to_string).collect();
+                    tracing::info!(cluster = %c.name, what, subnets = %subnets.join(","), state = %now.state, "kind cluster");
+                }
+            }
+        }
+        for gone in self.clusters.iter().filter(|b| !clusters.iter().any(|c| c.name == b.name)) {
+            tracing::info!(cluster = %gone.name, "kind cluster gone");
         }
         self.clusters = clusters;
         routes
@@ -134,6 +147,39 @@ pub fn render(report: &KindReport) -> String {
 mod tests {
     use super::*;
     use crate::kind::plan::{CidrStatus, NodeStatus};
+
+    #[test]
+    fn a_starting_cluster_is_retried_sooner_then_backs_off() {
+        use crate::kind::plan::{ClusterSnapshot, NodeSnapshot};
+        let mut kind = Kind::new(KindConfig::default());
+        let mut starting = ClusterSnapshot {
+            name: "dev".into(),
+            created: 1,
+            nodes: vec![NodeSnapshot {
+                name: "dev-control-plane".into(),
+                role: "control-plane".into(),
+                ip: Some("172.18.0.2".parse().unwrap()),
+                pod_cidrs: vec![],
+            }],
+            pod_subnets: vec![],
+            service_subnets: vec![],
+            problem: Some("cannot read /kind/kubeadm.conf".into()),
+        };
+        let mut delays = Vec::new();
+        for _ in 0..6 {
+            kind.settle(plan::plan(std::slice::from_ref(&starting), &KindConfig::default()), &[]);
+            delays.push(kind.retry_after().unwrap().as_secs());
+        }
+        assert_eq!(delays, [3, 6, 12, 24, 30, 30]);
+        starting.pod_subnets = vec!["10.244.0.0/16".parse().unwrap()];
+        starting.service_subnets = vec!["10.96.0.0/16".parse().unwrap()];
+        starting.nodes[0].pod_cidrs = vec!["10.244.0.0/24".parse().unwrap()];
+        starting.problem = None;
+        let routes = kind.settle(plan::plan(&[starting], &KindConfig::default()), &[]);
+        assert_eq!(routes.len(), 2);
+        assert_eq!(kind.retry_after(), None, "nothing pending: no early reconcile");
+        assert_eq!(kind.clusters()[0].pods.state, CidrState::Routed);
+    }
 
     #[test]
     fn status_lists_clusters_nodes_and_states() {

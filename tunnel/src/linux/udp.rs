@@ -1,0 +1,477 @@
+//! Batched UDP on Linux.
+//!
+//! Sending: encrypted datagrams are laid out back to back in one buffer and
+//! handed to the kernel with one `sendmmsg`; runs of equal-sized datagrams go
+//! as one UDP GSO message (`UDP_SEGMENT`), which crosses the stack once and is
+//! cut (or, over veth and loopback, not even cut) below it.
+//! Receiving: with `UDP_GRO` one `recvmsg` returns up to 64 KiB of datagrams
+//! from one sender, all `segment` bytes long but the last.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+
+use libc::c_int;
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+// From <linux/udp.h>; stable ABI, not exported by every libc flavour.
+const UDP_SEGMENT: c_int = 103;
+const UDP_GRO: c_int = 104;
+
+/// The kernel's limit on segments per GSO send (UDP_MAX_SEGMENTS before 6.9).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// A GSO send is one UDP datagram as far as the IP layer is concerned: keep
+/// it below 64 KiB including the IPv6 and UDP headers.
+const MAX_GSO_BYTES: usize = 65_000;
+/// Bytes of datagrams gathered before a send: two TSO reads' worth.
+const TX_CAPACITY: usize = 160 * 1024;
+/// Messages per `sendmmsg`.
+const MAX_MESSAGES: usize = 64;
+/// Socket buffers: room for bursts of a few hundred full-size datagrams.
+const SOCKET_BUFFER: c_int = 4 << 20;
+/// Largest UDP payload; a GRO read never returns more.
+pub const MAX_DATAGRAM: usize = 65_535;
+
+/// What the socket supports after [`configure`].
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    pub gso: bool,
+    pub gro: bool,
+}
+
+fn setsockopt_int(fd: c_int, level: c_int, name: c_int, value: c_int) -> io::Result<()> {
+    // SAFETY: a valid pointer to a c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const c_int).cast(),
+            size_of::<c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sizes the socket buffers, turns on GRO and checks for GSO.
+pub fn configure(socket: &UdpSocket) -> Caps {
+    let fd = socket.as_raw_fd();
+    for (force, plain) in [
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+    ] {
+        // The FORCE variants ignore net.core.*mem_max but need CAP_NET_ADMIN,
+        // which both the daemon (root) and the agent have.
+        if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
+        }
+    }
+    let gro = setsockopt_int(fd, libc::SOL_UDP, UDP_GRO, 1).is_ok();
+    let mut value: c_int = 0;
+    let mut len = size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: valid pointers to a c_int and its length.
+    let gso = unsafe {
+        libc::getsockopt(fd, libc::SOL_UDP, UDP_SEGMENT, (&mut value as *mut c_int).cast(), &mut len)
+    } == 0;
+    Caps { gso, gro }
+}
+
+/// A `sockaddr_in`/`sockaddr_in6` for the kernel.
+struct RawAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl RawAddr {
+    fn new(addr: SocketAddr) -> RawAddr {
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                // SAFETY: all-zero is a valid sockaddr_in6.
+                let mut sin6: libc::sockaddr_in6 = unsafe { zeroed() };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_flowinfo = a.flowinfo();
+                sin6.sin6_addr.s6_addr = a.ip().octets();
+                sin6.sin6_scope_id = a.scope_id();
+                // SAFETY: as above, for sockaddr_in6.
+                unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        RawAddr { storage, len: len as libc::socklen_t }
+    }
+
+    fn to_socket_addr(&self) -> Option<SocketAddr> {
+        match c_int::from(self.storage.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the kernel wrote a sockaddr_in for AF_INET.
+                let sin: libc::sockaddr_in =
+                    unsafe { std::ptr::read((&self.storage as *const libc::sockaddr_storage).cast()) };
+                let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+                Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the kernel wrote a sockaddr_in6 for AF_INET6.
+                let sin6: libc::sockaddr_in6 =
+                    unsafe { std::ptr::read((&self.storage as *const libc::sockaddr_storage).cast()) };
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                    u16::from_be(sin6.sin6_port),
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Control-message buffer, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Cmsg([u8; 32]);
+
+/// Datagrams waiting to be sent, grouped for GSO.
+pub struct TxBatch {
+    buf: Box<[u8]>,
+    len: usize,
+    groups: Vec<Group>,
+    gso: bool,
+}
+
+/// Consecutive datagrams of `segment` bytes (the last may be shorter) sent as
+/// one message.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    start: usize,
+    len: usize,
+    segment: usize,
+    count: usize,
+    /// A shorter datagram ended the run.
+    closed: bool,
+}
+
+impl TxBatch {
+    pub fn new(gso: bool) -> TxBatch {
+        TxBatch {
+            buf: vec![0u8; TX_CAPACITY].into_boxed_slice(),
+            len: 0,
+            groups: Vec::with_capacity(MAX_MESSAGES),
+            gso,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Room for the next datagram (0 when the message list is full).
+    pub fn room(&self) -> usize {
+        if self.groups.len() == MAX_MESSAGES {
+            0
+        } else {
+            self.buf.len() - self.len
+        }
+    }
+
+    /// Where the next datagram is written; then call [`TxBatch::commit`].
+    pub fn slot(&mut self) -> &mut [u8] {
+        &mut self.buf[self.len..]
+    }
+
+    /// Adds the `n`-byte datagram just written to [`TxBatch::slot`].
+    pub fn commit(&mut self, n: usize) {
+        let start = self.len;
+        self.len += n;
+        if let Some(g) = self.groups.last_mut() {
+            let fits = self.gso
+                && !g.closed
+                && g.count < MAX_GSO_SEGMENTS
+                && g.len + n <= MAX_GSO_BYTES
+                && n <= g.segment;
+            if fits {
+                g.len += n;
+                g.count += 1;
+                g.closed = n < g.segment;
+                return;
+            }
+        }
+        self.groups.push(Group { start, len: n, segment: n, count: 1, closed: false });
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.groups.clear();
+    }
+
+    /// Sends everything to `to`. Send errors drop the datagrams concerned
+    /// (UDP semantics); only the readiness wait can fail, and then the socket
+    /// is unusable.
+    pub async fn flush(&mut self, socket: &UdpSocket, to: SocketAddr) {
+        let addr = RawAddr::new(to);
+        let mut next = 0;
+        while next < self.groups.len() {
+            let result = socket
+                .async_io(Interest::WRITABLE, || self.send_some(socket.as_raw_fd(), &addr, next))
+                .await;
+            match result {
+                Ok(sent) => next += sent,
+                Err(error) if self.groups[next].count > 1 => {
+                    // EIO: the route's device cannot checksum a GSO send;
+                    // EINVAL: a segment is larger than the path MTU. Either
+                    // way, GSO is not for this path: send one by one from now on.
+                    tracing::info!(%error, "UDP GSO send failed; sending datagrams one by one");
+                    self.gso = false;
+                    self.ungroup(next);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, endpoint = %to, "udp send failed");
+                    next += 1;
+                }
+            }
+        }
+        self.clear();
+    }
+
+    /// Replaces the groups from `from` on by single datagrams.
+    fn ungroup(&mut self, from: usize) {
+        let rest: Vec<Group> = self.groups.drain(from..).collect();
+        for g in rest {
+            let mut at = g.start;
+            while at < g.start + g.len {
+                let len = g.segment.min(g.start + g.len - at);
+                self.groups.push(Group { start: at, len, segment: len, count: 1, closed: true });
+                at += len;
+            }
+        }
+    }
+
+    /// One `sendmmsg` of the groups from `first` on; returns how many went.
+    fn send_some(&self, fd: c_int, addr: &RawAddr, first: usize) -> io::Result<usize> {
+        let groups = &self.groups[first..self.groups.len().min(first + MAX_MESSAGES)];
+        // SAFETY: all-zero is valid for these plain C structs.
+        let mut iovs: [libc::iovec; MAX_MESSAGES] = unsafe { zeroed() };
+        let mut msgs: [libc::mmsghdr; MAX_MESSAGES] = unsafe { zeroed() };
+        let mut cmsgs = [Cmsg([0; 32]); MAX_MESSAGES];
+        for (i, g) in groups.iter().enumerate() {
+            iovs[i] = libc::iovec {
+                iov_base: self.buf[g.start..].as_ptr() as *mut libc::c_void,
+                iov_len: g.len,
+            };
+            let hdr = &mut msgs[i].msg_hdr;
+            hdr.msg_name = (&addr.storage as *const libc::sockaddr_storage) as *mut libc::c_void;
+            hdr.msg_namelen = addr.len;
+            hdr.msg_iov = &mut iovs[i];
+            hdr.msg_iovlen = 1;
+            if g.count > 1 {
+                hdr.msg_control = cmsgs[i].0.as_mut_ptr().cast();
+                // SAFETY: CMSG_* only compute sizes and offsets within the
+                // 32-byte buffer, which holds CMSG_SPACE(2) = 24 bytes.
+                unsafe {
+                    hdr.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
+                    let c = libc::CMSG_FIRSTHDR(hdr);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), g.segment as u16);
+                }
+            }
+        }
+        // SAFETY: msgs[..len] point at live buffers owned by self and this frame.
+        let sent = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), groups.len() as _, 0 as _) };
+        if sent < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(sent as usize)
+        }
+    }
+}
+
+/// The datagrams of one receive.
+pub struct RxBatch {
+    buf: Box<[u8]>,
+    len: usize,
+    segment: usize,
+    from: Option<SocketAddr>,
+}
+
+impl RxBatch {
+    pub fn new() -> RxBatch {
+        RxBatch { buf: vec![0u8; MAX_DATAGRAM].into_boxed_slice(), len: 0, segment: 0, from: None }
+    }
+
+    /// Waits for and receives the next datagram(s).
+    pub async fn recv(&mut self, socket: &UdpSocket) -> io::Result<()> {
+        socket.async_io(Interest::READABLE, || self.recv_now(socket.as_raw_fd())).await
+    }
+
+    /// Receives without waiting (`WouldBlock` when nothing is queued).
+    pub fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<()> {
+        socket.try_io(Interest::READABLE, || self.recv_now(socket.as_raw_fd()))
+    }
+
+    /// Sender of the last receive (`None` for an address family we do not know).
+    pub fn from(&self) -> Option<SocketAddr> {
+        self.from
+    }
+
+    /// The datagrams of the last receive.
+    pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
+        self.buf[..self.len].chunks(self.segment.max(1))
+    }
+
+    fn recv_now(&mut self, fd: c_int) -> io::Result<()> {
+        // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
+        let mut name = RawAddr { storage: unsafe { zeroed() }, len: 0 };
+        let mut control = Cmsg([0; 32]);
+        let mut iov = libc::iovec { iov_base: self.buf.as_mut_ptr().cast(), iov_len: self.buf.len() };
+        let mut hdr: libc::msghdr = unsafe { zeroed() };
+        hdr.msg_name = (&mut name.storage as *mut libc::sockaddr_storage).cast();
+        hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = control.0.as_mut_ptr().cast();
+        hdr.msg_controllen = control.0.len() as _;
+        // SAFETY: hdr points at live buffers for the duration of the call.
+        let n = unsafe { libc::recvmsg(fd, &mut hdr, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.len = n as usize;
+        self.segment = self.len;
+        // SAFETY: walking the control messages the kernel wrote into `control`.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&hdr);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>());
+                    if size > 0 {
+                        self.segment = size as usize;
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&hdr, c);
+            }
+        }
+        self.from = name.to_socket_addr();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn groups(batch: &TxBatch) -> Vec<(usize, usize, usize)> {
+        batch.groups.iter().map(|g| (g.len, g.segment, g.count)).collect()
+    }
+
+    fn add(batch: &mut TxBatch, n: usize) {
+        batch.slot()[..n].fill(n as u8);
+        batch.commit(n);
+    }
+
+    #[test]
+    fn equal_datagrams_share_a_gso_message_and_a_short_one_ends_it() {
+        let mut b = TxBatch::new(true);
+        for n in [1452, 1452, 1452, 600, 1452, 148, 1452] {
+            add(&mut b, n);
+        }
+        assert_eq!(
+            groups(&b),
+            vec![(1452 * 3 + 600, 1452, 4), (1452 + 148, 1452, 2), (1452, 1452, 1)]
+        );
+    }
+
+    #[test]
+    fn gso_messages_stay_under_64_kib_and_64_segments() {
+        let mut b = TxBatch::new(true);
+        for _ in 0..100 {
+            add(&mut b, 1452);
+        }
+        let g = groups(&b);
+        assert!(g.iter().all(|&(len, _, count)| len <= MAX_GSO_BYTES && count <= MAX_GSO_SEGMENTS));
+        assert_eq!(g.iter().map(|&(_, _, c)| c).sum::<usize>(), 100);
+        let mut small = TxBatch::new(true);
+        for _ in 0..100 {
+            add(&mut small, 100);
+        }
+        assert!(groups(&small).iter().all(|&(_, _, count)| count <= MAX_GSO_SEGMENTS));
+    }
+
+    #[test]
+    fn without_gso_every_datagram_is_its_own_message_and_ungroup_splits() {
+        let mut b = TxBatch::new(false);
+        add(&mut b, 1000);
+        add(&mut b, 1000);
+        assert_eq!(groups(&b), vec![(1000, 1000, 1), (1000, 1000, 1)]);
+
+        let mut g = TxBatch::new(true);
+        for n in [1000, 1000, 1000, 500] {
+            add(&mut g, n);
+        }
+        g.ungroup(0);
+        assert_eq!(
+            groups(&g),
+            vec![(1000, 1000, 1), (1000, 1000, 1), (1000, 1000, 1), (500, 500, 1)]
+        );
+        assert_eq!(g.groups[3].start, 3000);
+    }
+
+    #[test]
+    fn addresses_round_trip_through_sockaddr() {
+        for a in ["192.0.2.7:51871", "[2001:db8::1]:443"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert_eq!(RawAddr::new(addr).to_socket_addr(), Some(addr));
+        }
+    }
+
+    /// Over loopback: GSO on send, GRO on receive, datagram boundaries kept.
+    #[tokio::test]
+    async fn gso_send_and_gro_receive_keep_datagram_boundaries() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rx_caps = configure(&rx);
+        let tx_caps = configure(&tx);
+        let mut batch = TxBatch::new(tx_caps.gso);
+        let sizes = [1400usize, 1400, 1400, 1400, 700, 300, 1400];
+        for (i, &n) in sizes.iter().enumerate() {
+            batch.slot()[..n].fill(i as u8 + 1);
+            batch.commit(n);
+        }
+        batch.flush(&tx, rx.local_addr().unwrap()).await;
+
+        let mut got = Vec::new();
+        let mut rb = RxBatch::new();
+        while got.len() < sizes.len() {
+            tokio::time::timeout(std::time::Duration::from_secs(5), rb.recv(&rx))
+                .await
+                .expect("datagrams arrive")
+                .unwrap();
+            assert_eq!(rb.from(), Some(tx.local_addr().unwrap()));
+            for d in rb.datagrams() {
+                got.push((d.len(), d[0]));
+            }
+        }
+        let want: Vec<(usize, u8)> = sizes.iter().enumerate().map(|(i, &n)| (n, i as u8 + 1)).collect();
+        assert_eq!(got, want, "caps: {rx_caps:?} {tx_caps:?}");
+    }
+}

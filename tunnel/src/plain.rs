@@ -1,0 +1,80 @@
+//! The portable packet loops (macOS): one packet per system call.
+//!
+//! macOS has neither tun offload (utun) nor UDP GSO/GRO, so there is nothing
+//! to batch; each packet is read straight into the buffer boringtun encrypts
+//! from and each datagram is sent from the buffer boringtun encrypted into —
+//! no copy beyond the one the cipher makes.
+
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use crate::worker::{is_fatal, report, FailSender, Shared, Step};
+
+/// Largest datagram or IP packet a loop handles; buffers are this size once.
+const BUF_SIZE: usize = 65_536 + 256;
+
+pub(crate) fn spawn_loops(shared: &Arc<Shared>, fail: &FailSender) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(outbound(shared.clone(), fail.clone())),
+        tokio::spawn(inbound(shared.clone(), fail.clone())),
+    ]
+}
+
+async fn outbound(shared: Arc<Shared>, fail: FailSender) {
+    let mut packet = vec![0u8; BUF_SIZE].into_boxed_slice();
+    let mut datagram = vec![0u8; BUF_SIZE].into_boxed_slice();
+    loop {
+        let n = match shared.device.recv(&mut packet).await {
+            Ok(n) => n,
+            Err(error) if is_fatal(&error) => return report(&fail, "tun read", &error),
+            Err(_) => continue,
+        };
+        if let Some(len) = shared.encapsulate(&packet[..n], &mut datagram) {
+            shared.stats.add_tx(n, 1);
+            shared.send_to_peer(&datagram[..len]).await;
+        }
+    }
+}
+
+async fn inbound(shared: Arc<Shared>, fail: FailSender) {
+    let mut datagram = vec![0u8; BUF_SIZE].into_boxed_slice();
+    let mut packet = vec![0u8; BUF_SIZE].into_boxed_slice();
+    loop {
+        let (n, from) = match shared.socket.recv_from(&mut datagram).await {
+            Ok(r) => r,
+            Err(error) if is_fatal(&error) => return report(&fail, "udp receive", &error),
+            Err(_) => continue,
+        };
+        let mut input: &[u8] = &datagram[..n];
+        loop {
+            let step = shared.decapsulate(from, input, &mut packet);
+            if !matches!(step, Step::Rejected(_)) {
+                // Only authenticated datagrams move the endpoint (roaming).
+                shared.heard_from(from);
+            }
+            match step {
+                Step::Network(len) => {
+                    // Handshake replies and packets queued during the
+                    // handshake; boringtun wants to be called again until Done.
+                    shared.send_to(&packet[..len], from).await;
+                    input = &[];
+                }
+                Step::Tunnel(len) => {
+                    if let Err(error) = shared.device.send(&packet[..len]).await {
+                        if is_fatal(&error) {
+                            return report(&fail, "tun write", &error);
+                        }
+                    }
+                    shared.stats.add_rx(len, 1);
+                    break;
+                }
+                Step::Done => break,
+                Step::Rejected(error) => {
+                    tracing::debug!(?error, %from, "datagram rejected");
+                    break;
+                }
+            }
+        }
+    }
+}
