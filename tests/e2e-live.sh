@@ -52,6 +52,7 @@ P=$LAB_PREFIX
 HOST_TUN_IP=10.254.250.1
 NET_A="${P}-a";    SUBNET_A=10.232.16.0/24;    IP_A=10.232.16.10;    C_A="${P}-a1"
 NET_L="${P}-live"; SUBNET_L=10.232.17.0/24;    IP_L=10.232.17.10;    C_L="${P}-l1"
+NET_6="${P}-v6";   SUBNET_6=10.232.18.0/24;    SUBNET_6V6=fd00:232:18::/64   # dual stack, like kind's
 BURST_N=20         # networks ${P}-burstN, 10.232.(64+N).0/24
 CONFIG=""
 DAEMON_T0_MS=""
@@ -90,11 +91,9 @@ status_field() { # FILE PYTHON-EXPR-ON-s
   python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2" 2>/dev/null
 }
 
-# Doctor in the Mac namespace; busybox's ping stands in for a missing `ping`
-# (doctor's probe step runs the system ping, as on macOS).
+# Doctor in the Mac namespace (its probe step pings through the tunnel itself).
 doctor() { # OUTFILE — returns doctor's exit status
-  ip netns exec "$LAB_NS" env PATH="$LAB_TMP/bin:$PATH" timeout 90 \
-    "$LAB_CONNECTOR" doctor --config "$CONFIG" >"$1" 2>&1
+  ip netns exec "$LAB_NS" timeout 90 "$LAB_CONNECTOR" doctor --config "$CONFIG" >"$1" 2>&1
 }
 # doctor_state FILE STEP — ok, FAIL, skip or missing
 doctor_state() {
@@ -293,8 +292,6 @@ live_init() {
   # Readable by nobody: the non-root status case reads the config and the socket.
   LAB_TMP=$(mktemp -d /tmp/cnl-live.XXXXXX)
   chmod 755 "$LAB_TMP"
-  mkdir -p "$LAB_TMP/bin"
-  command -v ping >/dev/null 2>&1 || ln -s "$(command -v busybox)" "$LAB_TMP/bin/ping"
   local left
   left=$(live_leftovers)
   if [ -n "$left" ]; then
@@ -315,6 +312,8 @@ setup() {
   lab_log "network $NET_A ($SUBNET_A), workload $C_A ($IP_A)"
   lab_network "$NET_A" "$SUBNET_A"
   live_workload "$C_A" "$NET_A" "$IP_A"
+  lab_log "dual-stack network $NET_6 ($SUBNET_6, $SUBNET_6V6)"
+  lab_network "$NET_6" "$SUBNET_6" --ipv6 --subnet "$SUBNET_6V6"
   PROBE_NS='' wait_until 15 http_probe "$IP_A" "$C_A" 1 || lab_die "workload $C_A ($IP_A) does not answer HTTP even from the VM"
   lab_log "emulating Engine 28.2's firewall on $NET_A ($(lab_docker_ipt))"
   emulate_28_2 "$NET_A"
@@ -421,10 +420,14 @@ check("networks routed = routes via the tun", routed == routes,
 docker_nets = set()
 for line in E["DOCKER_NETS"].splitlines():
     name, *subnets = line.split()
-    docker_nets |= {(name, str(ipaddress.ip_network(x))) for x in subnets if "." in x}
+    docker_nets |= {(name, str(ipaddress.ip_network(x))) for x in subnets}  # IPv6 too: listed as skipped
 listed = {(n["name"], str(ipaddress.ip_network(n["subnet"]))) for n in nets}
 check("networks = Docker's bridge networks", docker_nets == listed,
       f"{len(listed)} listed; not listed {sorted(docker_nets - listed)}; unknown {sorted(listed - docker_nets)}")
+v6 = [(n["subnet"], n["state"], n["reason"]) for n in nets if n["name"] == E["V6_NET"]]
+check(f"network {E['V6_NET']} (dual stack): IPv4 routed, IPv6 skipped with a reason",
+      sorted((ipaddress.ip_network(x).version, st) for x, st, _ in v6) == [(4, "routed"), (6, "skipped")]
+      and all(r for x, st, r in v6 if st == "skipped"), v6)
 for name in E["LAB_NETS"].split():
     mine = [n for n in nets if n["name"] == name]
     check(f"network {name} routed", bool(mine) and all(n["state"] == "routed" for n in mine),
@@ -448,7 +451,7 @@ check_status() {
              BACKEND="$(lab_docker_ipt | sed 's/^iptables-//')" \
              TUN_ADDR="$HOST_TUN_IP/${LAB_TUNNEL_CIDR#*/}" LISTEN="$LAB_MAC_IP:$LAB_LISTEN_PORT" \
              VM_IP="$LAB_VM_IP" MAC_ROUTES="$(mac_tun_routes)" DOCKER_NETS="$nets" \
-             LAB_NETS="bridge $NET_A" python3 "$LAB_TMP/check_status.py" "$file" 2>&1)
+             LAB_NETS="bridge $NET_A" V6_NET="$NET_6" python3 "$LAB_TMP/check_status.py" "$file" 2>&1)
 }
 
 case_status_json() {
@@ -790,7 +793,7 @@ case_agent_frozen() {
   fi
   if wait_recovery "agent frozen (docker pause) -> HTTP again" "$t0" "$IP_A" "$C_A" 90; then
     lab_pass "agent frozen (docker pause: dead data path, live socket): detected, the tunnel works within 90 s" \
-      "HTTP after $(secs_fmt "$RECOVERY_MS"), container ${id_before:0:12} -> $(agent_id | cut -c1-12); daemon: $(live_log_since "$t0" | grep -oE 'agent silent[^=]*|no datagram from the agent[^=]*' | head -n 1)"
+      "HTTP after $(secs_fmt "$RECOVERY_MS"), container ${id_before:0:12} -> $(agent_id | cut -c1-12); daemon: $(live_log_since "$t0" | grep -oE 'agent silent; asking it to handshake again|no datagram from the agent; replacing it' | head -n 1)"
   else
     lab_fail "agent frozen (docker pause: dead data path, live socket): detected, the tunnel works within 90 s" \
       "no HTTP; agent: $(docker ps -a --filter "name=^/${LAB_AGENT_NAME}" --format '{{.ID}} {{.Status}}' | paste -sd, -)"

@@ -123,13 +123,23 @@ pub fn spec_label(command: &[String], image_id: &str) -> String {
 pub enum Verdict {
     Create,
     Adopt,
+    /// Stopped, but Docker's restart policy is about to start it again.
+    Wait,
     Replace(&'static str),
     Foreign,
 }
 
-/// Pure decision, unit-tested: `found` is (labels, running) of the container
+/// The state of a container, as far as [`judge`] cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    Running,
+    Restarting,
+    Stopped,
+}
+
+/// Pure decision, unit-tested: `found` is (labels, state) of the container
 /// named like our agent, if any.
-pub fn judge(found: Option<(&HashMap<String, String>, bool)>, wanted_spec: &str) -> Verdict {
+pub fn judge(found: Option<(&HashMap<String, String>, Run)>, wanted_spec: &str) -> Verdict {
     match found {
         None => Verdict::Create,
         Some((labels, _)) if labels.get(LABEL_MANAGED).map(String::as_str) != Some("true") => {
@@ -140,10 +150,12 @@ pub fn judge(found: Option<(&HashMap<String, String>, bool)>, wanted_spec: &str)
                 Verdict::Replace("its configuration differs")
             } else if labels.get(LABEL_AGENT_KEY).is_none() {
                 Verdict::Replace("it has no recorded key")
-            } else if !running {
-                Verdict::Replace("it is not running")
             } else {
-                Verdict::Adopt
+                match running {
+                    Run::Running => Verdict::Adopt,
+                    Run::Restarting => Verdict::Wait,
+                    Run::Stopped => Verdict::Replace("it is not running"),
+                }
             }
         }
     }
@@ -231,8 +243,10 @@ impl AgentManager {
     }
 
     /// Makes sure exactly one agent container of ours runs with the current
-    /// configuration; returns its public key.
-    pub async fn ensure(&self) -> Result<Agent> {
+    /// configuration; returns its public key. A new agent's key is handed to
+    /// `install_key` before the container starts, so its first handshake
+    /// never meets a tunnel that still expects the old key.
+    pub async fn ensure(&self, install_key: &(dyn Fn(&PublicKey) + Sync)) -> Result<Agent> {
         let image_id = self.image_id().await?;
         let spec = spec_label(&self.command, &image_id);
         self.remove_strays().await?;
@@ -247,21 +261,22 @@ impl AgentManager {
             .and_then(|c| c.config.as_ref())
             .and_then(|c| c.labels.clone())
             .unwrap_or_default();
-        let running = found
-            .as_ref()
-            .and_then(|c| c.state.as_ref())
-            .and_then(|s| s.running)
-            .unwrap_or(false);
+        let state = found.as_ref().and_then(|c| c.state.as_ref());
+        let running = match state {
+            Some(s) if s.running == Some(true) && s.restarting != Some(true) => Run::Running,
+            Some(s) if s.restarting == Some(true) => Run::Restarting,
+            _ => Run::Stopped,
+        };
         match judge(found.as_ref().map(|_| (&labels, running)), &spec) {
             Verdict::Foreign => bail!(
                 "a container named {:?} exists and was not created by connector; remove it or set agent_name",
                 self.name
             ),
-            Verdict::Adopt => {
+            verdict @ (Verdict::Adopt | Verdict::Wait) => {
                 let key = keys::parse_public_key(&labels[LABEL_AGENT_KEY])
                     .context("agent container has a bad public key label")?;
                 let id = found.and_then(|c| c.id).unwrap_or_default();
-                tracing::info!(container = %self.name, "adopting running agent container");
+                tracing::debug!(container = %self.name, ?verdict, "keeping the agent container");
                 return Ok(Agent {
                     container_id: id,
                     public_key: key,
@@ -275,10 +290,10 @@ impl AgentManager {
             }
             Verdict::Create => {}
         }
-        self.create(&spec).await
+        self.create(&spec, install_key).await
     }
 
-    async fn create(&self, spec: &str) -> Result<Agent> {
+    async fn create(&self, spec: &str, install_key: &(dyn Fn(&PublicKey) + Sync)) -> Result<Agent> {
         let private: StaticSecret = keys::generate();
         let public = PublicKey::from(&private);
         let labels = HashMap::from([
@@ -332,6 +347,7 @@ impl AgentManager {
                 )
                 .await
                 .context("cannot copy the agent key into the container")?;
+            install_key(&public);
             self.docker
                 .start_container(&created.id, None)
                 .await
@@ -494,14 +510,15 @@ mod tests {
     fn verdicts() {
         let mut labels = HashMap::new();
         assert_eq!(judge(None, "s"), Verdict::Create);
-        assert_eq!(judge(Some((&labels, true)), "s"), Verdict::Foreign);
+        assert_eq!(judge(Some((&labels, Run::Running)), "s"), Verdict::Foreign);
         labels.insert(LABEL_MANAGED.into(), "true".into());
         labels.insert(LABEL_SPEC.into(), "old".into());
-        assert!(matches!(judge(Some((&labels, true)), "s"), Verdict::Replace(_)));
+        assert!(matches!(judge(Some((&labels, Run::Running)), "s"), Verdict::Replace(_)));
         labels.insert(LABEL_SPEC.into(), "s".into());
         labels.insert(LABEL_AGENT_KEY.into(), "k".into());
-        assert!(matches!(judge(Some((&labels, false)), "s"), Verdict::Replace(_)));
-        assert_eq!(judge(Some((&labels, true)), "s"), Verdict::Adopt);
+        assert!(matches!(judge(Some((&labels, Run::Stopped)), "s"), Verdict::Replace(_)));
+        assert_eq!(judge(Some((&labels, Run::Restarting)), "s"), Verdict::Wait);
+        assert_eq!(judge(Some((&labels, Run::Running)), "s"), Verdict::Adopt);
     }
 
     #[test]

@@ -85,9 +85,6 @@ struct Fatal(String);
 const SAFETY_NET: Duration = Duration::from_secs(30);
 /// Events arriving in a burst are handled together.
 const DEBOUNCE: Duration = Duration::from_millis(100);
-/// After an agent `die`, Docker's restart policy usually brings it back
-/// within a second; look after that instead of racing it.
-const AGENT_SETTLE: Duration = Duration::from_millis(1500);
 /// How often the data path is checked.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
 /// Silence from the agent (it sends a keepalive every 20 s) after which we
@@ -159,7 +156,11 @@ pub async fn run(config: Config) -> Result<()> {
         .with_context(|| format!("cannot bind UDP {}:{}", config.listen_address, config.listen_port))?;
     // Bound before the agent starts, so its first handshake waits in the
     // socket buffer instead of being refused.
-    let agent = agents.ensure().await?;
+    // The tunnel starts below with whatever key the agent ends up with.
+    let agent = agents.ensure(&|_| {}).await?;
+    if agent.adopted {
+        tracing::info!(container = %agent.container_id, "adopted the running agent container");
+    }
     let tunnel = Tunnel::spawn(
         device,
         socket,
@@ -274,8 +275,10 @@ impl Running {
             }
             Trigger::Agent { action } => {
                 pending.agent = true;
-                // Only a stopped container may come back by itself.
-                let settle = if matches!(action.as_str(), "die" | "stop" | "kill") { AGENT_SETTLE } else { DEBOUNCE };
+                // A container Docker is about to restart is judged
+                // "restarting" and left alone, so no grace period is needed.
+                tracing::debug!(%action, "agent container event");
+                let settle = DEBOUNCE;
                 pending.schedule(settle);
             }
             Trigger::KindNode { .. } => {
@@ -297,14 +300,17 @@ impl Running {
 
     /// Keeps exactly one agent running with our config; follows its key.
     async fn reconcile_agent(&mut self) {
-        match self.agents.ensure().await {
+        let tunnel = &self.tunnel;
+        match self.agents.ensure(&|key| tunnel.set_peer(*key)).await {
             Ok(agent) => {
                 if self.agent_error.take().is_some() {
                     tracing::info!("agent container is healthy again");
                 }
                 if agent.container_id != self.agent.container_id {
                     tracing::info!(container = %agent.container_id, adopted = agent.adopted, "agent container changed");
-                    if agent.public_key.as_bytes() != self.agent.public_key.as_bytes() {
+                    // A new agent's key was installed before it started;
+                    // an adopted one may still differ from what we had.
+                    if agent.adopted && agent.public_key.as_bytes() != self.agent.public_key.as_bytes() {
                         self.tunnel.set_peer(agent.public_key);
                     }
                     self.agent_since = Instant::now();

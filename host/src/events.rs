@@ -49,7 +49,9 @@ pub fn classify(
         },
         EventMessageTypeEnum::CONTAINER => {
             let action = action.split(':').next().unwrap_or(action);
-            if !matches!(action, "start" | "die" | "destroy" | "stop" | "kill" | "restart") {
+            // `kill` is left out: a kill that stops the container is followed
+            // by `die`, and our own SIGUSR1 nudge is a kill too.
+            if !matches!(action, "start" | "die" | "destroy" | "stop" | "restart") {
                 return None;
             }
             if attributes.get(LABEL_MANAGED).map(String::as_str) == Some("true") {
@@ -166,6 +168,7 @@ mod tests {
         let other = attrs(&[("app", "web")]);
         assert_eq!(classify(Some(EventMessageTypeEnum::CONTAINER), "start", &other), None);
         assert_eq!(classify(Some(EventMessageTypeEnum::CONTAINER), "exec_start: sh", &agent), None);
+        assert_eq!(classify(Some(EventMessageTypeEnum::CONTAINER), "kill", &agent), None);
         assert_eq!(classify(Some(EventMessageTypeEnum::IMAGE), "pull", &agent), None);
     }
 }

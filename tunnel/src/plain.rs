@@ -5,27 +5,71 @@
 //! from and each datagram is sent from the buffer boringtun encrypted into —
 //! no copy beyond the one the cipher makes.
 
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
+use tun_rs::AsyncDevice;
 
 use crate::worker::{is_fatal, report, FailSender, Shared, Step};
 
 /// Largest datagram or IP packet a loop handles; buffers are this size once.
 const BUF_SIZE: usize = 65_536 + 256;
 
-pub(crate) fn spawn_loops(shared: &Arc<Shared>, fail: &FailSender) -> Vec<JoinHandle<()>> {
-    vec![
+/// The tun and the socket, driven by tokio.
+pub(crate) struct Io {
+    device: AsyncDevice,
+    socket: UdpSocket,
+}
+
+impl Io {
+    pub(crate) fn new(device: AsyncDevice, socket: UdpSocket) -> Io {
+        Io { device, socket }
+    }
+
+    pub(crate) fn name(&self) -> io::Result<String> {
+        self.device.name()
+    }
+
+    pub(crate) async fn send_to(&self, datagram: &[u8], to: SocketAddr) {
+        if let Err(error) = self.socket.send_to(datagram, to).await {
+            tracing::debug!(endpoint = %to, %error, "udp send failed");
+        }
+    }
+}
+
+/// The running loops: two tokio tasks.
+pub(crate) struct Loops(Vec<JoinHandle<()>>);
+
+pub(crate) fn start(shared: &Arc<Shared>, fail: &FailSender) -> Loops {
+    Loops(vec![
         tokio::spawn(outbound(shared.clone(), fail.clone())),
         tokio::spawn(inbound(shared.clone(), fail.clone())),
-    ]
+    ])
+}
+
+impl Loops {
+    pub(crate) fn stop(&self, _shared: &Shared) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+
+    pub(crate) async fn join(self, shared: &Shared) {
+        self.stop(shared);
+        for task in self.0 {
+            let _ = task.await;
+        }
+    }
 }
 
 async fn outbound(shared: Arc<Shared>, fail: FailSender) {
     let mut packet = vec![0u8; BUF_SIZE].into_boxed_slice();
     let mut datagram = vec![0u8; BUF_SIZE].into_boxed_slice();
     loop {
-        let n = match shared.device.recv(&mut packet).await {
+        let n = match shared.io.device.recv(&mut packet).await {
             Ok(n) => n,
             Err(error) if is_fatal(&error) => return report(&fail, "tun read", &error),
             Err(_) => continue,
@@ -41,7 +85,7 @@ async fn inbound(shared: Arc<Shared>, fail: FailSender) {
     let mut datagram = vec![0u8; BUF_SIZE].into_boxed_slice();
     let mut packet = vec![0u8; BUF_SIZE].into_boxed_slice();
     loop {
-        let (n, from) = match shared.socket.recv_from(&mut datagram).await {
+        let (n, from) = match shared.io.socket.recv_from(&mut datagram).await {
             Ok(r) => r,
             Err(error) if is_fatal(&error) => return report(&fail, "udp receive", &error),
             Err(_) => continue,
@@ -61,7 +105,7 @@ async fn inbound(shared: Arc<Shared>, fail: FailSender) {
                     input = &[];
                 }
                 Step::Tunnel(len) => {
-                    if let Err(error) = shared.device.send(&packet[..len]).await {
+                    if let Err(error) = shared.io.device.send(&packet[..len]).await {
                         if is_fatal(&error) {
                             return report(&fail, "tun write", &error);
                         }

@@ -1,8 +1,8 @@
 //! The tunnel: packet loops (tun → UDP, UDP → tun) and WireGuard timers
 //! around one boringtun `Tunn`.
 //!
-//! The loops themselves live in [`crate::linux`] (batched, with tun offload)
-//! and [`crate::plain`] (one packet per system call, every other platform).
+//! The loops themselves live in `linux` (batched, tun offload, two threads)
+//! and `plain` (tokio tasks, one packet per system call, every other platform).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +15,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tun_rs::AsyncDevice;
 
+#[cfg(target_os = "linux")]
+use crate::linux as sys;
+#[cfg(not(target_os = "linux"))]
+use crate::plain as sys;
 use crate::stats::Stats;
 use crate::TunnelError;
 
@@ -46,8 +50,8 @@ pub(crate) struct Shared {
     keepalive: Option<u16>,
     initiator: bool,
     pub(crate) stats: Arc<Stats>,
-    pub(crate) socket: UdpSocket,
-    pub(crate) device: AsyncDevice,
+    /// The tun and the UDP socket, as the platform's loops want them.
+    pub(crate) io: sys::Io,
 }
 
 impl Shared {
@@ -74,9 +78,10 @@ impl Shared {
     }
 
     pub(crate) async fn send_to(&self, datagram: &[u8], to: SocketAddr) {
-        if let Err(error) = self.socket.send_to(datagram, to).await {
-            tracing::debug!(endpoint = %to, %error, "udp send failed");
-        }
+        #[cfg(target_os = "linux")]
+        self.io.send_to(datagram, to);
+        #[cfg(not(target_os = "linux"))]
+        self.io.send_to(datagram, to).await;
     }
 
     /// After authenticated datagrams from `from`: roaming, liveness, handshake age.
@@ -134,7 +139,8 @@ pub(crate) type FailSender = Arc<watch::Sender<Option<String>>>;
 /// tasks (they are aborted) and closes the tun.
 pub struct Tunnel {
     shared: Arc<Shared>,
-    tasks: Vec<JoinHandle<()>>,
+    loops: Option<sys::Loops>,
+    timers: JoinHandle<()>,
     failed: watch::Receiver<Option<String>>,
 }
 
@@ -159,19 +165,16 @@ impl Tunnel {
             keepalive: config.keepalive,
             initiator: config.endpoint.is_some(),
             stats,
-            socket,
-            device,
+            io: sys::Io::new(device, socket),
         });
         let (fail_tx, failed) = watch::channel(None);
         let fail_tx = Arc::new(fail_tx);
-        #[cfg(target_os = "linux")]
-        let mut tasks = crate::linux::spawn_loops(&shared, &fail_tx);
-        #[cfg(not(target_os = "linux"))]
-        let mut tasks = crate::plain::spawn_loops(&shared, &fail_tx);
-        tasks.push(tokio::spawn(timers(shared.clone())));
+        let loops = sys::start(&shared, &fail_tx);
+        let timers = tokio::spawn(timers(shared.clone()));
         Tunnel {
             shared,
-            tasks,
+            loops: Some(loops),
+            timers,
             failed,
         }
     }
@@ -205,7 +208,7 @@ impl Tunnel {
 
     /// Name of the tun interface (e.g. `utun5` on macOS).
     pub fn interface_name(&self) -> std::io::Result<String> {
-        self.shared.device.name()
+        self.shared.io.name()
     }
 
     /// Resolves when a packet loop stopped because of an I/O error on the tun
@@ -224,17 +227,19 @@ impl Tunnel {
 
     /// Stops the loops and closes the tun device.
     pub async fn shutdown(mut self) {
-        for task in self.tasks.drain(..) {
-            task.abort();
-            let _ = task.await;
+        self.timers.abort();
+        if let Some(loops) = self.loops.take() {
+            loops.join(&self.shared).await;
         }
+        let _ = (&mut self.timers).await;
     }
 }
 
 impl Drop for Tunnel {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
+        self.timers.abort();
+        if let Some(loops) = &self.loops {
+            loops.stop(&self.shared);
         }
     }
 }

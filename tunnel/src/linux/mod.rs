@@ -1,4 +1,5 @@
-//! The Linux data path: tun offload plus UDP GSO/GRO, in batches.
+//! The Linux data path: tun offload plus UDP GSO/GRO, in batches, on two
+//! dedicated threads.
 //!
 //! tun → UDP: one read returns a TCP super-packet of up to 64 KiB (TSO), or a
 //! single packet; it is cut into MTU-sized packets in place, each encrypted
@@ -16,151 +17,354 @@
 //! packet per read and takes one per write, a kernel without UDP GSO gets
 //! one message per datagram (still one `sendmmsg` per batch), without GRO one
 //! datagram per receive.
+//!
+//! One thread per tunnel runs both directions, blocked in `poll` on the tun
+//! and the socket when idle (no polling, no timer). Measured on the lab
+//! machine (a small VM, where system calls and context switches are dear),
+//! wake-ups and system calls are what a round trip costs: every ping crosses
+//! four loops, and a thread woken by the kernel for its own descriptor beats a
+//! task behind tokio's shared reactor. One thread rather than one per
+//! direction because the answer to what was just written to the tun (the
+//! container's reply, the ACKs of a stream being received) is usually queued
+//! on the tun by the time the write returns; the same thread sends it on
+//! without waking anyone. A unidirectional bulk stream needs one core per end
+//! either way. The descriptors are taken out of tokio's reactor so that it is
+//! not woken for them as well.
 
 mod checksum;
 mod offload;
 mod udp;
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
-use tokio::task::JoinHandle;
+use tun_rs::AsyncDevice;
 
 use crate::worker::{is_fatal, report, FailSender, Shared, Step, HANDSHAKE_BUF};
 use offload::{Coalescer, FrameError, Segmenter, FRAME_LEN};
-use udp::{RxBatch, TxBatch};
+use udp::{Caps, RxBatch, TxBatch};
 
 /// WireGuard's per-packet overhead: 16-byte header, 16-byte tag.
 const DATA_OVERHEAD: usize = 32;
-/// Reads from the tun gathered into one send, at most.
+/// Reads from the tun per round, at most (the other direction's turn comes
+/// after each round).
 const MAX_TUN_READS: usize = 8;
-/// Receives decrypted before the merged packets are written, at most.
-const MAX_UDP_RECVS: usize = 8;
+/// `recvmmsg` calls per round, at most.
+const MAX_UDP_RECVS: usize = 4;
+/// The loops keep their buffers on the heap; this is plenty.
+const THREAD_STACK: usize = 256 * 1024;
 
-pub(crate) fn spawn_loops(shared: &Arc<Shared>, fail: &FailSender) -> Vec<JoinHandle<()>> {
-    let caps = udp::configure(&shared.socket);
-    let vnet = shared.device.tcp_gso();
-    tracing::debug!(udp_gso = caps.gso, udp_gro = caps.gro, tun_offload = vnet, "data path");
-    vec![
-        tokio::spawn(outbound(shared.clone(), fail.clone(), vnet, caps.gso)),
-        tokio::spawn(inbound(shared.clone(), fail.clone(), vnet)),
-    ]
+/// The tun and the socket, out of tokio's hands.
+pub(crate) struct Io {
+    /// `None` if tokio would not release a descriptor (it closes it then);
+    /// the loops report that through [`crate::Tunnel::failed`].
+    tun: Option<OwnedFd>,
+    udp: Option<std::net::UdpSocket>,
+    name: io::Result<String>,
+    vnet: bool,
+    caps: Caps,
+    /// Readable once the loops are to stop.
+    stop: OwnedFd,
 }
 
-async fn outbound(shared: Arc<Shared>, fail: FailSender, vnet: bool, gso: bool) {
-    let mut frame = vec![0u8; FRAME_LEN].into_boxed_slice();
-    let mut tx = TxBatch::new(gso);
-    loop {
-        let n = match shared.device.recv(&mut frame).await {
-            Ok(n) => n,
-            Err(error) if is_fatal(&error) => return report(&fail, "tun read", &error),
-            Err(_) => continue,
+impl Io {
+    pub(crate) fn new(device: AsyncDevice, socket: tokio::net::UdpSocket) -> Io {
+        let name = device.name();
+        let vnet = device.tcp_gso();
+        let tun = match device.into_fd() {
+            // SAFETY: into_fd hands over ownership of an open descriptor.
+            Ok(fd) => Some(unsafe { OwnedFd::from_raw_fd(fd) }),
+            Err(error) => {
+                tracing::error!(%error, "cannot take the tun out of the async runtime");
+                None
+            }
         };
-        encrypt_frame(&shared, &mut frame[..n], vnet, &mut tx).await;
-        // Whatever else is already queued goes in the same send.
-        for _ in 1..MAX_TUN_READS {
-            match shared.device.try_recv(&mut frame) {
-                Ok(n) => encrypt_frame(&shared, &mut frame[..n], vnet, &mut tx).await,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) if is_fatal(&error) => return report(&fail, "tun read", &error),
-                Err(_) => break,
+        let udp = match socket.into_std() {
+            Ok(socket) => Some(socket),
+            Err(error) => {
+                tracing::error!(%error, "cannot take the UDP socket out of the async runtime");
+                None
+            }
+        };
+        let caps = udp.as_ref().map(udp::configure).unwrap_or(Caps { gso: false, gro: false });
+        tracing::debug!(udp_gso = caps.gso, udp_gro = caps.gro, tun_offload = vnet, "data path");
+        // SAFETY: eventfd has no memory-safety preconditions.
+        let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        assert!(stop >= 0, "eventfd: {}", io::Error::last_os_error());
+        // SAFETY: a fresh descriptor we own.
+        let stop = unsafe { OwnedFd::from_raw_fd(stop) };
+        Io { tun, udp, name, vnet, caps, stop }
+    }
+
+    pub(crate) fn name(&self) -> io::Result<String> {
+        match &self.name {
+            Ok(name) => Ok(name.clone()),
+            Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+        }
+    }
+
+    /// Sends one datagram now; UDP semantics (a full buffer drops it).
+    pub(crate) fn send_to(&self, datagram: &[u8], to: SocketAddr) {
+        if let Some(socket) = &self.udp {
+            if let Err(error) = socket.send_to(datagram, to) {
+                tracing::debug!(endpoint = %to, %error, "udp send failed");
             }
         }
-        flush(&shared, &mut tx).await;
+    }
+
+    fn stop(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte buffer, as eventfd requires.
+        unsafe { libc::write(self.stop.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Blocks until the tun or the socket is readable (or in error), or the
+    /// loop is to stop (`None`). Returns which of the two is ready.
+    fn wait_both(&self, tun: RawFd, udp: RawFd) -> Option<(bool, bool)> {
+        let mut fds = [
+            libc::pollfd { fd: tun, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: udp, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        self.poll(&mut fds)?;
+        Some((fds[0].revents != 0, fds[1].revents != 0))
+    }
+
+    /// Blocks until the socket has room again; false if the loop is to stop.
+    fn wait_writable(&self, udp: RawFd) -> bool {
+        let mut fds = [
+            libc::pollfd { fd: udp, events: libc::POLLOUT, revents: 0 },
+            libc::pollfd { fd: self.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        self.poll(&mut fds).is_some()
+    }
+
+    /// `poll` without a timeout; `None` when the stop descriptor (the last
+    /// entry) fired or poll itself failed.
+    fn poll(&self, fds: &mut [libc::pollfd]) -> Option<()> {
+        loop {
+            // SAFETY: valid pollfd entries.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if rc >= 0 {
+                break;
+            }
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                tracing::warn!(%error, "poll failed; stopping the tunnel");
+                return None;
+            }
+        }
+        (fds[fds.len() - 1].revents == 0).then_some(())
     }
 }
 
-/// Encrypts every packet of one tun read into `tx` (sending when it is full).
-async fn encrypt_frame(shared: &Shared, frame: &mut [u8], vnet: bool, tx: &mut TxBatch) {
-    let mut packets = match Segmenter::new(frame, vnet) {
-        Ok(s) => s,
-        Err(FrameError(why)) => {
-            tracing::debug!(why, len = frame.len(), "tun read dropped");
-            return;
+
+/// The running loop.
+pub(crate) struct Loops {
+    thread: Option<JoinHandle<()>>,
+}
+
+pub(crate) fn start(shared: &Arc<Shared>, fail: &FailSender) -> Loops {
+    let (shared_, fail_) = (shared.clone(), fail.clone());
+    let spawned = std::thread::Builder::new()
+        .name("connector-data".into())
+        .stack_size(THREAD_STACK)
+        .spawn(move || run(&shared_, &fail_));
+    match spawned {
+        Ok(thread) => Loops { thread: Some(thread) },
+        Err(error) => {
+            report(fail, "starting the packet loop", &error);
+            Loops { thread: None }
         }
+    }
+}
+
+impl Loops {
+    /// Asks the thread to stop; it does within one poll.
+    pub(crate) fn stop(&self, shared: &Shared) {
+        shared.io.stop();
+    }
+
+    /// Stops the thread and waits for it (and so for the descriptors it holds
+    /// to be released).
+    pub(crate) async fn join(self, shared: &Shared) {
+        self.stop(shared);
+        if let Some(thread) = self.thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// Buffers and state of the loop.
+struct Data<'a> {
+    shared: &'a Shared,
+    tun: RawFd,
+    udp: RawFd,
+    frame: Box<[u8]>,
+    tx: TxBatch,
+    rx: RxBatch,
+    merge: Coalescer,
+}
+
+fn run(shared: &Shared, fail: &FailSender) {
+    let (Some(tun), Some(udp)) = (&shared.io.tun, &shared.io.udp) else {
+        let error = io::Error::other("descriptor lost when leaving the async runtime");
+        return report(fail, "tunnel setup", &error);
     };
-    let (mut bytes, mut count) = (0, 0);
-    while let Some(range) = packets.next(frame) {
-        if tx.room() < (range.len() + DATA_OVERHEAD).max(HANDSHAKE_BUF) {
-            flush(shared, tx).await;
+    let mut data = Data {
+        shared,
+        tun: tun.as_raw_fd(),
+        udp: udp.as_raw_fd(),
+        frame: vec![0u8; FRAME_LEN].into_boxed_slice(),
+        tx: TxBatch::new(shared.io.caps.gso),
+        rx: RxBatch::new(),
+        merge: Coalescer::new(shared.io.vnet),
+    };
+    loop {
+        let (tun_ready, udp_ready) = match shared.io.wait_both(data.tun, data.udp) {
+            Some(ready) => ready,
+            None => return,
+        };
+        if udp_ready {
+            if let Err((what, error)) = data.inbound() {
+                return report(fail, what, &error);
+            }
         }
-        if let Some(len) = shared.encapsulate(&frame[range.clone()], tx.slot()) {
-            tx.commit(len);
-            bytes += range.len();
-            count += 1;
+        // After an inbound round too: what was written to the tun has
+        // usually been answered already.
+        if tun_ready || udp_ready {
+            if let Err(error) = data.outbound() {
+                return report(fail, "tun read", &error);
+            }
         }
     }
-    shared.stats.add_tx(bytes, count);
 }
 
-async fn flush(shared: &Shared, tx: &mut TxBatch) {
+impl Data<'_> {
+    /// Reads what the tun has queued (a bounded amount), encrypts and sends it.
+    fn outbound(&mut self) -> io::Result<()> {
+        for read in 0..MAX_TUN_READS {
+            // SAFETY: a valid buffer for the read.
+            let n = unsafe { libc::read(self.tun, self.frame.as_mut_ptr().cast(), self.frame.len()) };
+            if n < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::WouldBlock && is_fatal(&error) {
+                    return Err(error);
+                }
+                break;
+            }
+            self.encrypt_frame(n as usize);
+            // The first read after a wait goes out at once (a lone packet
+            // is waiting for nothing); what follows is batched.
+            if read == 0 {
+                self.flush();
+            }
+        }
+        self.flush();
+        Ok(())
+    }
+
+    /// Encrypts every packet of the tun read in `frame[..len]` into `tx`.
+    fn encrypt_frame(&mut self, len: usize) {
+        let frame = &mut self.frame[..len];
+        let mut packets = match Segmenter::new(frame, self.shared.io.vnet) {
+            Ok(s) => s,
+            Err(FrameError(why)) => {
+                tracing::debug!(why, len, "tun read dropped");
+                return;
+            }
+        };
+        let (mut bytes, mut count) = (0, 0);
+        while let Some(range) = packets.next(frame) {
+            if self.tx.room() < (range.len() + DATA_OVERHEAD).max(HANDSHAKE_BUF) {
+                flush(self.shared, self.udp, &mut self.tx);
+            }
+            if let Some(n) = self.shared.encapsulate(&frame[range.clone()], self.tx.slot()) {
+                self.tx.commit(n);
+                bytes += range.len();
+                count += 1;
+            }
+        }
+        self.shared.stats.add_tx(bytes, count);
+    }
+
+    fn flush(&mut self) {
+        flush(self.shared, self.udp, &mut self.tx);
+    }
+
+    /// Receives what the socket has queued (a bounded amount), decrypts it
+    /// and writes it to the tun.
+    fn inbound(&mut self) -> Result<(), (&'static str, io::Error)> {
+        let tun = self.tun;
+        let mut write = |frame: &[u8]| write_tun(tun, frame);
+        let mut result = Ok(());
+        for _ in 0..MAX_UDP_RECVS {
+            match self.rx.recv(self.udp) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if is_fatal(&error) => return Err(("udp receive", error)),
+                Err(_) => break,
+            }
+            for m in 0..self.rx.len() {
+                if let Err(error) = decrypt_message(self.shared, &self.rx, m, &mut self.merge, &mut write) {
+                    result = Err(("tun write", error));
+                }
+            }
+            // A receive that did not fill every slot drained the socket:
+            // no need to ask again before writing.
+            if result.is_err() || !self.rx.is_full() {
+                break;
+            }
+        }
+        let flushed = self.merge.flush(&mut write).map_err(|e| ("tun write", e));
+        result.and(flushed)
+    }
+}
+
+fn flush(shared: &Shared, udp: RawFd, tx: &mut TxBatch) {
     if tx.is_empty() {
         return;
     }
     match shared.endpoint() {
-        Some(endpoint) => tx.flush(&shared.socket, endpoint).await,
+        Some(endpoint) => tx.flush(udp, endpoint, || shared.io.wait_writable(udp)),
         // Nobody to send to yet (the responder before the first handshake).
         None => tx.clear(),
     }
 }
 
-async fn inbound(shared: Arc<Shared>, fail: FailSender, vnet: bool) {
-    let mut rx = RxBatch::new();
-    let mut merge = Coalescer::new(vnet);
-    let fd = shared.device.as_raw_fd();
-    let mut write = move |frame: &[u8]| write_tun(fd, frame);
-    loop {
-        if let Err(error) = rx.recv(&shared.socket).await {
-            if is_fatal(&error) {
-                return report(&fail, "udp receive", &error);
-            }
-            continue;
-        }
-        let mut result = decrypt_batch(&shared, &rx, &mut merge, &mut write).await;
-        for _ in 1..MAX_UDP_RECVS {
-            if result.is_err() {
-                break;
-            }
-            match rx.try_recv(&shared.socket) {
-                Ok(()) => result = decrypt_batch(&shared, &rx, &mut merge, &mut write).await,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) if is_fatal(&error) => return report(&fail, "udp receive", &error),
-                Err(_) => break,
-            }
-        }
-        let flushed = merge.flush(&mut write);
-        if let Err(error) = result.and(flushed) {
-            return report(&fail, "tun write", &error);
-        }
-    }
-}
-
-/// Decrypts the datagrams of one receive into `merge`.
-async fn decrypt_batch(
+/// Decrypts the datagrams of message `m` into `merge`.
+fn decrypt_message(
     shared: &Shared,
     rx: &RxBatch,
+    m: usize,
     merge: &mut Coalescer,
     write: &mut impl offload::TunWrite,
 ) -> io::Result<()> {
-    let Some(from) = rx.from() else {
+    let Some(from) = rx.from(m) else {
         return Ok(());
     };
     let (mut bytes, mut count, mut authentic) = (0, 0, false);
-    for datagram in rx.datagrams() {
+    let mut result = Ok(());
+    for datagram in rx.datagrams(m) {
         match shared.decapsulate(from, datagram, merge.scratch()) {
             Step::Tunnel(len) => {
                 authentic = true;
                 bytes += len;
                 count += 1;
-                merge.push(len, write)?;
+                if let Err(error) = merge.push(len, write) {
+                    result = Err(error);
+                    break;
+                }
             }
             Step::Network(mut len) => {
                 // A handshake reply, then the packets boringtun queued while
                 // it waited for the session; it wants calls until Done.
                 authentic = true;
                 loop {
-                    shared.send_to(&merge.scratch()[..len], from).await;
+                    shared.io.send_to(&merge.scratch()[..len], from);
                     match shared.decapsulate(from, &[], merge.scratch()) {
                         Step::Network(next) => len = next,
                         _ => break,
@@ -176,14 +380,12 @@ async fn decrypt_batch(
         // Only authenticated datagrams move the endpoint (roaming).
         shared.heard_from(from);
     }
-    Ok(())
+    result
 }
 
 /// One write to the tun. Only a vanished device is an error; anything else
 /// (a packet the kernel refuses) drops that packet, as a router would.
 fn write_tun(fd: RawFd, frame: &[u8]) -> io::Result<()> {
-    // Straight to the descriptor: a tun write never blocks, so tokio's
-    // readiness tracking has nothing to add here.
     // SAFETY: a valid buffer; `fd` stays open as long as `Shared` lives.
     let n = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
     if n >= 0 {

@@ -9,12 +9,10 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use libc::c_int;
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 // From <linux/udp.h>; stable ABI, not exported by every libc flavour.
 const UDP_SEGMENT: c_int = 103;
@@ -223,18 +221,22 @@ impl TxBatch {
         self.groups.clear();
     }
 
-    /// Sends everything to `to`. Send errors drop the datagrams concerned
-    /// (UDP semantics); only the readiness wait can fail, and then the socket
-    /// is unusable.
-    pub async fn flush(&mut self, socket: &UdpSocket, to: SocketAddr) {
+    /// Sends everything to `to` through the non-blocking socket `fd`; when
+    /// the socket buffer is full, `wait_writable` blocks until it is not (or
+    /// returns false: give up). Send errors drop the datagrams concerned, as
+    /// UDP does.
+    pub fn flush(&mut self, fd: c_int, to: SocketAddr, mut wait_writable: impl FnMut() -> bool) {
         let addr = RawAddr::new(to);
         let mut next = 0;
         while next < self.groups.len() {
-            let result = socket
-                .async_io(Interest::WRITABLE, || self.send_some(socket.as_raw_fd(), &addr, next))
-                .await;
-            match result {
+            match self.send_some(fd, &addr, next) {
                 Ok(sent) => next += sent,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait_writable() {
+                        break;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) if self.groups[next].count > 1 => {
                     // EIO: the route's device cannot checksum a GSO send;
                     // EINVAL: a segment is larger than the path MTU. Either
@@ -306,9 +308,20 @@ impl TxBatch {
     }
 }
 
-/// The datagrams of one receive.
+/// Messages per `recvmmsg`; each may hold a GRO train of up to 64 KiB.
+const RX_MESSAGES: usize = 8;
+
+/// What one `recvmmsg` returned: up to [`RX_MESSAGES`] messages, each either
+/// one datagram or (with GRO) a train of datagrams of one sender, all
+/// `segment` bytes long but the last.
 pub struct RxBatch {
     buf: Box<[u8]>,
+    messages: [Message; RX_MESSAGES],
+    count: usize,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Message {
     len: usize,
     segment: usize,
     from: Option<SocketAddr>,
@@ -316,62 +329,87 @@ pub struct RxBatch {
 
 impl RxBatch {
     pub fn new() -> RxBatch {
-        RxBatch { buf: vec![0u8; MAX_DATAGRAM].into_boxed_slice(), len: 0, segment: 0, from: None }
+        RxBatch {
+            buf: vec![0u8; RX_MESSAGES * MAX_DATAGRAM].into_boxed_slice(),
+            messages: [Message::default(); RX_MESSAGES],
+            count: 0,
+        }
     }
 
-    /// Waits for and receives the next datagram(s).
-    pub async fn recv(&mut self, socket: &UdpSocket) -> io::Result<()> {
-        socket.async_io(Interest::READABLE, || self.recv_now(socket.as_raw_fd())).await
+    /// Number of messages of the last receive.
+    pub fn len(&self) -> usize {
+        self.count
     }
 
-    /// Receives without waiting (`WouldBlock` when nothing is queued).
-    pub fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<()> {
-        socket.try_io(Interest::READABLE, || self.recv_now(socket.as_raw_fd()))
+    /// True when the last receive filled every slot (more may be queued).
+    pub fn is_full(&self) -> bool {
+        self.count == RX_MESSAGES
     }
 
-    /// Sender of the last receive (`None` for an address family we do not know).
-    pub fn from(&self) -> Option<SocketAddr> {
-        self.from
+    /// Sender of message `i` (`None` for an address family we do not know).
+    pub fn from(&self, i: usize) -> Option<SocketAddr> {
+        self.messages[i].from
     }
 
-    /// The datagrams of the last receive.
-    pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
-        self.buf[..self.len].chunks(self.segment.max(1))
+    /// The datagrams of message `i`.
+    pub fn datagrams(&self, i: usize) -> impl Iterator<Item = &[u8]> {
+        let m = &self.messages[i];
+        let start = i * MAX_DATAGRAM;
+        self.buf[start..start + m.len].chunks(m.segment.max(1))
     }
 
-    fn recv_now(&mut self, fd: c_int) -> io::Result<()> {
-        // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
-        let mut name = RawAddr { storage: unsafe { zeroed() }, len: 0 };
-        let mut control = Cmsg([0; 32]);
-        let mut iov = libc::iovec { iov_base: self.buf.as_mut_ptr().cast(), iov_len: self.buf.len() };
-        let mut hdr: libc::msghdr = unsafe { zeroed() };
-        hdr.msg_name = (&mut name.storage as *mut libc::sockaddr_storage).cast();
-        hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        hdr.msg_control = control.0.as_mut_ptr().cast();
-        hdr.msg_controllen = control.0.len() as _;
-        // SAFETY: hdr points at live buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(fd, &mut hdr, 0) };
+    /// Receives what is queued on the non-blocking socket `fd`, up to
+    /// [`RX_MESSAGES`] messages, in one call (`WouldBlock` when nothing is).
+    pub fn recv(&mut self, fd: c_int) -> io::Result<()> {
+        // SAFETY: all-zero is valid for these plain C structs.
+        let mut names: [libc::sockaddr_storage; RX_MESSAGES] = unsafe { zeroed() };
+        let mut iovs: [libc::iovec; RX_MESSAGES] = unsafe { zeroed() };
+        let mut msgs: [libc::mmsghdr; RX_MESSAGES] = unsafe { zeroed() };
+        let mut controls = [Cmsg([0; 32]); RX_MESSAGES];
+        let base = self.buf.as_mut_ptr();
+        for i in 0..RX_MESSAGES {
+            iovs[i] = libc::iovec {
+                // SAFETY: i * MAX_DATAGRAM + MAX_DATAGRAM <= buf.len().
+                iov_base: unsafe { base.add(i * MAX_DATAGRAM) }.cast(),
+                iov_len: MAX_DATAGRAM,
+            };
+            let hdr = &mut msgs[i].msg_hdr;
+            hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut iovs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = controls[i].0.as_mut_ptr().cast();
+            hdr.msg_controllen = controls[i].0.len() as _;
+        }
+        // SAFETY: every header points at live buffers for the duration of the call.
+        let n = unsafe {
+            libc::recvmmsg(fd, msgs.as_mut_ptr(), RX_MESSAGES as _, 0 as _, std::ptr::null_mut())
+        };
         if n < 0 {
+            self.count = 0;
             return Err(io::Error::last_os_error());
         }
-        self.len = n as usize;
-        self.segment = self.len;
-        // SAFETY: walking the control messages the kernel wrote into `control`.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&hdr);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
-                    let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>());
-                    if size > 0 {
-                        self.segment = size as usize;
+        self.count = n as usize;
+        for i in 0..self.count {
+            let len = msgs[i].msg_len as usize;
+            let mut segment = len;
+            let hdr = &msgs[i].msg_hdr;
+            // SAFETY: walking the control messages the kernel wrote for message i.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(hdr);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                        let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>());
+                        if size > 0 {
+                            segment = size as usize;
+                        }
                     }
+                    c = libc::CMSG_NXTHDR(hdr, c);
                 }
-                c = libc::CMSG_NXTHDR(&hdr, c);
             }
+            let from = RawAddr { storage: names[i], len: hdr.msg_namelen }.to_socket_addr();
+            self.messages[i] = Message { len, segment, from };
         }
-        self.from = name.to_socket_addr();
         Ok(())
     }
 }
@@ -445,10 +483,12 @@ mod tests {
     }
 
     /// Over loopback: GSO on send, GRO on receive, datagram boundaries kept.
-    #[tokio::test]
-    async fn gso_send_and_gro_receive_keep_datagram_boundaries() {
-        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    #[test]
+    fn gso_send_and_gro_receive_keep_datagram_boundaries() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        tx.set_nonblocking(true).unwrap();
         let rx_caps = configure(&rx);
         let tx_caps = configure(&tx);
         let mut batch = TxBatch::new(tx_caps.gso);
@@ -457,18 +497,26 @@ mod tests {
             batch.slot()[..n].fill(i as u8 + 1);
             batch.commit(n);
         }
-        batch.flush(&tx, rx.local_addr().unwrap()).await;
+        batch.flush(tx.as_raw_fd(), rx.local_addr().unwrap(), || true);
 
         let mut got = Vec::new();
         let mut rb = RxBatch::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while got.len() < sizes.len() {
-            tokio::time::timeout(std::time::Duration::from_secs(5), rb.recv(&rx))
-                .await
-                .expect("datagrams arrive")
-                .unwrap();
-            assert_eq!(rb.from(), Some(tx.local_addr().unwrap()));
-            for d in rb.datagrams() {
-                got.push((d.len(), d[0]));
+            match rb.recv(rx.as_raw_fd()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "datagrams arrive");
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+            }
+            for m in 0..rb.len() {
+                assert_eq!(rb.from(m), Some(tx.local_addr().unwrap()));
+                for d in rb.datagrams(m) {
+                    got.push((d.len(), d[0]));
+                }
             }
         }
         let want: Vec<(usize, u8)> = sizes.iter().enumerate().map(|(i, &n)| (n, i as u8 + 1)).collect();

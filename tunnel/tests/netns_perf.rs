@@ -1,0 +1,282 @@
+//! The data path end to end, without Docker: two tunnels in two network
+//! namespaces made for the test, joined by a veth pair. TCP payloads (large
+//! enough for TSO/GRO super-packets) cross both ways, and a UDP datagram.
+//!
+//! Linux only, and only as root (namespaces, tun); otherwise it says so and
+//! passes. The namespaces are deleted when the test ends, also on failure.
+#![cfg(target_os = "linux")]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use connector_tunnel::keys::{self, PublicKey};
+use connector_tunnel::tun::{self, TunSpec};
+use connector_tunnel::{Tunnel, TunnelConfig};
+
+const VETH_A: Ipv4Addr = Ipv4Addr::new(10, 254, 240, 1);
+const VETH_B: Ipv4Addr = Ipv4Addr::new(10, 254, 240, 2);
+const TUN_A: Ipv4Addr = Ipv4Addr::new(10, 254, 241, 1);
+const TUN_B: Ipv4Addr = Ipv4Addr::new(10, 254, 241, 2);
+const PORT_B: u16 = 51_999;
+const PAYLOAD: usize = 512 << 20;
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {}", args.join(" "));
+}
+
+/// Two namespaces and a veth between them; deleted on drop.
+struct Namespaces {
+    a: String,
+    b: String,
+}
+
+impl Namespaces {
+    fn create() -> Namespaces {
+        let id = std::process::id();
+        let ns = Namespaces { a: format!("ctun{id}a"), b: format!("ctun{id}b") };
+        let (va, vb) = (format!("ctv{id}a"), format!("ctv{id}b"));
+        for name in [&ns.a, &ns.b] {
+            ip(&["netns", "add", name]);
+        }
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        for (name, veth, addr) in [(&ns.a, &va, VETH_A), (&ns.b, &vb, VETH_B)] {
+            ip(&["link", "set", veth, "netns", name]);
+            ip(&["-n", name, "addr", "add", &format!("{addr}/30"), "dev", veth]);
+            ip(&["-n", name, "link", "set", veth, "up"]);
+            ip(&["-n", name, "link", "set", "lo", "up"]);
+        }
+        ns
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        // The veth pair and the tuns go with their namespaces.
+        for name in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`: sockets and
+/// tun devices it creates belong there, and keep working from any thread.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).expect("open the namespace");
+        // SAFETY: setns on this thread only, with a namespace file descriptor.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (network namespaces, tun devices)");
+        return false;
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() || Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipped: needs /dev/net/tun and iproute2");
+        return false;
+    }
+    true
+}
+
+/// Median round trip of `count` UDP echoes to `to` (which must echo them).
+fn udp_rtt(socket: &UdpSocket, to: SocketAddr, count: usize) -> Duration {
+    let mut times = Vec::with_capacity(count);
+    let mut buf = [0u8; 64];
+    for i in 0..count {
+        let started = Instant::now();
+        socket.send_to(&(i as u32).to_be_bytes(), to).unwrap();
+        loop {
+            let (n, _) = socket.recv_from(&mut buf).expect("echo");
+            if buf[..n] == (i as u32).to_be_bytes() {
+                break;
+            }
+        }
+        times.push(started.elapsed());
+        thread::sleep(Duration::from_millis(2));
+    }
+    times.sort();
+    times[count / 2]
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8).collect()
+}
+
+/// One end: tun and UDP socket created inside `ns`, tunnel running on `rt`.
+fn start_end(
+    rt: &tokio::runtime::Handle,
+    ns: &str,
+    name: String,
+    (address, peer): (Ipv4Addr, Ipv4Addr),
+    bind: SocketAddr,
+    config: TunnelConfig,
+) -> Tunnel {
+    let handle = rt.clone();
+    let (device, socket) = in_netns(ns, move || {
+        let _runtime = handle.enter();
+        let device = tun::create(&TunSpec { name: Some(name), address, peer, prefix: 30, mtu: 1420 })
+            .expect("create the tun");
+        let socket = UdpSocket::bind(bind).expect("bind UDP");
+        socket.set_nonblocking(true).unwrap();
+        (device, socket)
+    })
+    .join()
+    .expect("namespace thread");
+    let _runtime = rt.enter();
+    let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
+    Tunnel::spawn(device, socket, config)
+}
+
+#[test]
+fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
+    if !can_run() {
+        return;
+    }
+    let ns = Namespaces::create();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (key_a, key_b) = (keys::generate(), keys::generate());
+    let (pub_a, pub_b) = (PublicKey::from(&key_a), PublicKey::from(&key_b));
+    let id = std::process::id();
+
+    let tunnel_b = start_end(
+        rt.handle(),
+        &ns.b,
+        format!("ctt{id}b"),
+        (TUN_B, TUN_A),
+        SocketAddr::from((VETH_B, PORT_B)),
+        TunnelConfig { private_key: key_b, peer_public: pub_a, keepalive: None, endpoint: None },
+    );
+    let tunnel_a = start_end(
+        rt.handle(),
+        &ns.a,
+        format!("ctt{id}a"),
+        (TUN_A, TUN_B),
+        SocketAddr::from((VETH_A, 0)),
+        TunnelConfig {
+            private_key: key_a,
+            peer_public: pub_b,
+            keepalive: Some(20),
+            endpoint: Some(SocketAddr::from((VETH_B, PORT_B))),
+        },
+    );
+
+    // Server in B: echoes every TCP byte, and the first UDP datagram.
+    let listener = in_netns(&ns.b, || TcpListener::bind((TUN_B, 7000)).unwrap()).join().unwrap();
+    let udp_b = in_netns(&ns.b, || UdpSocket::bind((TUN_B, 7001)).unwrap()).join().unwrap();
+    let server = thread::spawn(move || {
+        // upload: read all
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0;
+        loop {
+            let n = conn.read(&mut buf).expect("server read");
+            if n == 0 { break; }
+            total += n;
+        }
+        assert_eq!(total, PAYLOAD);
+        drop(conn);
+        // download: write all
+        let (mut conn, _) = listener.accept().expect("accept");
+        let data = vec![7u8; 1 << 20];
+        for _ in 0..(PAYLOAD >> 20) { conn.write_all(&data).unwrap(); }
+    });
+    // UDP echo in B on the tunnel and on the veth address (the latter for a
+    // round-trip reference without the tunnel).
+    let udp_server = thread::spawn(move || {
+        udp_b.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = udp_b.recv_from(&mut buf) {
+            udp_b.send_to(&buf[..n], from).unwrap();
+            if &buf[..n] == b"done" {
+                break;
+            }
+        }
+    });
+    let udp_veth = in_netns(&ns.b, || UdpSocket::bind((VETH_B, 7002)).unwrap()).join().unwrap();
+    let veth_server = thread::spawn(move || {
+        udp_veth.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = udp_veth.recv_from(&mut buf) {
+            udp_veth.send_to(&buf[..n], from).unwrap();
+            if &buf[..n] == b"done" {
+                break;
+            }
+        }
+    });
+
+    // Client in A. The first SYN waits for the handshake (boringtun queues it).
+    let client = in_netns(&ns.a, || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let udp = UdpSocket::bind((TUN_A, 0)).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut echoed = [0u8; 2048];
+        let udp_reply = loop {
+            udp.send_to(b"over the tunnel", (TUN_B, 7001)).unwrap();
+            if let Ok((n, _)) = udp.recv_from(&mut echoed) {
+                break echoed[..n].to_vec();
+            }
+            assert!(Instant::now() < deadline, "no UDP echo through the tunnel");
+        };
+        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((TUN_B, 7000)), Duration::from_secs(10)).unwrap();
+        let data = vec![9u8; 1 << 20];
+        let started = Instant::now();
+        for _ in 0..(PAYLOAD >> 20) { conn.write_all(&data).unwrap(); }
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut sink = [0u8; 16];
+        let _ = conn.read(&mut sink);
+        let up = started.elapsed();
+        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((TUN_B, 7000)), Duration::from_secs(10)).unwrap();
+        let started = Instant::now();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0;
+        loop { let n = conn.read(&mut buf).unwrap(); if n == 0 { break; } got += n; }
+        let down = started.elapsed();
+        eprintln!("PERF up {:.2} Gbit/s down {:.2} Gbit/s", PAYLOAD as f64 * 8.0 / up.as_secs_f64() / 1e9, got as f64 * 8.0 / down.as_secs_f64() / 1e9);
+        let sent = vec![0u8; 1]; let received = sent.clone();
+        let elapsed = started.elapsed();
+        udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let rtt = udp_rtt(&udp, SocketAddr::from((TUN_B, 7001)), 300);
+        let plain = UdpSocket::bind((VETH_A, 0)).unwrap();
+        plain.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let rtt_veth = udp_rtt(&plain, SocketAddr::from((VETH_B, 7002)), 300);
+        udp.send_to(b"done", (TUN_B, 7001)).unwrap();
+        plain.send_to(b"done", (VETH_B, 7002)).unwrap();
+        (udp_reply, sent == received, received.len(), elapsed, rtt, rtt_veth)
+    });
+    let (udp_reply, same, len, elapsed, rtt, rtt_veth) = client.join().expect("client");
+    server.join().expect("server");
+    udp_server.join().expect("UDP server");
+    veth_server.join().expect("UDP server on the veth");
+    eprintln!("UDP echo round trip, median: {rtt:.1?} through the tunnel, {rtt_veth:.1?} over the bare veth");
+
+    assert_eq!(udp_reply, b"over the tunnel");
+    let _ = len;
+    assert!(same, "the echoed bytes are the ones sent");
+    let mbit = (2 * PAYLOAD) as f64 * 8.0 / elapsed.as_secs_f64() / 1e6;
+    eprintln!("{} MiB each way in {elapsed:.2?} ({mbit:.0} Mbit/s in all)", PAYLOAD >> 20);
+
+    let (a, b) = (tunnel_a.stats().snapshot(), tunnel_b.stats().snapshot());
+
+    assert!(a.last_handshake.is_some() && b.endpoint.is_some());
+    rt.block_on(async {
+        tunnel_a.shutdown().await;
+        tunnel_b.shutdown().await;
+    });
+    drop(ns);
+}
