@@ -90,7 +90,7 @@ vm_routes() { # CIDR
 mac_routes() {
   ip -n "$LAB_NS" -4 route show dev "$LAB_TUN" 2>/dev/null | grep -v 'proto kernel' | awk '{ print $1 }' | sort
 }
-mac_has_route() { mac_routes | grep -qx "$1"; }
+mac_has_route() { [ "$(mac_routes | grep -cx "$1")" -gt 0 ]; }
 # The routes the fixture cluster CLUSTER should have in the VM.
 expected_vm_pod_routes() { # CLUSTER
   local n
@@ -338,7 +338,9 @@ case_agent_restart_keeps_routes() {
     vm_pod_routes_are "$before"
   check "agent killed and restarted: the worker's pod answers from the Mac again" 30 \
     "curl_desc ${KIND_POD_IP[$w]}" http_probe "${KIND_POD_IP[$w]}" "$(pod_body "$w")" 2
-  if docker logs "$LAB_AGENT_NAME" 2>&1 | grep -q "routes of an earlier run found"; then
+  # grep -c reads everything: with -q, docker logs could die of SIGPIPE and
+  # pipefail would report the match as a failure.
+  if [ "$(docker logs "$LAB_AGENT_NAME" 2>&1 | grep -c "routes of an earlier run found")" -gt 0 ]; then
     lab_pass "agent killed and restarted: it found its earlier routes by their protocol" "logged"
   else
     lab_fail "agent killed and restarted: it found its earlier routes by their protocol" \

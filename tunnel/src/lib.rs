@@ -6,11 +6,15 @@
 //! VM agent (initiator: knows the host endpoint, starts the handshake and keeps
 //! the UDP mapping alive).
 //!
-//! Three tokio tasks share one `Tunn` behind a mutex that is taken per packet
-//! and never held across an `.await` or a system call: tun→UDP, UDP→tun, and a
-//! timer task. Each task owns its buffers, so the steady state does not
-//! allocate. On Linux the packet loops work in batches (tun offload, UDP
-//! GSO/GRO, `sendmmsg`; see `linux`); elsewhere one packet per system call.
+//! The packet loops and a timer task share one `Tunn` behind a mutex that is
+//! taken per packet and never held across an `.await` or a system call. The
+//! loops own their buffers, so the steady state does not allocate.
+//!
+//! - Linux (`linux`): one thread per tunnel runs both directions in batches —
+//!   tun offload (TSO super-packets cut in place, TCP segments merged back),
+//!   UDP GSO/GRO, `sendmmsg`/`recvmmsg` — and sleeps in `poll` when idle.
+//! - Elsewhere (`plain`, i.e. macOS: utun has no offload): two tokio tasks,
+//!   one packet per system call, no copy beyond the cipher's.
 
 pub mod keys;
 #[cfg(target_os = "linux")]

@@ -1,7 +1,7 @@
 //! The tunnel: packet loops (tun → UDP, UDP → tun) and WireGuard timers
 //! around one boringtun `Tunn`.
 //!
-//! The loops themselves live in `linux` (batched, tun offload, two threads)
+//! The loops themselves live in `linux` (batched, tun offload, one thread)
 //! and `plain` (tokio tasks, one packet per system call, every other platform).
 
 use std::net::SocketAddr;
@@ -41,9 +41,9 @@ pub struct TunnelConfig {
     pub endpoint: Option<SocketAddr>,
 }
 
-/// What the loops share. The `Tunn` lock is taken per packet and never held
-/// across an `.await` or a system call, so the two directions only ever wait
-/// for each other's cipher work (about a microsecond per packet).
+/// What the loops and the timer task share. The `Tunn` lock is taken per
+/// packet and never held across an `.await` or a system call, so its users
+/// only ever wait for each other's cipher work (about a microsecond a packet).
 pub(crate) struct Shared {
     tunn: Mutex<Tunn>,
     private_key: StaticSecret,
@@ -60,11 +60,19 @@ impl Shared {
     }
 
     pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
-        *self.stats.endpoint.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .stats
+            .endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn set_endpoint(&self, addr: SocketAddr) {
-        let mut slot = self.stats.endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self
+            .stats
+            .endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if *slot != Some(addr) {
             tracing::info!(endpoint = %addr, "peer endpoint");
             *slot = Some(addr);
@@ -107,8 +115,7 @@ impl Shared {
     /// Decapsulates `datagram` (empty: the next queued packet after a
     /// handshake) into `out`.
     pub(crate) fn decapsulate(&self, from: SocketAddr, datagram: &[u8], out: &mut [u8]) -> Step {
-        let source = (!datagram.is_empty()).then_some(from.ip());
-        match self.tunn().decapsulate(source, datagram, out) {
+        match self.tunn().decapsulate(Some(from.ip()), datagram, out) {
             TunnResult::WriteToTunnelV4(packet, _) | TunnResult::WriteToTunnelV6(packet, _) => {
                 Step::Tunnel(packet.len())
             }
@@ -136,7 +143,7 @@ impl Shared {
 pub(crate) type FailSender = Arc<watch::Sender<Option<String>>>;
 
 /// A running tunnel. Dropping it without [`Tunnel::shutdown`] also stops the
-/// tasks (they are aborted) and closes the tun.
+/// loops and closes the tun (once the loops have let go of it, right after).
 pub struct Tunnel {
     shared: Arc<Shared>,
     loops: Option<sys::Loops>,
@@ -199,7 +206,11 @@ impl Tunnel {
     /// session). Harmless if the peer is unreachable.
     pub async fn rehandshake(&self) {
         let mut datagram = [0u8; HANDSHAKE_BUF];
-        let len = match self.shared.tunn().format_handshake_initiation(&mut datagram, true) {
+        let len = match self
+            .shared
+            .tunn()
+            .format_handshake_initiation(&mut datagram, true)
+        {
             TunnResult::WriteToNetwork(out) => out.len(),
             _ => return,
         };
@@ -293,7 +304,9 @@ async fn timers(shared: Arc<Shared>) {
                 }
                 _ => None,
             };
-            shared.stats.set_handshake_age(tunn.time_since_last_handshake());
+            shared
+                .stats
+                .set_handshake_age(tunn.time_since_last_handshake());
             result
         };
         if let Some(len) = len {

@@ -39,7 +39,10 @@ struct Namespaces {
 impl Namespaces {
     fn create() -> Namespaces {
         let id = std::process::id();
-        let ns = Namespaces { a: format!("ctun{id}a"), b: format!("ctun{id}b") };
+        let ns = Namespaces {
+            a: format!("ctun{id}a"),
+            b: format!("ctun{id}b"),
+        };
         let (va, vb) = (format!("ctv{id}a"), format!("ctv{id}b"));
         for name in [&ns.a, &ns.b] {
             ip(&["netns", "add", name]);
@@ -47,7 +50,15 @@ impl Namespaces {
         ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
         for (name, veth, addr) in [(&ns.a, &va, VETH_A), (&ns.b, &vb, VETH_B)] {
             ip(&["link", "set", veth, "netns", name]);
-            ip(&["-n", name, "addr", "add", &format!("{addr}/30"), "dev", veth]);
+            ip(&[
+                "-n",
+                name,
+                "addr",
+                "add",
+                &format!("{addr}/30"),
+                "dev",
+                veth,
+            ]);
             ip(&["-n", name, "link", "set", veth, "up"]);
             ip(&["-n", name, "link", "set", "lo", "up"]);
         }
@@ -66,7 +77,10 @@ impl Drop for Namespaces {
 
 /// Runs `f` on a thread that has entered network namespace `ns`: sockets and
 /// tun devices it creates belong there, and keep working from any thread.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
     let path = format!("/var/run/netns/{ns}");
     thread::spawn(move || {
         let file = File::open(&path).expect("open the namespace");
@@ -83,35 +97,42 @@ fn can_run() -> bool {
         eprintln!("skipped: needs root (network namespaces, tun devices)");
         return false;
     }
-    if !std::path::Path::new("/dev/net/tun").exists() || Command::new("ip").arg("-V").output().is_err() {
+    if !std::path::Path::new("/dev/net/tun").exists()
+        || Command::new("ip").arg("-V").output().is_err()
+    {
         eprintln!("skipped: needs /dev/net/tun and iproute2");
         return false;
     }
     true
 }
 
-/// Median round trip of `count` UDP echoes to `to` (which must echo them).
-fn udp_rtt(socket: &UdpSocket, to: SocketAddr, count: usize) -> Duration {
+/// Median round trip of `count` UDP echoes to `to` (which must echo them);
+/// informational, so a lost datagram is just not counted.
+fn udp_rtt(socket: &UdpSocket, to: SocketAddr, count: usize) -> Option<Duration> {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
     let mut times = Vec::with_capacity(count);
     let mut buf = [0u8; 64];
-    for i in 0..count {
+    for i in 0..count as u32 {
         let started = Instant::now();
-        socket.send_to(&(i as u32).to_be_bytes(), to).unwrap();
-        loop {
-            let (n, _) = socket.recv_from(&mut buf).expect("echo");
-            if buf[..n] == (i as u32).to_be_bytes() {
+        socket.send_to(&i.to_be_bytes(), to).unwrap();
+        while let Ok((n, _)) = socket.recv_from(&mut buf) {
+            if buf[..n] == i.to_be_bytes() {
+                times.push(started.elapsed());
                 break;
             }
         }
-        times.push(started.elapsed());
         thread::sleep(Duration::from_millis(2));
     }
     times.sort();
-    times[count / 2]
+    times.get(times.len() / 2).copied()
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
 }
 
 /// One end: tun and UDP socket created inside `ns`, tunnel running on `rt`.
@@ -126,8 +147,14 @@ fn start_end(
     let handle = rt.clone();
     let (device, socket) = in_netns(ns, move || {
         let _runtime = handle.enter();
-        let device = tun::create(&TunSpec { name: Some(name), address, peer, prefix: 30, mtu: 1420 })
-            .expect("create the tun");
+        let device = tun::create(&TunSpec {
+            name: Some(name),
+            address,
+            peer,
+            prefix: 30,
+            mtu: 1420,
+        })
+        .expect("create the tun");
         let socket = UdpSocket::bind(bind).expect("bind UDP");
         socket.set_nonblocking(true).unwrap();
         (device, socket)
@@ -160,7 +187,12 @@ fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
         format!("ctt{id}b"),
         (TUN_B, TUN_A),
         SocketAddr::from((VETH_B, PORT_B)),
-        TunnelConfig { private_key: key_b, peer_public: pub_a, keepalive: None, endpoint: None },
+        TunnelConfig {
+            private_key: key_b,
+            peer_public: pub_a,
+            keepalive: None,
+            endpoint: None,
+        },
     );
     let tunnel_a = start_end(
         rt.handle(),
@@ -176,12 +208,17 @@ fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
         },
     );
 
-    // Server in B: echoes every TCP byte, and the first UDP datagram.
-    let listener = in_netns(&ns.b, || TcpListener::bind((TUN_B, 7000)).unwrap()).join().unwrap();
-    let udp_b = in_netns(&ns.b, || UdpSocket::bind((TUN_B, 7001)).unwrap()).join().unwrap();
+    // Server in B: echoes every TCP byte, and UDP datagrams until "done".
+    let listener = in_netns(&ns.b, || TcpListener::bind((TUN_B, 7000)).unwrap())
+        .join()
+        .unwrap();
+    let udp_b = in_netns(&ns.b, || UdpSocket::bind((TUN_B, 7001)).unwrap())
+        .join()
+        .unwrap();
     let server = thread::spawn(move || {
         let (mut conn, _) = listener.accept().expect("accept");
-        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = conn.read(&mut buf).expect("server read");
@@ -194,7 +231,9 @@ fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
     // UDP echo in B on the tunnel and on the veth address (the latter for a
     // round-trip reference without the tunnel).
     let udp_server = thread::spawn(move || {
-        udp_b.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        udp_b
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = udp_b.recv_from(&mut buf) {
             udp_b.send_to(&buf[..n], from).unwrap();
@@ -203,9 +242,13 @@ fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
             }
         }
     });
-    let udp_veth = in_netns(&ns.b, || UdpSocket::bind((VETH_B, 7002)).unwrap()).join().unwrap();
+    let udp_veth = in_netns(&ns.b, || UdpSocket::bind((VETH_B, 7002)).unwrap())
+        .join()
+        .unwrap();
     let veth_server = thread::spawn(move || {
-        udp_veth.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        udp_veth
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = udp_veth.recv_from(&mut buf) {
             udp_veth.send_to(&buf[..n], from).unwrap();
@@ -219,7 +262,8 @@ fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
     let client = in_netns(&ns.a, || {
         let deadline = Instant::now() + Duration::from_secs(20);
         let udp = UdpSocket::bind((TUN_A, 0)).unwrap();
-        udp.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let mut echoed = [0u8; 2048];
         let udp_reply = loop {
             udp.send_to(b"over the tunnel", (TUN_B, 7001)).unwrap();
@@ -228,9 +272,11 @@ fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
             }
             assert!(Instant::now() < deadline, "no UDP echo through the tunnel");
         };
-        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((TUN_B, 7000)), Duration::from_secs(10))
-            .expect("TCP connect through the tunnel");
-        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut conn =
+            TcpStream::connect_timeout(&SocketAddr::from((TUN_B, 7000)), Duration::from_secs(10))
+                .expect("TCP connect through the tunnel");
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let sent = pattern(PAYLOAD, 7);
         let mut writer = conn.try_clone().unwrap();
         let to_send = sent.clone();
@@ -246,26 +292,46 @@ fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
         udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let rtt = udp_rtt(&udp, SocketAddr::from((TUN_B, 7001)), 300);
         let plain = UdpSocket::bind((VETH_A, 0)).unwrap();
-        plain.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let rtt_veth = udp_rtt(&plain, SocketAddr::from((VETH_B, 7002)), 300);
         udp.send_to(b"done", (TUN_B, 7001)).unwrap();
         plain.send_to(b"done", (VETH_B, 7002)).unwrap();
-        (udp_reply, sent == received, received.len(), elapsed, rtt, rtt_veth)
+        (
+            udp_reply,
+            sent == received,
+            received.len(),
+            elapsed,
+            rtt,
+            rtt_veth,
+        )
     });
     let (udp_reply, same, len, elapsed, rtt, rtt_veth) = client.join().expect("client");
     server.join().expect("server");
     udp_server.join().expect("UDP server");
     veth_server.join().expect("UDP server on the veth");
-    eprintln!("UDP echo round trip, median: {rtt:.1?} through the tunnel, {rtt_veth:.1?} over the bare veth");
+    let show = |d: Option<Duration>| d.map_or("n/a".to_owned(), |d| format!("{d:.1?}"));
+    eprintln!(
+        "UDP echo round trip, median: {} through the tunnel, {} over the bare veth",
+        show(rtt),
+        show(rtt_veth)
+    );
 
     assert_eq!(udp_reply, b"over the tunnel");
     assert_eq!(len, PAYLOAD, "every byte came back");
     assert!(same, "the echoed bytes are the ones sent");
     let mbit = (2 * PAYLOAD) as f64 * 8.0 / elapsed.as_secs_f64() / 1e6;
-    eprintln!("{} MiB each way in {elapsed:.2?} ({mbit:.0} Mbit/s in all)", PAYLOAD >> 20);
+    eprintln!(
+        "{} MiB each way in {elapsed:.2?} ({mbit:.0} Mbit/s in all)",
+        PAYLOAD >> 20
+    );
 
     let (a, b) = (tunnel_a.stats().snapshot(), tunnel_b.stats().snapshot());
-    assert!(a.tx_bytes >= PAYLOAD as u64 && b.rx_bytes >= PAYLOAD as u64, "{a:?} {b:?}");
+    assert!(
+        a.tx_bytes >= PAYLOAD as u64 && b.rx_bytes >= PAYLOAD as u64,
+        "{a:?} {b:?}"
+    );
     assert!(a.last_handshake.is_some() && b.endpoint.is_some());
     rt.block_on(async {
         tunnel_a.shutdown().await;

@@ -83,7 +83,11 @@ mod tests {
     fn matches_reference_for_all_lengths() {
         let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8 ^ 0xa5).collect();
         for len in 0..data.len() {
-            assert_eq!(fold(add(0, &data[..len])), reference(&data[..len]), "len {len}");
+            assert_eq!(
+                fold(add(0, &data[..len])),
+                reference(&data[..len]),
+                "len {len}"
+            );
         }
         let ones = vec![0xffu8; 1000];
         assert_eq!(fold(add(0, &ones)), reference(&ones));

@@ -1,14 +1,14 @@
-//! The Linux data path: tun offload plus UDP GSO/GRO, in batches, on two
-//! dedicated threads.
+//! The Linux data path: tun offload plus UDP GSO/GRO, in batches, on one
+//! dedicated thread per tunnel.
 //!
 //! tun → UDP: one read returns a TCP super-packet of up to 64 KiB (TSO), or a
 //! single packet; it is cut into MTU-sized packets in place, each encrypted
 //! into a send buffer, and the buffer leaves in one `sendmmsg` with UDP GSO.
 //! Further reads that are already queued join the same send.
 //!
-//! UDP → tun: one `recvmsg` with UDP GRO returns up to 64 KiB of datagrams;
-//! each is decrypted straight into the [`offload::Coalescer`], which writes a
-//! TCP stream's consecutive segments to the tun as one super-packet.
+//! UDP → tun: one `recvmmsg` with UDP GRO returns trains of datagrams; each
+//! is decrypted straight into the [`offload::Coalescer`], which writes a TCP
+//! stream's consecutive segments to the tun as one super-packet.
 //!
 //! Either way a bulk transfer costs a few system calls and one trip through
 //! the kernel's network stack per ~45 packets instead of two per packet, which
@@ -16,20 +16,20 @@
 //! Each feature degrades on its own: a tun without `IFF_VNET_HDR` gives one
 //! packet per read and takes one per write, a kernel without UDP GSO gets
 //! one message per datagram (still one `sendmmsg` per batch), without GRO one
-//! datagram per receive.
+//! datagram per message.
 //!
-//! One thread per tunnel runs both directions, blocked in `poll` on the tun
-//! and the socket when idle (no polling, no timer). Measured on the lab
-//! machine (a small VM, where system calls and context switches are dear),
-//! wake-ups and system calls are what a round trip costs: every ping crosses
-//! four loops, and a thread woken by the kernel for its own descriptor beats a
-//! task behind tokio's shared reactor. One thread rather than one per
-//! direction because the answer to what was just written to the tun (the
-//! container's reply, the ACKs of a stream being received) is usually queued
-//! on the tun by the time the write returns; the same thread sends it on
-//! without waking anyone. A unidirectional bulk stream needs one core per end
-//! either way. The descriptors are taken out of tokio's reactor so that it is
-//! not woken for them as well.
+//! One thread runs both directions, blocked in `poll` on the tun and the
+//! socket when idle (no polling, no timer). For latency, wake-ups are what a
+//! round trip costs (every ping is handled by the two ends twice, and on the
+//! lab VM a context switch costs tens of microseconds): a thread woken by the
+//! kernel for its own descriptors does better than a task behind tokio's
+//! shared reactor and work-stealing workers, and one thread does better than
+//! one per direction, because the answer to what was just written to the tun
+//! (a container's reply, the ACKs of a stream being received) is usually
+//! queued on the tun by the time the write returns: the same thread sends it
+//! on without waking anyone. A one-way bulk stream needs about one core per
+//! end either way. The descriptors are taken out of tokio's reactor so that
+//! it is not woken for them as well.
 
 mod checksum;
 mod offload;
@@ -40,6 +40,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tun_rs::AsyncDevice;
 
@@ -54,20 +55,23 @@ const DATA_OVERHEAD: usize = 32;
 const MAX_TUN_READS: usize = 8;
 /// `recvmmsg` calls per round, at most.
 const MAX_UDP_RECVS: usize = 4;
+/// Packets less than this apart are a stream, worth batching reads for.
+const STREAM_GAP: Duration = Duration::from_micros(200);
 /// The loops keep their buffers on the heap; this is plenty.
 const THREAD_STACK: usize = 256 * 1024;
 
 /// The tun and the socket, out of tokio's hands.
 pub(crate) struct Io {
-    /// `None` if tokio would not release a descriptor (it closes it then);
-    /// the loops report that through [`crate::Tunnel::failed`].
+    /// `None` if tokio would not release a descriptor (it closes it then) or
+    /// no eventfd could be made; the loop reports that through
+    /// [`crate::Tunnel::failed`] instead of starting.
     tun: Option<OwnedFd>,
     udp: Option<std::net::UdpSocket>,
+    /// Readable once the loop is to stop.
+    stop: Option<OwnedFd>,
     name: io::Result<String>,
     vnet: bool,
     caps: Caps,
-    /// Readable once the loops are to stop.
-    stop: OwnedFd,
 }
 
 impl Io {
@@ -89,14 +93,33 @@ impl Io {
                 None
             }
         };
-        let caps = udp.as_ref().map(udp::configure).unwrap_or(Caps { gso: false, gro: false });
-        tracing::debug!(udp_gso = caps.gso, udp_gro = caps.gro, tun_offload = vnet, "data path");
+        let caps = udp.as_ref().map(udp::configure).unwrap_or(Caps {
+            gso: false,
+            gro: false,
+        });
+        tracing::debug!(
+            udp_gso = caps.gso,
+            udp_gro = caps.gro,
+            tun_offload = vnet,
+            "data path"
+        );
         // SAFETY: eventfd has no memory-safety preconditions.
-        let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        assert!(stop >= 0, "eventfd: {}", io::Error::last_os_error());
-        // SAFETY: a fresh descriptor we own.
-        let stop = unsafe { OwnedFd::from_raw_fd(stop) };
-        Io { tun, udp, name, vnet, caps, stop }
+        let stop = match unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) } {
+            // SAFETY: a fresh descriptor we own.
+            fd if fd >= 0 => Some(unsafe { OwnedFd::from_raw_fd(fd) }),
+            _ => {
+                tracing::error!(error = %io::Error::last_os_error(), "cannot create an eventfd");
+                None
+            }
+        };
+        Io {
+            tun,
+            udp,
+            stop,
+            name,
+            vnet,
+            caps,
+        }
     }
 
     pub(crate) fn name(&self) -> io::Result<String> {
@@ -116,51 +139,82 @@ impl Io {
     }
 
     fn stop(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: an 8-byte buffer, as eventfd requires.
-        unsafe { libc::write(self.stop.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        if let Some(stop) = &self.stop {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: an 8-byte buffer, as eventfd requires.
+            unsafe { libc::write(stop.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        }
     }
+}
 
+/// The descriptors the loop works on.
+#[derive(Clone, Copy)]
+struct Fds {
+    tun: RawFd,
+    udp: RawFd,
+    stop: RawFd,
+}
+
+impl Fds {
     /// Blocks until the tun or the socket is readable (or in error), or the
     /// loop is to stop (`None`). Returns which of the two is ready.
-    fn wait_both(&self, tun: RawFd, udp: RawFd) -> Option<(bool, bool)> {
+    fn wait(self) -> Option<(bool, bool)> {
         let mut fds = [
-            libc::pollfd { fd: tun, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: udp, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: self.tun,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.udp,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.stop,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        self.poll(&mut fds)?;
+        poll(&mut fds)?;
         Some((fds[0].revents != 0, fds[1].revents != 0))
     }
 
     /// Blocks until the socket has room again; false if the loop is to stop.
-    fn wait_writable(&self, udp: RawFd) -> bool {
+    fn wait_writable(self) -> bool {
         let mut fds = [
-            libc::pollfd { fd: udp, events: libc::POLLOUT, revents: 0 },
-            libc::pollfd { fd: self.stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: self.udp,
+                events: libc::POLLOUT,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.stop,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        self.poll(&mut fds).is_some()
-    }
-
-    /// `poll` without a timeout; `None` when the stop descriptor (the last
-    /// entry) fired or poll itself failed.
-    fn poll(&self, fds: &mut [libc::pollfd]) -> Option<()> {
-        loop {
-            // SAFETY: valid pollfd entries.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-            if rc >= 0 {
-                break;
-            }
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::Interrupted {
-                tracing::warn!(%error, "poll failed; stopping the tunnel");
-                return None;
-            }
-        }
-        (fds[fds.len() - 1].revents == 0).then_some(())
+        poll(&mut fds).is_some()
     }
 }
 
+/// `poll` without a timeout; `None` when the stop descriptor (the last
+/// entry) fired or poll itself failed.
+fn poll(fds: &mut [libc::pollfd]) -> Option<()> {
+    loop {
+        // SAFETY: valid pollfd entries.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if rc >= 0 {
+            break;
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            tracing::warn!(%error, "poll failed; stopping the tunnel");
+            return None;
+        }
+    }
+    (fds[fds.len() - 1].revents == 0).then_some(())
+}
 
 /// The running loop.
 pub(crate) struct Loops {
@@ -174,7 +228,9 @@ pub(crate) fn start(shared: &Arc<Shared>, fail: &FailSender) -> Loops {
         .stack_size(THREAD_STACK)
         .spawn(move || run(&shared_, &fail_));
     match spawned {
-        Ok(thread) => Loops { thread: Some(thread) },
+        Ok(thread) => Loops {
+            thread: Some(thread),
+        },
         Err(error) => {
             report(fail, "starting the packet loop", &error);
             Loops { thread: None }
@@ -201,32 +257,40 @@ impl Loops {
 /// Buffers and state of the loop.
 struct Data<'a> {
     shared: &'a Shared,
-    tun: RawFd,
-    udp: RawFd,
+    fds: Fds,
     frame: Box<[u8]>,
     tx: TxBatch,
     rx: RxBatch,
     merge: Coalescer,
+    /// When the tun last had something to read, the socket to receive.
+    last_read: Option<Instant>,
+    last_recv: Option<Instant>,
 }
 
 fn run(shared: &Shared, fail: &FailSender) {
-    let (Some(tun), Some(udp)) = (&shared.io.tun, &shared.io.udp) else {
-        let error = io::Error::other("descriptor lost when leaving the async runtime");
+    let io = &shared.io;
+    let (Some(tun), Some(udp), Some(stop)) = (&io.tun, &io.udp, &io.stop) else {
+        let error = io::Error::other("a descriptor is missing (see the log)");
         return report(fail, "tunnel setup", &error);
+    };
+    let fds = Fds {
+        tun: tun.as_raw_fd(),
+        udp: udp.as_raw_fd(),
+        stop: stop.as_raw_fd(),
     };
     let mut data = Data {
         shared,
-        tun: tun.as_raw_fd(),
-        udp: udp.as_raw_fd(),
+        fds,
         frame: vec![0u8; FRAME_LEN].into_boxed_slice(),
         tx: TxBatch::new(shared.io.caps.gso),
         rx: RxBatch::new(),
         merge: Coalescer::new(shared.io.vnet),
+        last_read: None,
+        last_recv: None,
     };
     loop {
-        let (tun_ready, udp_ready) = match shared.io.wait_both(data.tun, data.udp) {
-            Some(ready) => ready,
-            None => return,
+        let Some((tun_ready, udp_ready)) = fds.wait() else {
+            return;
         };
         if udp_ready {
             if let Err((what, error)) = data.inbound() {
@@ -245,10 +309,24 @@ fn run(shared: &Shared, fail: &FailSender) {
 
 impl Data<'_> {
     /// Reads what the tun has queued (a bounded amount), encrypts and sends it.
+    ///
+    /// A packet after a quiet spell (a ping, a request) is sent on its own
+    /// and the thread goes straight back to `poll`: asking the tun for more
+    /// first would only cost a system call, and on a machine where the next
+    /// hop is woken on this very CPU it would also make that hop wait. While
+    /// packets keep coming, reads are gathered into batches.
     fn outbound(&mut self) -> io::Result<()> {
-        for read in 0..MAX_TUN_READS {
+        let streaming = self.last_read.is_some_and(|t| t.elapsed() < STREAM_GAP);
+        let reads = if streaming { MAX_TUN_READS } else { 1 };
+        for read in 0..reads {
             // SAFETY: a valid buffer for the read.
-            let n = unsafe { libc::read(self.tun, self.frame.as_mut_ptr().cast(), self.frame.len()) };
+            let n = unsafe {
+                libc::read(
+                    self.fds.tun,
+                    self.frame.as_mut_ptr().cast(),
+                    self.frame.len(),
+                )
+            };
             if n < 0 {
                 let error = io::Error::last_os_error();
                 if error.kind() != io::ErrorKind::WouldBlock && is_fatal(&error) {
@@ -256,9 +334,10 @@ impl Data<'_> {
                 }
                 break;
             }
+            self.last_read = Some(Instant::now());
             self.encrypt_frame(n as usize);
-            // The first read after a wait goes out at once (a lone packet
-            // is waiting for nothing); what follows is batched.
+            // The first read of a round goes out at once (it may be all
+            // there is); what follows is batched.
             if read == 0 {
                 self.flush();
             }
@@ -280,9 +359,12 @@ impl Data<'_> {
         let (mut bytes, mut count) = (0, 0);
         while let Some(range) = packets.next(frame) {
             if self.tx.room() < (range.len() + DATA_OVERHEAD).max(HANDSHAKE_BUF) {
-                flush(self.shared, self.udp, &mut self.tx);
+                flush(self.shared, self.fds, &mut self.tx);
             }
-            if let Some(n) = self.shared.encapsulate(&frame[range.clone()], self.tx.slot()) {
+            if let Some(n) = self
+                .shared
+                .encapsulate(&frame[range.clone()], self.tx.slot())
+            {
                 self.tx.commit(n);
                 bytes += range.len();
                 count += 1;
@@ -292,24 +374,36 @@ impl Data<'_> {
     }
 
     fn flush(&mut self) {
-        flush(self.shared, self.udp, &mut self.tx);
+        flush(self.shared, self.fds, &mut self.tx);
     }
 
     /// Receives what the socket has queued (a bounded amount), decrypts it
     /// and writes it to the tun.
+    ///
+    /// As for the tun: after a quiet spell one message is asked for, and
+    /// `poll` says whether more came; while datagrams keep coming, up to
+    /// [`udp::RX_MESSAGES`] per call.
     fn inbound(&mut self) -> Result<(), (&'static str, io::Error)> {
-        let tun = self.tun;
+        let tun = self.fds.tun;
         let mut write = |frame: &[u8]| write_tun(tun, frame);
         let mut result = Ok(());
-        for _ in 0..MAX_UDP_RECVS {
-            match self.rx.recv(self.udp) {
-                Ok(()) => {}
+        let streaming = self.last_recv.is_some_and(|t| t.elapsed() < STREAM_GAP);
+        let (calls, messages) = if streaming {
+            (MAX_UDP_RECVS, udp::RX_MESSAGES)
+        } else {
+            (1, 1)
+        };
+        for _ in 0..calls {
+            match self.rx.recv(self.fds.udp, messages) {
+                Ok(()) => self.last_recv = Some(Instant::now()),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) if is_fatal(&error) => return Err(("udp receive", error)),
                 Err(_) => break,
             }
             for m in 0..self.rx.len() {
-                if let Err(error) = decrypt_message(self.shared, &self.rx, m, &mut self.merge, &mut write) {
+                if let Err(error) =
+                    decrypt_message(self.shared, &self.rx, m, &mut self.merge, &mut write)
+                {
                     result = Err(("tun write", error));
                 }
             }
@@ -324,12 +418,12 @@ impl Data<'_> {
     }
 }
 
-fn flush(shared: &Shared, udp: RawFd, tx: &mut TxBatch) {
+fn flush(shared: &Shared, fds: Fds, tx: &mut TxBatch) {
     if tx.is_empty() {
         return;
     }
     match shared.endpoint() {
-        Some(endpoint) => tx.flush(udp, endpoint, || shared.io.wait_writable(udp)),
+        Some(endpoint) => tx.flush(fds.udp, endpoint, || fds.wait_writable()),
         // Nobody to send to yet (the responder before the first handshake).
         None => tx.clear(),
     }

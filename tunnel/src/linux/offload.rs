@@ -142,7 +142,9 @@ impl Segmenter {
     /// opened with `IFF_VNET_HDR` (then the frame starts with a [`VnetHdr`]).
     pub fn new(frame: &mut [u8], vnet: bool) -> Result<Segmenter, FrameError> {
         if !vnet {
-            return Ok(Segmenter { kind: Kind::Single(Some(0..frame.len())) });
+            return Ok(Segmenter {
+                kind: Kind::Single(Some(0..frame.len())),
+            });
         }
         if frame.len() <= VNET_HDR_LEN {
             return Err(FrameError("shorter than the virtio-net header"));
@@ -155,7 +157,9 @@ impl Segmenter {
             if hdr.flags & F_NEEDS_CSUM != 0 {
                 complete_checksum(packet, hdr)?;
             }
-            return Ok(Segmenter { kind: Kind::Single(Some(whole)) });
+            return Ok(Segmenter {
+                kind: Kind::Single(Some(whole)),
+            });
         }
         let v6 = packet[0] >> 4 == 6;
         let (protocol, csum_offset) = match (gso_type, v6) {
@@ -189,7 +193,9 @@ impl Segmenter {
         if packet.len() == hdr_len || hdr.gso_size == 0 {
             // Nothing to cut: a lone header (e.g. a bare ACK marked GSO).
             complete_checksum(packet, hdr)?;
-            return Ok(Segmenter { kind: Kind::Single(Some(whole)) });
+            return Ok(Segmenter {
+                kind: Kind::Single(Some(whole)),
+            });
         }
         let mut split = Box::new(Split {
             v6,
@@ -202,11 +208,17 @@ impl Segmenter {
             end: VNET_HDR_LEN + packet.len(),
             index: 0,
             first_id: be16(packet, 4),
-            first_seq: if protocol == PROTO_TCP { be32(packet, iph_len + 4) } else { 0 },
+            first_seq: if protocol == PROTO_TCP {
+                be32(packet, iph_len + 4)
+            } else {
+                0
+            },
             template: [0; MAX_HEADERS],
         });
         split.template[..hdr_len].copy_from_slice(&packet[..hdr_len]);
-        Ok(Segmenter { kind: Kind::Split(split) })
+        Ok(Segmenter {
+            kind: Kind::Split(split),
+        })
     }
 
     /// Prepares the next packet in `frame` (the same frame given to `new`) and
@@ -383,7 +395,11 @@ fn parse_tcp(packet: &[u8]) -> Option<Tcp> {
     if th_len < 20 || packet.len() < iph_len + th_len {
         return None;
     }
-    let mut key = FlowKey { v6, addrs: [0; 32], ports: [0; 4] };
+    let mut key = FlowKey {
+        v6,
+        addrs: [0; 32],
+        ports: [0; 4],
+    };
     let (src, dst) = addresses(packet, v6);
     key.addrs[..src.len()].copy_from_slice(src);
     key.addrs[src.len()..src.len() + dst.len()].copy_from_slice(dst);

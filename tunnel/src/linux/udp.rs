@@ -4,8 +4,9 @@
 //! handed to the kernel with one `sendmmsg`; runs of equal-sized datagrams go
 //! as one UDP GSO message (`UDP_SEGMENT`), which crosses the stack once and is
 //! cut (or, over veth and loopback, not even cut) below it.
-//! Receiving: with `UDP_GRO` one `recvmsg` returns up to 64 KiB of datagrams
-//! from one sender, all `segment` bytes long but the last.
+//! Receiving: one `recvmmsg` returns several messages; with `UDP_GRO` each
+//! holds up to 64 KiB of datagrams from one sender, all `segment` bytes long
+//! but the last.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -18,7 +19,8 @@ use libc::c_int;
 const UDP_SEGMENT: c_int = 103;
 const UDP_GRO: c_int = 104;
 
-/// The kernel's limit on segments per GSO send (UDP_MAX_SEGMENTS before 6.9).
+/// Segments per GSO send: the kernel's `UDP_MAX_SEGMENTS` (newer kernels
+/// allow more).
 const MAX_GSO_SEGMENTS: usize = 64;
 /// A GSO send is one UDP datagram as far as the IP layer is concerned: keep
 /// it below 64 KiB including the IPv6 and UDP headers.
@@ -75,7 +77,13 @@ pub fn configure(socket: &UdpSocket) -> Caps {
     let mut len = size_of::<c_int>() as libc::socklen_t;
     // SAFETY: valid pointers to a c_int and its length.
     let gso = unsafe {
-        libc::getsockopt(fd, libc::SOL_UDP, UDP_SEGMENT, (&mut value as *mut c_int).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_UDP,
+            UDP_SEGMENT,
+            (&mut value as *mut c_int).cast(),
+            &mut len,
+        )
     } == 0;
     Caps { gso, gro }
 }
@@ -95,11 +103,15 @@ impl RawAddr {
                 let sin = libc::sockaddr_in {
                     sin_family: libc::AF_INET as libc::sa_family_t,
                     sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
                     sin_zero: [0; 8],
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-                unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin)
+                };
                 size_of::<libc::sockaddr_in>()
             }
             SocketAddr::V6(a) => {
@@ -111,26 +123,36 @@ impl RawAddr {
                 sin6.sin6_addr.s6_addr = a.ip().octets();
                 sin6.sin6_scope_id = a.scope_id();
                 // SAFETY: as above, for sockaddr_in6.
-                unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+                unsafe {
+                    std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6)
+                };
                 size_of::<libc::sockaddr_in6>()
             }
         };
-        RawAddr { storage, len: len as libc::socklen_t }
+        RawAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
     }
 
     fn to_socket_addr(&self) -> Option<SocketAddr> {
         match c_int::from(self.storage.ss_family) {
             libc::AF_INET => {
                 // SAFETY: the kernel wrote a sockaddr_in for AF_INET.
-                let sin: libc::sockaddr_in =
-                    unsafe { std::ptr::read((&self.storage as *const libc::sockaddr_storage).cast()) };
+                let sin: libc::sockaddr_in = unsafe {
+                    std::ptr::read((&self.storage as *const libc::sockaddr_storage).cast())
+                };
                 let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-                Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    ip,
+                    u16::from_be(sin.sin_port),
+                )))
             }
             libc::AF_INET6 => {
                 // SAFETY: the kernel wrote a sockaddr_in6 for AF_INET6.
-                let sin6: libc::sockaddr_in6 =
-                    unsafe { std::ptr::read((&self.storage as *const libc::sockaddr_storage).cast()) };
+                let sin6: libc::sockaddr_in6 = unsafe {
+                    std::ptr::read((&self.storage as *const libc::sockaddr_storage).cast())
+                };
                 Some(SocketAddr::V6(SocketAddrV6::new(
                     Ipv6Addr::from(sin6.sin6_addr.s6_addr),
                     u16::from_be(sin6.sin6_port),
@@ -140,6 +162,26 @@ impl RawAddr {
             }
             _ => None,
         }
+    }
+}
+
+/// `sendmmsg(2)` itself. 64-bit musl (the agent's libc) emulates `sendmmsg`
+/// with one `sendmsg` per message, because its `msghdr` and `cmsghdr` have
+/// 32-bit fields plus padding where the kernel's are 64-bit and it cannot
+/// trust callers to zero the padding. Ours are zero-initialised, which makes
+/// the layouts the kernel's (on either byte order), so the system call is made
+/// directly; with glibc the layouts are the kernel's anyway.
+fn sendmmsg(fd: c_int, msgs: &mut [libc::mmsghdr]) -> isize {
+    // SAFETY: the headers point at live buffers and are laid out as the
+    // kernel expects (see above).
+    unsafe {
+        libc::syscall(
+            libc::SYS_sendmmsg,
+            fd,
+            msgs.as_mut_ptr(),
+            msgs.len() as libc::c_uint,
+            0 as c_int,
+        ) as isize
     }
 }
 
@@ -213,7 +255,13 @@ impl TxBatch {
                 return;
             }
         }
-        self.groups.push(Group { start, len: n, segment: n, count: 1, closed: false });
+        self.groups.push(Group {
+            start,
+            len: n,
+            segment: n,
+            count: 1,
+            closed: false,
+        });
     }
 
     pub fn clear(&mut self) {
@@ -261,7 +309,13 @@ impl TxBatch {
             let mut at = g.start;
             while at < g.start + g.len {
                 let len = g.segment.min(g.start + g.len - at);
-                self.groups.push(Group { start: at, len, segment: len, count: 1, closed: true });
+                self.groups.push(Group {
+                    start: at,
+                    len,
+                    segment: len,
+                    count: 1,
+                    closed: true,
+                });
                 at += len;
             }
         }
@@ -298,8 +352,7 @@ impl TxBatch {
                 }
             }
         }
-        // SAFETY: msgs[..len] point at live buffers owned by self and this frame.
-        let sent = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), groups.len() as _, 0 as _) };
+        let sent = sendmmsg(fd, &mut msgs[..groups.len()]);
         if sent < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -309,7 +362,7 @@ impl TxBatch {
 }
 
 /// Messages per `recvmmsg`; each may hold a GRO train of up to 64 KiB.
-const RX_MESSAGES: usize = 8;
+pub const RX_MESSAGES: usize = 8;
 
 /// What one `recvmmsg` returned: up to [`RX_MESSAGES`] messages, each either
 /// one datagram or (with GRO) a train of datagrams of one sender, all
@@ -318,6 +371,7 @@ pub struct RxBatch {
     buf: Box<[u8]>,
     messages: [Message; RX_MESSAGES],
     count: usize,
+    asked: usize,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -333,6 +387,7 @@ impl RxBatch {
             buf: vec![0u8; RX_MESSAGES * MAX_DATAGRAM].into_boxed_slice(),
             messages: [Message::default(); RX_MESSAGES],
             count: 0,
+            asked: 0,
         }
     }
 
@@ -341,9 +396,10 @@ impl RxBatch {
         self.count
     }
 
-    /// True when the last receive filled every slot (more may be queued).
+    /// True when the last receive filled every slot it was given (more may
+    /// be queued).
     pub fn is_full(&self) -> bool {
-        self.count == RX_MESSAGES
+        self.count == self.asked
     }
 
     /// Sender of message `i` (`None` for an address family we do not know).
@@ -359,8 +415,13 @@ impl RxBatch {
     }
 
     /// Receives what is queued on the non-blocking socket `fd`, up to
-    /// [`RX_MESSAGES`] messages, in one call (`WouldBlock` when nothing is).
-    pub fn recv(&mut self, fd: c_int) -> io::Result<()> {
+    /// `max` (at most [`RX_MESSAGES`]) messages, in one call (`WouldBlock`
+    /// when nothing is). Asking for one message costs the least when one is
+    /// all there is; asking for more tells, by getting fewer, that the
+    /// socket has been drained.
+    pub fn recv(&mut self, fd: c_int, max: usize) -> io::Result<()> {
+        let max = max.clamp(1, RX_MESSAGES);
+        self.asked = max;
         // SAFETY: all-zero is valid for these plain C structs.
         let mut names: [libc::sockaddr_storage; RX_MESSAGES] = unsafe { zeroed() };
         let mut iovs: [libc::iovec; RX_MESSAGES] = unsafe { zeroed() };
@@ -383,7 +444,13 @@ impl RxBatch {
         }
         // SAFETY: every header points at live buffers for the duration of the call.
         let n = unsafe {
-            libc::recvmmsg(fd, msgs.as_mut_ptr(), RX_MESSAGES as _, 0 as _, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                RX_MESSAGES as _,
+                0 as _,
+                std::ptr::null_mut(),
+            )
         };
         if n < 0 {
             self.count = 0;
@@ -407,7 +474,11 @@ impl RxBatch {
                     c = libc::CMSG_NXTHDR(hdr, c);
                 }
             }
-            let from = RawAddr { storage: names[i], len: hdr.msg_namelen }.to_socket_addr();
+            let from = RawAddr {
+                storage: names[i],
+                len: hdr.msg_namelen,
+            }
+            .to_socket_addr();
             self.messages[i] = Message { len, segment, from };
         }
         Ok(())
@@ -419,7 +490,11 @@ mod tests {
     use super::*;
 
     fn groups(batch: &TxBatch) -> Vec<(usize, usize, usize)> {
-        batch.groups.iter().map(|g| (g.len, g.segment, g.count)).collect()
+        batch
+            .groups
+            .iter()
+            .map(|g| (g.len, g.segment, g.count))
+            .collect()
     }
 
     fn add(batch: &mut TxBatch, n: usize) {
@@ -435,7 +510,11 @@ mod tests {
         }
         assert_eq!(
             groups(&b),
-            vec![(1452 * 3 + 600, 1452, 4), (1452 + 148, 1452, 2), (1452, 1452, 1)]
+            vec![
+                (1452 * 3 + 600, 1452, 4),
+                (1452 + 148, 1452, 2),
+                (1452, 1452, 1)
+            ]
         );
     }
 
@@ -446,13 +525,17 @@ mod tests {
             add(&mut b, 1452);
         }
         let g = groups(&b);
-        assert!(g.iter().all(|&(len, _, count)| len <= MAX_GSO_BYTES && count <= MAX_GSO_SEGMENTS));
+        assert!(g
+            .iter()
+            .all(|&(len, _, count)| len <= MAX_GSO_BYTES && count <= MAX_GSO_SEGMENTS));
         assert_eq!(g.iter().map(|&(_, _, c)| c).sum::<usize>(), 100);
         let mut small = TxBatch::new(true);
         for _ in 0..100 {
             add(&mut small, 100);
         }
-        assert!(groups(&small).iter().all(|&(_, _, count)| count <= MAX_GSO_SEGMENTS));
+        assert!(groups(&small)
+            .iter()
+            .all(|&(_, _, count)| count <= MAX_GSO_SEGMENTS));
     }
 
     #[test]
@@ -469,7 +552,12 @@ mod tests {
         g.ungroup(0);
         assert_eq!(
             groups(&g),
-            vec![(1000, 1000, 1), (1000, 1000, 1), (1000, 1000, 1), (500, 500, 1)]
+            vec![
+                (1000, 1000, 1),
+                (1000, 1000, 1),
+                (1000, 1000, 1),
+                (500, 500, 1)
+            ]
         );
         assert_eq!(g.groups[3].start, 3000);
     }
@@ -503,7 +591,7 @@ mod tests {
         let mut rb = RxBatch::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while got.len() < sizes.len() {
-            match rb.recv(rx.as_raw_fd()) {
+            match rb.recv(rx.as_raw_fd(), RX_MESSAGES) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     assert!(std::time::Instant::now() < deadline, "datagrams arrive");
@@ -519,7 +607,11 @@ mod tests {
                 }
             }
         }
-        let want: Vec<(usize, u8)> = sizes.iter().enumerate().map(|(i, &n)| (n, i as u8 + 1)).collect();
+        let want: Vec<(usize, u8)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (n, i as u8 + 1))
+            .collect();
         assert_eq!(got, want, "caps: {rx_caps:?} {tx_caps:?}");
     }
 }

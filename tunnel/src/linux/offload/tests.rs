@@ -87,7 +87,10 @@ fn assert_valid_tcp(p: &[u8], v6: bool) {
         assert_eq!(usize::from(be16(p, 4)) + 40, p.len());
     } else {
         assert_eq!(usize::from(be16(p, 2)), p.len());
-        assert!(checksum::verifies(checksum::add(0, &p[..20])), "IPv4 header checksum");
+        assert!(
+            checksum::verifies(checksum::add(0, &p[..20])),
+            "IPv4 header checksum"
+        );
     }
     assert!(tcp_checksum_ok(p, iph, v6), "TCP checksum");
 }
@@ -105,7 +108,11 @@ fn tso_frame_is_cut_into_valid_segments() {
             assert_valid_tcp(s, v6);
             assert_eq!(be32(s, iph + 4), 1000 + 1000 * i as u32, "sequence number");
             let last = i == segs.len() - 1;
-            assert_eq!(s[iph + 13] & TCP_PSH != 0, last, "PSH only on the last segment");
+            assert_eq!(
+                s[iph + 13] & TCP_PSH != 0,
+                last,
+                "PSH only on the last segment"
+            );
             if !v6 {
                 assert_eq!(be16(s, 4), 100 + i as u16, "IPv4 ID counts up");
             }
@@ -127,8 +134,13 @@ fn plain_frames_pass_through_and_partial_checksums_are_completed() {
     let pseudo = checksum::pseudo_header(&SRC4, &DST4, PROTO_TCP, (packet.len() - 20) as u32);
     partial[36..38].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
     let mut frame = vec![0u8; VNET_HDR_LEN];
-    VnetHdr { flags: F_NEEDS_CSUM, csum_start: 20, csum_offset: 16, ..Default::default() }
-        .encode(&mut frame);
+    VnetHdr {
+        flags: F_NEEDS_CSUM,
+        csum_start: 20,
+        csum_offset: 16,
+        ..Default::default()
+    }
+    .encode(&mut frame);
     frame.extend_from_slice(&partial);
     assert_eq!(segments(&mut frame, true), vec![packet]);
 }
@@ -159,12 +171,18 @@ fn udp_gso_frame_is_cut_with_udp_lengths_and_checksums() {
     .encode(&mut frame);
     frame.extend_from_slice(&p);
     let segs = segments(&mut frame, true);
-    assert_eq!(segs.iter().map(|s| s.len() - 28).collect::<Vec<_>>(), vec![1200, 1200, 600]);
+    assert_eq!(
+        segs.iter().map(|s| s.len() - 28).collect::<Vec<_>>(),
+        vec![1200, 1200, 600]
+    );
     let mut joined = Vec::new();
     for s in &segs {
         assert_eq!(usize::from(be16(s, 24)), s.len() - 20, "UDP length");
         let pseudo = checksum::pseudo_header(&SRC4, &DST4, PROTO_UDP, (s.len() - 20) as u32);
-        assert!(checksum::verifies(checksum::add(pseudo, &s[20..])), "UDP checksum");
+        assert!(
+            checksum::verifies(checksum::add(pseudo, &s[20..])),
+            "UDP checksum"
+        );
         joined.extend_from_slice(&s[28..]);
     }
     assert_eq!(joined, data);
