@@ -189,23 +189,7 @@ kind_suite_leftovers() {
   done
 }
 
-KIND_CLEANED=0
-kind_on_exit() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if [ "$KIND_CLEANED" = 0 ]; then
-    lab_log "cleaning up"
-    kind_suite_cleanup || true
-  fi
-  if [ -n "$LAB_TMP" ] && [ -d "$LAB_TMP" ]; then
-    if [ "${LAB_KEEP:-0}" = 1 ] || [ "$LAB_FAILED" != 0 ] || [ "$rc" != 0 ]; then
-      lab_log "logs kept in $LAB_TMP"
-    else
-      rm -rf "$LAB_TMP"
-    fi
-  fi
-  exit "$rc"
-}
+LAB_CLEANUP_FN=kind_suite_cleanup
 
 kind_init() {
   [ "$(id -u)" = 0 ] || lab_die "the lab needs root (network namespaces, iptables, docker)"
@@ -217,7 +201,7 @@ kind_init() {
   [ -x "$LAB_CONNECTOR" ] || lab_die "$LAB_CONNECTOR is missing (cargo build --workspace)"
   docker image inspect "$LAB_AGENT_IMAGE" >/dev/null 2>&1 || lab_die "image $LAB_AGENT_IMAGE is missing (scripts/agent-image --local)"
   lab_lock
-  trap kind_on_exit EXIT
+  trap lab_on_exit EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
   LAB_TMP=$(mktemp -d /tmp/cnk-lab.XXXXXX)
@@ -476,7 +460,7 @@ case_sigterm() {
 
 case_cleanup() {
   kind_suite_cleanup
-  KIND_CLEANED=1
+  LAB_CLEANED=1
   local left
   left=$(kind_suite_leftovers)
   if [ -z "$left" ]; then
@@ -490,20 +474,10 @@ case_cleanup() {
 ALL_CASES=(case_before_connector case_daemon_routes_cluster case_agent_restart_keeps_routes
            case_sigterm_removes_vm_routes case_pods_off case_conflict case_configured_order
            case_cluster_deleted case_sigterm)
-if [ $# -gt 0 ]; then CASES=("$@"); else CASES=("${ALL_CASES[@]}"); fi
-for c in "${CASES[@]}"; do
-  declare -F "$c" >/dev/null || { echo "e2e-kind: unknown case $c (known: ${ALL_CASES[*]})" >&2; exit 2; }
-done
-
+lab_select_cases e2e-kind "$@"
 kind_init
 setup
-for c in "${CASES[@]}"; do
-  echo
-  lab_log "=== $c"
-  "$c"
-done
-echo
-case_cleanup
+lab_cases_loop
 
 echo
 for t in "${TIMES[@]}"; do echo "time: $t"; done

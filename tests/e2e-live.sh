@@ -255,24 +255,8 @@ live_leftovers() {
   lab_rules_tagged "$LAB_AGENT_TAG" | sed 's/^/rule /'
 }
 
-LIVE_CLEANED=0
-live_on_exit() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if [ "$LIVE_CLEANED" = 0 ]; then
-    lab_log "cleaning up"
-    LIVE_CLEAN_IMAGE=1
-    live_cleanup || true
-  fi
-  if [ -n "$LAB_TMP" ] && [ -d "$LAB_TMP" ]; then
-    if [ "${LAB_KEEP:-0}" = 1 ] || [ "$LAB_FAILED" != 0 ] || [ "$rc" != 0 ]; then
-      lab_log "logs kept in $LAB_TMP"
-    else
-      rm -rf "$LAB_TMP"
-    fi
-  fi
-  exit "$rc"
-}
+live_exit_cleanup() { LIVE_CLEAN_IMAGE=1; live_cleanup; }
+LAB_CLEANUP_FN=live_exit_cleanup
 
 live_init() {
   [ "$(id -u)" = 0 ] || lab_die "the lab needs root (network namespaces, iptables, docker)"
@@ -286,7 +270,7 @@ live_init() {
   docker image inspect "$LIVE_SOURCE_IMAGE" >/dev/null 2>&1 || lab_die "image $LIVE_SOURCE_IMAGE is missing (scripts/agent-image --local)"
   lab_lock
   docker tag "$LIVE_SOURCE_IMAGE" "$LAB_AGENT_IMAGE" || lab_die "docker tag $LIVE_SOURCE_IMAGE $LAB_AGENT_IMAGE"
-  trap live_on_exit EXIT
+  trap lab_on_exit EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
   # Readable by nobody: the non-root status case reads the config and the socket.
@@ -962,7 +946,7 @@ case_final() {
 case_cleanup() {
   LIVE_CLEAN_IMAGE=1
   live_cleanup
-  LIVE_CLEANED=1
+  LAB_CLEANED=1
   local left
   left=$(live_leftovers)
   if [ -z "$left" ]; then
@@ -977,25 +961,12 @@ ALL_CASES=(case_before case_start case_status_json case_status_nonroot case_doct
            case_doctor_vm_rule case_doctor_agent_stopped case_live_network case_burst
            case_agent_kill case_agent_rm case_vm_tun_deleted case_agent_frozen case_udp_mapping_lost case_dockerd_restart
            case_final)
-if [ $# -gt 0 ]; then
-  CASES=("$@")
-  [[ " $* " == *" case_start "* ]] || CASES=(case_start "$@")
-else
-  CASES=("${ALL_CASES[@]}")
-fi
-for c in "${CASES[@]}"; do
-  declare -F "$c" >/dev/null || { echo "e2e-live: unknown case $c (known: ${ALL_CASES[*]})" >&2; exit 2; }
-done
-
+# Every case needs the daemon that case_start starts.
+if [ $# -gt 0 ] && [[ " $* " != *" case_start "* ]]; then set -- case_start "$@"; fi
+lab_select_cases e2e-live "$@"
 live_init
 setup
-for c in "${CASES[@]}"; do
-  echo
-  lab_log "=== $c"
-  "$c"
-done
-echo
-case_cleanup
+lab_cases_loop
 
 echo
 echo "==== recovery and convergence times (measured, not asserted beyond the deadlines) ===="

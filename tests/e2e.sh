@@ -526,20 +526,10 @@ case_cleanup() {
 # --------------------------------------------------------------------------- main
 ALL_CASES=(case_before_daemon case_lab_sanity case_sync_without_daemon case_bad_config
            case_daemon_run case_late_network case_kill9_restart case_sigterm)
-if [ $# -gt 0 ]; then CASES=("$@"); else CASES=("${ALL_CASES[@]}"); fi
-for c in "${CASES[@]}"; do
-  declare -F "$c" >/dev/null || { echo "e2e: unknown case $c (known: ${ALL_CASES[*]})" >&2; exit 2; }
-done
-
+lab_select_cases e2e "$@"
 lab_init
 setup
-for c in "${CASES[@]}"; do
-  echo
-  lab_log "=== $c"
-  "$c"
-done
-echo
-case_cleanup
+lab_cases_loop
 
 echo
 [ -z "$TIME_FIRST" ] || echo "time from 'connector run' to the first HTTP reply: ${TIME_FIRST} ms"

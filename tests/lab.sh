@@ -415,13 +415,16 @@ lab_leftovers() {
   lab_agent_rules | sed 's/^/rule /'
 }
 
+# A suite with more to remove sets LAB_CLEANUP_FN to its own cleanup function
+# (which calls lab_cleanup_all); LAB_CLEANED=1 once it has cleaned up itself.
 LAB_CLEANED=0
+LAB_CLEANUP_FN=${LAB_CLEANUP_FN:-lab_cleanup_all}
 lab_on_exit() {
   local rc=$?
   trap - EXIT INT TERM
   if [ "$LAB_CLEANED" = 0 ]; then
     lab_log "cleaning up"
-    lab_cleanup_all || true
+    "$LAB_CLEANUP_FN" || true
   fi
   if [ -n "$LAB_TMP" ] && [ -d "$LAB_TMP" ]; then
     if [ "${LAB_KEEP:-0}" = 1 ] || [ "$LAB_FAILED" != 0 ] || [ "$rc" != 0 ]; then
@@ -431,6 +434,27 @@ lab_on_exit() {
     fi
   fi
   exit "$rc"
+}
+
+# lab_select_cases SUITE [CASE...] — picks the cases lab_cases_loop runs (default: ALL_CASES) between
+# the suite's `setup` and `case_cleanup`; an unknown case name stops before anything runs.
+lab_select_cases() {
+  local suite=$1 c; shift
+  if [ $# -gt 0 ]; then CASES=("$@"); else CASES=("${ALL_CASES[@]}"); fi
+  for c in "${CASES[@]}"; do
+    declare -F "$c" >/dev/null || { echo "$suite: unknown case $c (known: ${ALL_CASES[*]})" >&2; exit 2; }
+  done
+}
+
+lab_cases_loop() {
+  local c
+  for c in "${CASES[@]}"; do
+    echo
+    lab_log "=== $c"
+    "$c"
+  done
+  echo
+  case_cleanup
 }
 
 lab_init() {

@@ -154,9 +154,13 @@ pub async fn run(config: Config) -> Result<()> {
     let socket = UdpSocket::bind((config.listen_address, config.listen_port))
         .await
         .with_context(|| format!("cannot bind UDP {}:{}", config.listen_address, config.listen_port))?;
-    // Bound before the agent starts, so its first handshake waits in the
-    // socket buffer instead of being refused.
-    // The tunnel starts below with whatever key the agent ends up with.
+    // Everything fallible happens before the agent exists, so an error
+    // leaves no container behind.
+    let interface = device.name().context("tun has no name")?;
+    let table = RouteTable::new().await?;
+    // The socket is bound before the agent starts, so its first handshake
+    // waits in the socket buffer; the tunnel starts below with whatever key
+    // the agent ends up with.
     let agent = agents.ensure(&|_| {}).await?;
     if agent.adopted {
         tracing::info!(container = %agent.container_id, "adopted the running agent container");
@@ -173,8 +177,8 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let mut running = Running {
         router: Router::new(
-            RouteTable::new().await?,
-            tunnel.interface_name().context("tun has no name")?,
+            table,
+            interface,
             config.tunnel,
             config.networks.clone(),
         ),
@@ -203,13 +207,22 @@ pub async fn run(config: Config) -> Result<()> {
 
 impl Running {
     async fn serve(&mut self, listener: tokio::net::UnixListener) -> Result<()> {
+        // Subscribed before the first sync, so nothing between the two is missed.
+        let (trigger_tx, mut triggers) = mpsc::channel(256);
+        let follower = tokio::spawn(events::follow(self.docker.clone(), trigger_tx));
         if self.agent.adopted {
             // Our previous incarnation held the session; ask for a new one.
             if let Err(e) = self.agents.nudge().await {
                 tracing::warn!(error = format!("{e:#}"), "could not nudge the adopted agent");
             }
         }
-        let report = self.sync_routes().await?;
+        let report = match self.sync_routes().await {
+            Ok(report) => report,
+            Err(e) => {
+                follower.abort();
+                return Err(e);
+            }
+        };
         tracing::info!(
             routed = report.routed.len(),
             skipped = report.skipped.len(),
@@ -218,8 +231,6 @@ impl Running {
             "ready"
         );
         let (mut inbox, server) = control::serve(listener);
-        let (trigger_tx, mut triggers) = mpsc::channel(256);
-        let follower = tokio::spawn(events::follow(self.docker.clone(), trigger_tx));
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut safety = tokio::time::interval(SAFETY_NET);
