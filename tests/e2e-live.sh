@@ -210,26 +210,13 @@ dockerd_restore() {
 
 # --------------------------------------------------------------------- setup/cleanup
 live_cleanup() {
-  local pid ns link c
+  local c
   if lab_daemon_alive; then lab_daemon_stop TERM 20 >/dev/null 2>&1 || true; fi
   dockerd_restore
   # This run's namespace and any a crashed earlier run of this suite left.
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^cnl[0-9]+-mac$'); do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do
-      wait_until 5 lab_not_running "$pid" || kill -KILL "$pid" 2>/dev/null || true
-    done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E '^cnl[0-9]+[vm]$'); do
-    ip link del "$link" 2>/dev/null || true
-  done
+  lab_topologies_remove cnl
   if docker_answers; then
-    if [ -n "$(docker ps -aq --filter "name=^/${LAB_AGENT_NAME}\$")" ]; then
-      # SIGTERM first: the agent removes its firewall rules.
-      docker stop -t 10 "$LAB_AGENT_NAME" >/dev/null 2>&1 || true
-      docker rm -f "$LAB_AGENT_NAME" >/dev/null 2>&1 || true
-    fi
+    lab_agent_remove
     for c in $(docker ps -aq --filter "label=$LAB_LABEL_KEY"); do docker rm -f "$c" >/dev/null 2>&1 || true; done
     for c in $(docker network ls -q --filter "label=$LAB_LABEL_KEY"); do docker network rm "$c" >/dev/null 2>&1 || true; done
   fi
@@ -241,8 +228,7 @@ live_cleanup() {
 LIVE_CLEAN_IMAGE=0
 
 live_leftovers() {
-  ip netns list 2>/dev/null | awk '{print "netns " $1}' | grep -E ' cnl[0-9]+-mac$' || true
-  ip -o link show 2>/dev/null | awk -F': ' '{print "link " $2}' | sed 's/@.*//' | grep -E ' cnl[0-9]+[vm]$' || true
+  lab_topologies_left cnl
   if docker_answers; then
     docker ps -a --filter "label=$LAB_LABEL_KEY" --format 'container {{.Names}}'
     docker ps -a --filter "name=^/${LAB_AGENT_NAME}\$" --format 'container {{.Names}}'

@@ -371,13 +371,12 @@ lab_snapshot() {
 }
 
 # ------------------------------------------------------------------------- cleanup
-# Remove everything any lab run made. Safe to call repeatedly, and at start.
-lab_cleanup_all() {
-  local ns pid link c
-  # Daemon of this run first (it should clean up after itself on SIGTERM).
-  if lab_daemon_alive; then lab_daemon_stop TERM 10 >/dev/null 2>&1 || true; fi
-  # Any process still living in a lab namespace (a daemon of a crashed run).
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^cnt[0-9]+-mac$'); do
+# Each suite names its topologies <stem><pid>-mac (netns) and <stem><pid>v|m (veth).
+# lab_topologies_remove STEM — every such namespace of any run (this one or a
+# crashed one), the processes still in it (a daemon), and the veth ends.
+lab_topologies_remove() {
+  local stem=$1 ns pid link
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${stem}[0-9]+-mac\$"); do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in $(ip netns pids "$ns" 2>/dev/null); do
       wait_until 5 lab_not_running "$pid" || kill -KILL "$pid" 2>/dev/null || true
@@ -385,9 +384,32 @@ lab_cleanup_all() {
     ip netns del "$ns" 2>/dev/null || true
   done
   # Root-namespace ends of lab veths (normally gone with the namespace).
-  for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E '^cnt[0-9]+[vm]$'); do
+  for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E "^${stem}[0-9]+[vm]\$"); do
     ip link del "$link" 2>/dev/null || true
   done
+}
+
+# lab_topologies_left STEM — lines naming what lab_topologies_remove would remove.
+lab_topologies_left() {
+  ip netns list 2>/dev/null | awk '{print "netns " $1}' | grep -E " ${1}[0-9]+-mac\$" || true
+  ip -o link show 2>/dev/null | awk -F': ' '{print "link " $2}' | sed 's/@.*//' | grep -E " ${1}[0-9]+[vm]\$" || true
+}
+
+# lab_agent_remove — stop the agent container with SIGTERM (it removes its own
+# rules and routes), then remove it.
+lab_agent_remove() {
+  if [ -n "$(docker ps -aq --filter "name=^/${LAB_AGENT_NAME}\$")" ]; then
+    docker stop -t 10 "$LAB_AGENT_NAME" >/dev/null 2>&1 || true
+    docker rm -f "$LAB_AGENT_NAME" >/dev/null 2>&1 || true
+  fi
+}
+
+# Remove everything any lab run made. Safe to call repeatedly, and at start.
+lab_cleanup_all() {
+  local c
+  # Daemon of this run first (it should clean up after itself on SIGTERM).
+  if lab_daemon_alive; then lab_daemon_stop TERM 10 >/dev/null 2>&1 || true; fi
+  lab_topologies_remove cnt
   # Containers and networks.
   if docker info >/dev/null 2>&1; then
     lab_learn_agent
@@ -403,8 +425,7 @@ lab_cleanup_all() {
 
 # Lines describing anything the lab would have left behind (empty = clean).
 lab_leftovers() {
-  ip netns list 2>/dev/null | awk '{print "netns " $1}' | grep -E ' cnt[0-9]+-mac$' || true
-  ip -o link show 2>/dev/null | awk -F': ' '{print "link " $2}' | sed 's/@.*//' | grep -E ' cnt[0-9]+[vm]$' || true
+  lab_topologies_left cnt
   if docker info >/dev/null 2>&1; then
     docker ps -a --filter "label=$LAB_LABEL" --format 'container {{.Names}}'
     docker ps -a --filter "name=^/${LAB_AGENT_NAME}" --format 'container {{.Names}}'
