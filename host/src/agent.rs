@@ -10,10 +10,12 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, DeviceMapping, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{
+    ContainerCreateBody, DeviceMapping, HostConfig, RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
-    RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, RemoveContainerOptions,
+    StopContainerOptions, UploadToContainerOptions,
 };
 use bollard::Docker;
 use connector_tunnel::keys::{self, PublicKey, StaticSecret};
@@ -41,9 +43,9 @@ pub fn agent_tun_name(agent_name: &str) -> String {
         return AGENT_TUN.to_owned();
     }
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let hash = agent_name
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let hash = agent_name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     format!("cvm{:08x}", hash as u32)
 }
 
@@ -162,7 +164,13 @@ pub fn judge(found: Option<(&HashMap<String, String>, Run)>, wanted_spec: &str) 
 }
 
 fn is_not_found(e: &DockerError) -> bool {
-    matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 pub struct AgentManager {
@@ -202,9 +210,15 @@ impl AgentManager {
     /// The image's ID, pulling it if it is missing.
     pub async fn image_id(&self) -> Result<String> {
         match self.docker.inspect_image(&self.image).await {
-            Ok(image) => return image.id.ok_or_else(|| anyhow!("image {} has no ID", self.image)),
+            Ok(image) => {
+                return image
+                    .id
+                    .ok_or_else(|| anyhow!("image {} has no ID", self.image))
+            }
             Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot inspect agent image {}", self.image)),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot inspect agent image {}", self.image))
+            }
         }
         tracing::info!(image = %self.image, "agent image missing; pulling");
         let mut pull = self.docker.create_image(
@@ -226,7 +240,12 @@ impl AgentManager {
             match crate::agent_image::source_dir() {
                 Some(dir) => crate::agent_image::build(&self.docker, &self.image, &dir)
                     .await
-                    .with_context(|| format!("agent image {} cannot be pulled ({e}) nor built", self.image))?,
+                    .with_context(|| {
+                        format!(
+                            "agent image {} cannot be pulled ({e}) nor built",
+                            self.image
+                        )
+                    })?,
                 None => bail!(
                     "agent image {} is not present and cannot be pulled ({e}); build it with \
                      `scripts/agent-image --local` or set agent_image",
@@ -239,7 +258,9 @@ impl AgentManager {
             .inspect_image(&self.image)
             .await
             .with_context(|| format!("agent image {} missing after pull", self.image))?;
-        image.id.ok_or_else(|| anyhow!("image {} has no ID", self.image))
+        image
+            .id
+            .ok_or_else(|| anyhow!("image {} has no ID", self.image))
     }
 
     /// Makes sure exactly one agent container of ours runs with the current
@@ -254,7 +275,9 @@ impl AgentManager {
         let found = match self.docker.inspect_container(&self.name, None).await {
             Ok(c) => Some(c),
             Err(e) if is_not_found(&e) => None,
-            Err(e) => return Err(e).with_context(|| format!("cannot inspect container {}", self.name)),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot inspect container {}", self.name))
+            }
         };
         let labels = found
             .as_ref()
@@ -300,7 +323,10 @@ impl AgentManager {
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
             (LABEL_SPEC.to_owned(), spec.to_owned()),
             (LABEL_AGENT_KEY.to_owned(), keys::encode_public(&public)),
-            (LABEL_VERSION.to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            (
+                LABEL_VERSION.to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            ),
             (LABEL_OWNER.to_owned(), self.owner.clone()),
         ]);
         let body = ContainerCreateBody {
@@ -384,19 +410,11 @@ impl AgentManager {
 
     /// This daemon's agents under another name (an older `agent_name`).
     async fn remove_strays(&self) -> Result<()> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{LABEL_MANAGED}=true"), format!("{LABEL_OWNER}={}", self.owner)],
-        )]);
-        let ours = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .context("cannot list containers")?;
+        let labels = [
+            format!("{LABEL_MANAGED}=true"),
+            format!("{LABEL_OWNER}={}", self.owner),
+        ];
+        let ours = crate::docker::containers_labelled(&self.docker, &labels, true).await?;
         for c in ours {
             let names = c.names.unwrap_or_default();
             if names.iter().any(|n| n.trim_start_matches('/') == self.name) {
@@ -430,7 +448,9 @@ impl AgentManager {
             Ok(()) => {}
             Err(e) if is_not_found(&e) => return Ok(()),
             // 304: already stopped.
-            Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => {}
+            Err(DockerError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
             Err(e) => tracing::warn!(container = id, error = %e, "stop failed; forcing removal"),
         }
         match self
@@ -463,7 +483,11 @@ fn key_archive(private: &StaticSecret) -> Result<Vec<u8>> {
     let mut file = tar::Header::new_gnu();
     file.set_mode(0o600);
     file.set_size(text.len() as u64);
-    builder.append_data(&mut file, AGENT_KEY_PATH.trim_start_matches('/'), text.as_bytes())?;
+    builder.append_data(
+        &mut file,
+        AGENT_KEY_PATH.trim_start_matches('/'),
+        text.as_bytes(),
+    )?;
     Ok(builder.into_inner()?)
 }
 
@@ -479,7 +503,10 @@ mod tests {
     #[test]
     fn command_carries_the_config_and_no_secret() {
         let host = PublicKey::from(&keys::generate());
-        let cmd = agent_command(&config("host_address = \"10.0.0.2\"\nlisten_port = 4000\nnat = \"routed\""), &host);
+        let cmd = agent_command(
+            &config("host_address = \"10.0.0.2\"\nlisten_port = 4000\nnat = \"routed\""),
+            &host,
+        );
         let joined = cmd.join(" ");
         assert!(joined.contains("--endpoint 10.0.0.2:4000"), "{joined}");
         assert!(joined.contains("--address 10.254.253.2 --peer-address 10.254.253.1 --prefix 30"));
@@ -513,10 +540,16 @@ mod tests {
         assert_eq!(judge(Some((&labels, Run::Running)), "s"), Verdict::Foreign);
         labels.insert(LABEL_MANAGED.into(), "true".into());
         labels.insert(LABEL_SPEC.into(), "old".into());
-        assert!(matches!(judge(Some((&labels, Run::Running)), "s"), Verdict::Replace(_)));
+        assert!(matches!(
+            judge(Some((&labels, Run::Running)), "s"),
+            Verdict::Replace(_)
+        ));
         labels.insert(LABEL_SPEC.into(), "s".into());
         labels.insert(LABEL_AGENT_KEY.into(), "k".into());
-        assert!(matches!(judge(Some((&labels, Run::Stopped)), "s"), Verdict::Replace(_)));
+        assert!(matches!(
+            judge(Some((&labels, Run::Stopped)), "s"),
+            Verdict::Replace(_)
+        ));
         assert_eq!(judge(Some((&labels, Run::Restarting)), "s"), Verdict::Wait);
         assert_eq!(judge(Some((&labels, Run::Running)), "s"), Verdict::Adopt);
     }

@@ -26,7 +26,9 @@ pub fn source_dir() -> Option<PathBuf> {
                 .ok()
                 .and_then(|exe| Some(exe.parent()?.parent()?.join("share/connector/agent-src"))),
         );
-    candidates.into_iter().find(|dir| dir.join(DOCKERFILE).is_file())
+    candidates
+        .into_iter()
+        .find(|dir| dir.join(DOCKERFILE).is_file())
 }
 
 /// A tar of the build context (no `target/` directories).
@@ -74,7 +76,12 @@ pub fn target_arch(engine_arch: &str) -> Option<&'static str> {
 
 /// Builds `image` from `dir`, logging the build's progress.
 pub async fn build(docker: &Docker, image: &str, dir: &Path) -> Result<()> {
-    let arch = docker.version().await.context("cannot read the engine version")?.arch.unwrap_or_default();
+    let arch = docker
+        .version()
+        .await
+        .context("cannot read the engine version")?
+        .arch
+        .unwrap_or_default();
     let Some(target) = target_arch(&arch) else {
         bail!("cannot build the agent for the engine's architecture {arch:?}");
     };
@@ -85,7 +92,10 @@ pub async fn build(docker: &Docker, image: &str, dir: &Path) -> Result<()> {
             dockerfile: DOCKERFILE.to_owned(),
             t: Some(image.to_owned()),
             rm: true,
-            buildargs: Some(HashMap::from([("TARGETARCH".to_owned(), target.to_owned())])),
+            buildargs: Some(HashMap::from([(
+                "TARGETARCH".to_owned(),
+                target.to_owned(),
+            )])),
             ..Default::default()
         },
         None,
@@ -94,9 +104,17 @@ pub async fn build(docker: &Docker, image: &str, dir: &Path) -> Result<()> {
     while let Some(step) = progress.next().await {
         let info = step.with_context(|| format!("building {image}"))?;
         if let Some(detail) = info.error_detail {
-            bail!("building {image} failed: {}", detail.message.unwrap_or_default());
+            bail!(
+                "building {image} failed: {}",
+                detail.message.unwrap_or_default()
+            );
         }
-        if let Some(line) = info.stream.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(line) = info
+            .stream
+            .as_deref()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
             tracing::info!(target: "connector::agent_image", "{line}");
         }
     }
@@ -121,7 +139,9 @@ mod tests {
         assert!(names.iter().any(|n| n == DOCKERFILE), "{names:?}");
         assert!(names.iter().any(|n| n == "Cargo.lock"));
         assert!(names.iter().any(|n| n == "tunnel/src/lib.rs"));
-        assert!(!names.iter().any(|n| n.contains("/target/") || n.starts_with("target/")));
+        assert!(!names
+            .iter()
+            .any(|n| n.contains("/target/") || n.starts_with("target/")));
     }
 
     #[test]

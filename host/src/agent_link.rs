@@ -70,11 +70,17 @@ struct Reply {
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("cannot connect to the agent at {addr} through the tunnel: {error}")]
-    Connect { addr: SocketAddr, error: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     #[error("the agent at {addr} did not answer within {secs} s")]
     Timeout { addr: SocketAddr, secs: u64 },
     #[error("talking to the agent at {addr}: {error}")]
-    Io { addr: SocketAddr, error: std::io::Error },
+    Io {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     #[error("the agent sent a reply that is not understood ({error}): {line:?}")]
     BadReply { error: String, line: String },
     #[error("the agent refused the request: {0}")]
@@ -157,7 +163,12 @@ impl AgentLink {
     pub fn spawn(local: Ipv4Addr, agent: Ipv4Addr) -> Self {
         let (tx, rx) = watch::channel(Vec::new());
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let task = tokio::spawn(deliver(rx, local, SocketAddr::from((agent, CONTROL_PORT)), shared.clone()));
+        let task = tokio::spawn(deliver(
+            rx,
+            local,
+            SocketAddr::from((agent, CONTROL_PORT)),
+            shared.clone(),
+        ));
         AgentLink { tx, shared, task }
     }
 
@@ -220,13 +231,24 @@ async fn deliver(
             });
             match set_routes(local, agent, &routes).await {
                 Ok(reply) => {
-                    if !reply.applied.is_empty() || !reply.removed.is_empty() || !reply.errors.is_empty() {
-                        tracing::debug!(applied = reply.applied.len(), removed = reply.removed.len(), "VM routes pushed");
+                    if !reply.applied.is_empty()
+                        || !reply.removed.is_empty()
+                        || !reply.errors.is_empty()
+                    {
+                        tracing::debug!(
+                            applied = reply.applied.len(),
+                            removed = reply.removed.len(),
+                            "VM routes pushed"
+                        );
                     }
                     for r in &reply.removed {
                         tracing::info!(destination = %r.destination, via = %r.via, "VM route removed");
                     }
-                    let before = shared.lock().unwrap_or_else(|p| p.into_inner()).status.clone();
+                    let before = shared
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .status
+                        .clone();
                     for r in reply.applied.iter().filter(|r| !before.applied.contains(r)) {
                         tracing::info!(destination = %r.destination, via = %r.via, "VM route in place");
                     }
@@ -239,7 +261,11 @@ async fn deliver(
                     // A newer set may be waiting already: then still pending.
                     let newer = rx.has_changed().unwrap_or(false);
                     update(&|s| {
-                        s.status.state = if newer { LinkState::Pending } else { LinkState::Synced };
+                        s.status.state = if newer {
+                            LinkState::Pending
+                        } else {
+                            LinkState::Synced
+                        };
                         s.status.applied = reply.applied.clone();
                         s.status.errors = reply.errors.clone();
                         s.status.last_error = None;
@@ -271,7 +297,11 @@ async fn deliver(
     }
 }
 
-async fn set_routes(local: Ipv4Addr, agent: SocketAddr, routes: &[VmRoute]) -> Result<Reply, LinkError> {
+async fn set_routes(
+    local: Ipv4Addr,
+    agent: SocketAddr,
+    routes: &[VmRoute],
+) -> Result<Reply, LinkError> {
     let mut line = serde_json::to_string(&Request::SetRoutes { routes }).expect("routes serialise");
     line.push('\n');
     let reply = exchange(local, agent, &line).await?;
@@ -280,7 +310,9 @@ async fn set_routes(local: Ipv4Addr, agent: SocketAddr, routes: &[VmRoute]) -> R
         line: reply.chars().take(200).collect(),
     })?;
     if !reply.ok {
-        return Err(LinkError::Refused(reply.error.unwrap_or_else(|| "no reason given".into())));
+        return Err(LinkError::Refused(
+            reply.error.unwrap_or_else(|| "no reason given".into()),
+        ));
     }
     Ok(reply)
 }
@@ -290,7 +322,9 @@ async fn exchange(local: Ipv4Addr, agent: SocketAddr, line: &str) -> Result<Stri
     let io = |error| LinkError::Io { addr: agent, error };
     let socket = TcpSocket::new_v4().map_err(io)?;
     // From the tunnel address: the agent accepts no other peer.
-    socket.bind(SocketAddr::from((local, 0))).map_err(|error| LinkError::Connect { addr: agent, error })?;
+    socket
+        .bind(SocketAddr::from((local, 0)))
+        .map_err(|error| LinkError::Connect { addr: agent, error })?;
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(agent))
         .await
         .map_err(|_| LinkError::Timeout {
@@ -302,7 +336,11 @@ async fn exchange(local: Ipv4Addr, agent: SocketAddr, line: &str) -> Result<Stri
         let (read, mut write) = stream.into_split();
         write.write_all(line.as_bytes()).await.map_err(io)?;
         let mut reply = String::new();
-        BufReader::new(read).take(MAX_REPLY).read_line(&mut reply).await.map_err(io)?;
+        BufReader::new(read)
+            .take(MAX_REPLY)
+            .read_line(&mut reply)
+            .await
+            .map_err(io)?;
         if reply.is_empty() {
             return Err(io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -311,10 +349,12 @@ async fn exchange(local: Ipv4Addr, agent: SocketAddr, line: &str) -> Result<Stri
         }
         Ok(reply)
     };
-    tokio::time::timeout(REPLY_TIMEOUT, talk).await.map_err(|_| LinkError::Timeout {
-        addr: agent,
-        secs: REPLY_TIMEOUT.as_secs(),
-    })?
+    tokio::time::timeout(REPLY_TIMEOUT, talk)
+        .await
+        .map_err(|_| LinkError::Timeout {
+            addr: agent,
+            secs: REPLY_TIMEOUT.as_secs(),
+        })?
 }
 
 #[cfg(test)]
@@ -352,7 +392,9 @@ mod tests {
             via: "172.18.0.2".into(),
             error: "conflicts with existing route".into(),
         });
-        assert!(s.summary().ends_with("; 1 refused: 10.96.0.0/16 via 172.18.0.2: conflicts with existing route"));
+        assert!(s
+            .summary()
+            .ends_with("; 1 refused: 10.96.0.0/16 via 172.18.0.2: conflicts with existing route"));
         s.state = LinkState::Failing;
         s.last_error = Some("timeout".into());
         assert_eq!(s.summary(), "0 wanted, agent unreachable: timeout");
@@ -376,14 +418,20 @@ mod tests {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap();
                 seen2.lock().unwrap().push(line.clone());
                 let reply = serde_json::json!({"ok": true, "applied": v["routes"], "removed": [], "errors": []});
-                write.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+                write
+                    .write_all(format!("{reply}\n").as_bytes())
+                    .await
+                    .unwrap();
             }
         });
         let (tx, rx) = watch::channel(Vec::new());
         let shared = Arc::new(Mutex::new(Shared::default()));
         let task = tokio::spawn(deliver(rx, Ipv4Addr::LOCALHOST, addr, shared.clone()));
         let link = AgentLink { tx, shared, task };
-        link.push(vec![route("10.244.1.0/24", "172.18.0.3"), route("10.244.0.0/24", "172.18.0.2")]);
+        link.push(vec![
+            route("10.244.1.0/24", "172.18.0.3"),
+            route("10.244.0.0/24", "172.18.0.2"),
+        ]);
         for _ in 0..100 {
             if link.status().state == LinkState::Synced {
                 break;
@@ -392,17 +440,33 @@ mod tests {
         }
         let status = link.status();
         assert_eq!(status.state, LinkState::Synced);
-        assert_eq!(status.applied, vec![route("10.244.0.0/24", "172.18.0.2"), route("10.244.1.0/24", "172.18.0.3")]);
-        assert!(seen.lock().unwrap()[0].starts_with(r#"{"op":"set-routes","routes":[{"destination":"10.244.0.0/24""#));
+        assert_eq!(
+            status.applied,
+            vec![
+                route("10.244.0.0/24", "172.18.0.2"),
+                route("10.244.1.0/24", "172.18.0.3")
+            ]
+        );
+        assert!(seen.lock().unwrap()[0]
+            .starts_with(r#"{"op":"set-routes","routes":[{"destination":"10.244.0.0/24""#));
     }
 
     #[tokio::test]
     async fn an_unreachable_agent_is_reported_and_retried() {
         // Nothing listens on this port of loopback.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let (tx, rx) = watch::channel(Vec::new());
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let task = tokio::spawn(deliver(rx, Ipv4Addr::LOCALHOST, SocketAddr::from((Ipv4Addr::LOCALHOST, port)), shared.clone()));
+        let task = tokio::spawn(deliver(
+            rx,
+            Ipv4Addr::LOCALHOST,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            shared.clone(),
+        ));
         let link = AgentLink { tx, shared, task };
         link.push(vec![route("10.244.1.0/24", "172.18.0.3")]);
         for _ in 0..100 {
@@ -413,6 +477,12 @@ mod tests {
         }
         let status = link.status();
         assert_eq!(status.state, LinkState::Failing);
-        assert!(status.summary().contains("agent unreachable: cannot connect"), "{}", status.summary());
+        assert!(
+            status
+                .summary()
+                .contains("agent unreachable: cannot connect"),
+            "{}",
+            status.summary()
+        );
     }
 }

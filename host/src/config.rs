@@ -154,7 +154,10 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file {path} cannot be read: {error}")]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}` has a bad value {value:?}: {reason}")]
@@ -216,13 +219,12 @@ impl Config {
     }
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let invalid = |key: &'static str, value: &dyn std::fmt::Display, reason: &str| {
-            ConfigError::Invalid {
+        let invalid =
+            |key: &'static str, value: &dyn std::fmt::Display, reason: &str| ConfigError::Invalid {
                 key,
                 value: value.to_string(),
                 reason: reason.to_owned(),
-            }
-        };
+            };
         let non_empty = |key: &'static str, value: Option<String>, default: &str| {
             let value = value.unwrap_or_else(|| default.to_owned());
             if value.trim().is_empty() {
@@ -233,8 +235,14 @@ impl Config {
         };
 
         let docker_host = match raw.docker_host {
-            Some(h) if !(h.starts_with("unix://") || h.starts_with("tcp://") || h.starts_with('/')) => {
-                return Err(invalid("docker_host", &h, "expected unix:///path, tcp://host:port or an absolute socket path"))
+            Some(h)
+                if !(h.starts_with("unix://") || h.starts_with("tcp://") || h.starts_with('/')) =>
+            {
+                return Err(invalid(
+                    "docker_host",
+                    &h,
+                    "expected unix:///path, tcp://host:port or an absolute socket path",
+                ))
             }
             other => other,
         };
@@ -242,8 +250,8 @@ impl Config {
         let agent_name = non_empty("agent_name", raw.agent_name, DEFAULT_AGENT_NAME)?;
         if agent_name.len() > 64
             || !agent_name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
             || !agent_name.starts_with(|c: char| c.is_ascii_alphanumeric())
         {
             return Err(invalid(
@@ -253,8 +261,14 @@ impl Config {
             ));
         }
         let host_address = non_empty("host_address", raw.host_address, DEFAULT_HOST_ADDRESS)?;
-        if host_address.contains(char::is_whitespace) || host_address.contains(':') && host_address.parse::<IpAddr>().is_err() {
-            return Err(invalid("host_address", &host_address, "expected a host name or an IP address (no port)"));
+        if host_address.contains(char::is_whitespace)
+            || host_address.contains(':') && host_address.parse::<IpAddr>().is_err()
+        {
+            return Err(invalid(
+                "host_address",
+                &host_address,
+                "expected a host name or an IP address (no port)",
+            ));
         }
         let listen_address = match raw.listen_address {
             None => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -266,16 +280,34 @@ impl Config {
         let listen_port = u16::try_from(listen_port)
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| invalid("listen_port", &listen_port, "must be 1-65535 (the agent must know the port)"))?;
+            .ok_or_else(|| {
+                invalid(
+                    "listen_port",
+                    &listen_port,
+                    "must be 1-65535 (the agent must know the port)",
+                )
+            })?;
         let tunnel_text = raw.tunnel.unwrap_or_else(|| DEFAULT_TUNNEL.to_owned());
-        let tunnel: Ipv4Net = tunnel_text
-            .parse()
-            .map_err(|_| invalid("tunnel", &tunnel_text, "expected an IPv4 CIDR such as 10.254.253.0/30"))?;
+        let tunnel: Ipv4Net = tunnel_text.parse().map_err(|_| {
+            invalid(
+                "tunnel",
+                &tunnel_text,
+                "expected an IPv4 CIDR such as 10.254.253.0/30",
+            )
+        })?;
         if tunnel.prefix_len() > 30 {
-            return Err(invalid("tunnel", &tunnel_text, "needs room for two addresses: use a prefix of /30 or shorter"));
+            return Err(invalid(
+                "tunnel",
+                &tunnel_text,
+                "needs room for two addresses: use a prefix of /30 or shorter",
+            ));
         }
         if tunnel.trunc() != tunnel {
-            return Err(invalid("tunnel", &tunnel_text, &format!("has host bits set; did you mean {}?", tunnel.trunc())));
+            return Err(invalid(
+                "tunnel",
+                &tunnel_text,
+                &format!("has host bits set; did you mean {}?", tunnel.trunc()),
+            ));
         }
         let mtu = raw.mtu.unwrap_or(DEFAULT_MTU.into());
         let mtu = u16::try_from(mtu)
@@ -291,15 +323,29 @@ impl Config {
         let nat = match raw.nat.as_deref() {
             None | Some("masquerade") => NatMode::Masquerade,
             Some("routed") => NatMode::Routed,
-            Some(other) => return Err(invalid("nat", &other, "expected \"masquerade\" or \"routed\"")),
+            Some(other) => {
+                return Err(invalid(
+                    "nat",
+                    &other,
+                    "expected \"masquerade\" or \"routed\"",
+                ))
+            }
         };
         let state_dir = raw.state_dir.unwrap_or_else(default_state_dir);
         if !state_dir.is_absolute() {
-            return Err(invalid("state_dir", &state_dir.display(), "must be an absolute path"));
+            return Err(invalid(
+                "state_dir",
+                &state_dir.display(),
+                "must be an absolute path",
+            ));
         }
         let control_socket = raw.control_socket.unwrap_or_else(default_control_socket);
         if !control_socket.is_absolute() {
-            return Err(invalid("control_socket", &control_socket.display(), "must be an absolute path"));
+            return Err(invalid(
+                "control_socket",
+                &control_socket.display(),
+                "must be an absolute path",
+            ));
         }
         let networks = raw.networks.unwrap_or_default();
         let networks = NetworkFilter::new(
@@ -312,9 +358,15 @@ impl Config {
             // kind's own rule for cluster names (they become container names).
             let valid = !name.is_empty()
                 && name.len() <= 63
-                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c));
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-".contains(c));
             if !valid {
-                return Err(invalid("kind.clusters", name, "a kind cluster name: lowercase letters, digits, '.' and '-'"));
+                return Err(invalid(
+                    "kind.clusters",
+                    name,
+                    "a kind cluster name: lowercase letters, digits, '.' and '-'",
+                ));
             }
             if clusters[..i].contains(name) {
                 return Err(invalid("kind.clusters", name, "listed twice"));
@@ -404,8 +456,14 @@ mod tests {
         assert_eq!(c.agent_tunnel_ip(), Ipv4Addr::new(10, 9, 8, 2));
         assert!(c.networks.rejects("kind").is_none());
         assert!(c.networks.rejects("app-web").is_none());
-        assert_eq!(c.networks.rejects("app-secret"), Some("in networks.exclude"));
-        assert_eq!(c.networks.rejects("bridge"), Some("not in networks.include"));
+        assert_eq!(
+            c.networks.rejects("app-secret"),
+            Some("in networks.exclude")
+        );
+        assert_eq!(
+            c.networks.rejects("bridge"),
+            Some("not in networks.include")
+        );
     }
 
     #[test]
@@ -413,7 +471,8 @@ mod tests {
         assert_eq!(parse("").unwrap().kind, KindConfig::default());
         let d = KindConfig::default();
         assert!(d.pods && d.services && d.clusters.is_empty());
-        let c = parse("[kind]\npods = false\nservices = true\nclusters = [\"dev\", \"ci-2.x\"]\n").unwrap();
+        let c = parse("[kind]\npods = false\nservices = true\nclusters = [\"dev\", \"ci-2.x\"]\n")
+            .unwrap();
         assert_eq!(
             c.kind,
             KindConfig {
@@ -433,7 +492,11 @@ mod tests {
             ("[kind]\nclusters = \"dev\"", "clusters", "dev"),
             ("[kind]\nclusters = [\"Dev\"]", "kind.clusters", "Dev"),
             ("[kind]\nclusters = [\"\"]", "kind.clusters", "\"\""),
-            ("[kind]\nclusters = [\"a\", \"a\"]", "kind.clusters", "listed twice"),
+            (
+                "[kind]\nclusters = [\"a\", \"a\"]",
+                "kind.clusters",
+                "listed twice",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
@@ -456,7 +519,11 @@ mod tests {
             ("tunnel = \"10.0.0.0/31\"", "tunnel", "10.0.0.0/31"),
             ("tunnel = \"10.0.0.1/30\"", "tunnel", "10.0.0.1/30"),
             ("tunnel = \"banana\"", "tunnel", "banana"),
-            ("listen_address = \"localhost:1\"", "listen_address", "localhost:1"),
+            (
+                "listen_address = \"localhost:1\"",
+                "listen_address",
+                "localhost:1",
+            ),
             ("agent_name = \"bad name\"", "agent_name", "bad name"),
             ("docker_host = \"ssh://x\"", "docker_host", "ssh://x"),
             ("state_dir = \"relative\"", "state_dir", "relative"),

@@ -72,16 +72,22 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<(Request, oneshot::Sender<R
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST);
     let response = match reader.read_line(&mut line).await {
-        Err(e) => Response::Error { message: format!("cannot read request: {e}") },
+        Err(e) => Response::Error {
+            message: format!("cannot read request: {e}"),
+        },
         Ok(_) => match serde_json::from_str::<Request>(line.trim()) {
-            Err(e) => Response::Error { message: format!("bad request: {e}") },
+            Err(e) => Response::Error {
+                message: format!("bad request: {e}"),
+            },
             Ok(req) if req.mutates() && !allowed(peer_uid) => Response::Error {
                 message: "permission denied: this command changes routes; run it with sudo".into(),
             },
             Ok(req) => {
                 let (reply_tx, reply_rx) = oneshot::channel();
                 if tx.send((req, reply_tx)).await.is_err() {
-                    Response::Error { message: "daemon is shutting down".into() }
+                    Response::Error {
+                        message: "daemon is shutting down".into(),
+                    }
                 } else {
                     reply_rx.await.unwrap_or(Response::Error {
                         message: "daemon is shutting down".into(),
@@ -107,7 +113,10 @@ pub async fn request(path: &PathBuf, request: &Request) -> Result<Response> {
                 std::io::ErrorKind::PermissionDenied => "permission denied; try with sudo",
                 _ => "cannot connect",
             };
-            bail!("no connector daemon answers on {} ({e}): {why}", path.display());
+            bail!(
+                "no connector daemon answers on {} ({e}): {why}",
+                path.display()
+            );
         }
     };
     let (read, mut write) = stream.into_split();
@@ -120,5 +129,6 @@ pub async fn request(path: &PathBuf, request: &Request) -> Result<Response> {
         .read_line(&mut line)
         .await
         .context("the daemon closed the connection")?;
-    serde_json::from_str(line.trim()).with_context(|| format!("bad response from the daemon: {line:?}"))
+    serde_json::from_str(line.trim())
+        .with_context(|| format!("bad response from the daemon: {line:?}"))
 }

@@ -45,25 +45,29 @@ async fn wait_for_docker(config: &Config) -> Result<Option<(String, Docker, Stri
     let mut backoff = Duration::from_millis(250);
     let mut waiting = false;
     loop {
-        let attempt = async {
-            let resolved = crate::discovery::resolve(config.docker_host.as_deref(), &crate::discovery::SystemEnv)
-                .map_err(|e| match e {
-                    crate::discovery::DiscoveryError::NotFound { .. } => anyhow::anyhow!(e),
-                    fatal => anyhow::anyhow!(Fatal(fatal.to_string())),
-                })?;
-            let docker = crate::docker::connect(&resolved.endpoint).await?;
-            let engine = crate::docker::engine_version(&docker).await?;
-            anyhow::Ok((resolved, docker, engine))
-        };
-        match attempt.await {
-            Ok((resolved, docker, engine)) => {
+        match crate::docker::connect_configured(config.docker_host.as_deref()).await {
+            Ok(crate::docker::Engine {
+                resolved,
+                docker,
+                version: engine,
+            }) => {
                 tracing::info!(endpoint = %resolved.endpoint, why = %resolved.why, %engine, "connected to Docker");
                 return Ok(Some((resolved.endpoint, docker, engine)));
             }
-            Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e).context("cannot find the Docker engine"),
+            Err(e)
+                if e.downcast_ref::<crate::discovery::DiscoveryError>()
+                    .is_some_and(|d| {
+                        !matches!(d, crate::discovery::DiscoveryError::NotFound { .. })
+                    }) =>
+            {
+                return Err(e).context("cannot find the Docker engine")
+            }
             Err(e) => {
                 if !waiting {
-                    tracing::warn!(error = format!("{e:#}"), "Docker is not reachable yet; waiting for it");
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "Docker is not reachable yet; waiting for it"
+                    );
                     waiting = true;
                 }
             }
@@ -76,10 +80,6 @@ async fn wait_for_docker(config: &Config) -> Result<Option<(String, Docker, Stri
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Fatal(String);
 
 /// A full reconcile (agent and routes) runs this often even without events.
 const SAFETY_NET: Duration = Duration::from_secs(30);
@@ -137,7 +137,8 @@ pub async fn run(config: Config) -> Result<()> {
         return Ok(());
     };
 
-    let host_key = crate::state::load_or_create_host_key(&config.state_dir, &config.host_key_path())?;
+    let host_key =
+        crate::state::load_or_create_host_key(&config.state_dir, &config.host_key_path())?;
     let host_public = PublicKey::from(&host_key);
     let listener = control::bind(&config.control_socket).await?;
     let agents = AgentManager::new(docker.clone(), &config, &host_public);
@@ -153,7 +154,12 @@ pub async fn run(config: Config) -> Result<()> {
     })?;
     let socket = UdpSocket::bind((config.listen_address, config.listen_port))
         .await
-        .with_context(|| format!("cannot bind UDP {}:{}", config.listen_address, config.listen_port))?;
+        .with_context(|| {
+            format!(
+                "cannot bind UDP {}:{}",
+                config.listen_address, config.listen_port
+            )
+        })?;
     // Everything fallible happens before the agent exists, so an error
     // leaves no container behind.
     let interface = device.name().context("tun has no name")?;
@@ -176,12 +182,7 @@ pub async fn run(config: Config) -> Result<()> {
         },
     );
     let mut running = Running {
-        router: Router::new(
-            table,
-            interface,
-            config.tunnel,
-            config.networks.clone(),
-        ),
+        router: Router::new(table, interface, config.tunnel, config.networks.clone()),
         kind: Kind::new(config.kind.clone()),
         agent_link: AgentLink::spawn(config.host_tunnel_ip(), config.agent_tunnel_ip()),
         config,
@@ -213,7 +214,10 @@ impl Running {
         if self.agent.adopted {
             // Our previous incarnation held the session; ask for a new one.
             if let Err(e) = self.agents.nudge().await {
-                tracing::warn!(error = format!("{e:#}"), "could not nudge the adopted agent");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not nudge the adopted agent"
+                );
             }
         }
         let report = match self.sync_routes().await {
@@ -226,7 +230,7 @@ impl Running {
         tracing::info!(
             routed = report.routed.len(),
             skipped = report.skipped.len(),
-            interface = %self.router_interface(),
+            interface = %self.router.interface(),
             elapsed_ms = self.started.elapsed().as_millis() as u64,
             "ready"
         );
@@ -321,7 +325,9 @@ impl Running {
                     tracing::info!(container = %agent.container_id, adopted = agent.adopted, "agent container changed");
                     // A new agent's key was installed before it started;
                     // an adopted one may still differ from what we had.
-                    if agent.adopted && agent.public_key.as_bytes() != self.agent.public_key.as_bytes() {
+                    if agent.adopted
+                        && agent.public_key.as_bytes() != self.agent.public_key.as_bytes()
+                    {
                         self.tunnel.set_peer(agent.public_key);
                     }
                     self.agent_since = Instant::now();
@@ -362,7 +368,12 @@ impl Running {
     async fn reconcile_routes(&mut self) {
         match self.sync_routes().await {
             Ok(report) if !report.added.is_empty() || !report.removed.is_empty() => {
-                tracing::info!(added = report.added.len(), removed = report.removed.len(), routed = report.routed.len(), "routes reconciled");
+                tracing::info!(
+                    added = report.added.len(),
+                    removed = report.removed.len(),
+                    routed = report.routed.len(),
+                    "routes reconciled"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = format!("{e:#}"), "route reconcile failed"),
@@ -385,7 +396,10 @@ impl Running {
             None => self.agent_since.elapsed(),
         };
         if silence >= SILENCE_REPLACE {
-            tracing::warn!(silence_s = silence.as_secs(), "no datagram from the agent; replacing it");
+            tracing::warn!(
+                silence_s = silence.as_secs(),
+                "no datagram from the agent; replacing it"
+            );
             if let Err(e) = self.agents.remove().await {
                 tracing::warn!(error = format!("{e:#}"), "cannot remove the silent agent");
             }
@@ -394,7 +408,10 @@ impl Running {
             self.agent_since = Instant::now();
             self.nudged = false;
         } else if silence >= SILENCE_NUDGE && !self.nudged {
-            tracing::warn!(silence_s = silence.as_secs(), "agent silent; asking it to handshake again");
+            tracing::warn!(
+                silence_s = silence.as_secs(),
+                "agent silent; asking it to handshake again"
+            );
             self.nudged = true;
             if let Err(e) = self.agents.nudge().await {
                 tracing::debug!(error = format!("{e:#}"), "nudge failed");
@@ -404,15 +421,13 @@ impl Running {
         }
     }
 
-    fn router_interface(&self) -> String {
-        self.tunnel.interface_name().unwrap_or_default()
-    }
-
     async fn handle(&mut self, request: Request) -> Response {
         match request {
             Request::SyncNetworks => match self.sync_routes().await {
                 Ok(report) => Response::Sync(report),
-                Err(e) => Response::Error { message: format!("{e:#}") },
+                Err(e) => Response::Error {
+                    message: format!("{e:#}"),
+                },
             },
             Request::Status => {
                 let mut status = self.status();
@@ -445,14 +460,21 @@ impl Running {
                 error: self.agent_error.clone(),
             },
             tunnel: TunnelStatus {
-                interface: self.router_interface(),
-                address: format!("{}/{}", self.config.host_tunnel_ip(), self.config.tunnel.prefix_len()),
+                interface: self.router.interface().to_owned(),
+                address: format!(
+                    "{}/{}",
+                    self.config.host_tunnel_ip(),
+                    self.config.tunnel.prefix_len()
+                ),
                 listen: format!("{}:{}", self.config.listen_address, self.config.listen_port),
                 endpoint: stats.endpoint.map(|e| e.to_string()),
                 last_handshake_secs: stats.handshake_age(SystemTime::now()).map(|d| d.as_secs()),
-                last_received_secs: stats
-                    .last_received
-                    .map(|t| SystemTime::now().duration_since(t).unwrap_or_default().as_secs()),
+                last_received_secs: stats.last_received.map(|t| {
+                    SystemTime::now()
+                        .duration_since(t)
+                        .unwrap_or_default()
+                        .as_secs()
+                }),
                 rx_bytes: stats.rx_bytes,
                 tx_bytes: stats.tx_bytes,
                 rx_packets: stats.rx_packets,
@@ -483,7 +505,12 @@ impl Running {
     /// Routes first (so nothing points at a dead tunnel), then the agent
     /// (which removes its VM firewall rules on SIGTERM), then the tun.
     async fn shutdown(self) {
-        let Running { mut router, agents, tunnel, .. } = self;
+        let Running {
+            mut router,
+            agents,
+            tunnel,
+            ..
+        } = self;
         match router.teardown().await {
             Ok(n) => tracing::info!(removed = n, "routes removed"),
             Err(e) => tracing::warn!(error = format!("{e:#}"), "route cleanup failed"),
@@ -509,11 +536,22 @@ fn firewall_status(result: Result<crate::docker::ExecOutput>) -> FirewallStatus 
             let lines: Vec<String> = out.stdout.lines().map(str::to_owned).collect();
             let backend = ["nft", "legacy"]
                 .into_iter()
-                .find(|b| out.stdout.contains(&format!("({b})")) || out.stdout.contains(&format!("[{b}]")))
+                .find(|b| {
+                    out.stdout.contains(&format!("({b})")) || out.stdout.contains(&format!("[{b}]"))
+                })
                 .map(str::to_owned);
-            let mut detail: Vec<String> = lines.into_iter().filter(|l| !l.starts_with("ok:")).collect();
+            let mut detail: Vec<String> = lines
+                .into_iter()
+                .filter(|l| !l.starts_with("ok:"))
+                .collect();
             if out.exit_code != 0 && detail.is_empty() {
-                detail.push(out.stderr.lines().last().unwrap_or("verify failed").to_owned());
+                detail.push(
+                    out.stderr
+                        .lines()
+                        .last()
+                        .unwrap_or("verify failed")
+                        .to_owned(),
+                );
             }
             FirewallStatus {
                 backend,

@@ -16,7 +16,10 @@ const API_TIMEOUT_SECS: u64 = 30;
 /// Connects to `endpoint` (`unix:///path`, `/path`, or `tcp://host:port`) and
 /// negotiates the API version, so old and new engines both work.
 pub async fn connect(endpoint: &str) -> Result<Docker> {
-    let docker = if let Some(path) = endpoint.strip_prefix("unix://").or_else(|| endpoint.starts_with('/').then_some(endpoint)) {
+    let docker = if let Some(path) = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.starts_with('/').then_some(endpoint))
+    {
         Docker::connect_with_unix(path, API_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
     } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
         Docker::connect_with_http(endpoint, API_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
@@ -31,9 +34,36 @@ pub async fn connect(endpoint: &str) -> Result<Docker> {
     Ok(docker)
 }
 
+/// A connected engine, found the way the daemon finds it.
+pub struct Engine {
+    pub resolved: crate::discovery::Resolved,
+    pub docker: Docker,
+    /// [`engine_version`] of it.
+    pub version: String,
+}
+
+/// Finds the engine (config `docker_host`, then discovery), connects and
+/// reads its version. A discovery failure stays a [`DiscoveryError`] inside
+/// the error, so callers can tell "not there yet" from misconfiguration.
+///
+/// [`DiscoveryError`]: crate::discovery::DiscoveryError
+pub async fn connect_configured(configured: Option<&str>) -> Result<Engine> {
+    let resolved = crate::discovery::resolve(configured, &crate::discovery::SystemEnv)?;
+    let docker = connect(&resolved.endpoint).await?;
+    let version = engine_version(&docker).await?;
+    Ok(Engine {
+        resolved,
+        docker,
+        version,
+    })
+}
+
 /// Engine version string, for logs and status.
 pub async fn engine_version(docker: &Docker) -> Result<String> {
-    let v = docker.version().await.context("cannot read the Docker version")?;
+    let v = docker
+        .version()
+        .await
+        .context("cannot read the Docker version")?;
     Ok(format!(
         "{} (API {})",
         v.version.unwrap_or_default(),
@@ -127,6 +157,24 @@ pub async fn exec(docker: &Docker, container: &str, cmd: &[&str]) -> Result<Exec
     Ok(out)
 }
 
+/// Containers carrying every one of `labels` (`key` or `key=value`);
+/// stopped ones too when `all`.
+pub async fn containers_labelled(
+    docker: &Docker,
+    labels: &[String],
+    all: bool,
+) -> Result<Vec<bollard::models::ContainerSummary>> {
+    let filters = HashMap::from([("label".to_owned(), labels.to_vec())]);
+    docker
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .with_context(|| format!("cannot list containers labelled {}", labels.join(", ")))
+}
+
 /// Running containers' names and IP addresses on all their networks.
 pub async fn container_ips(docker: &Docker) -> Result<Vec<(String, std::net::IpAddr)>> {
     let containers = docker
@@ -141,7 +189,10 @@ pub async fn container_ips(docker: &Docker) -> Result<Vec<(String, std::net::IpA
             .unwrap_or_default()
             .trim_start_matches('/')
             .to_owned();
-        let networks = c.network_settings.and_then(|s| s.networks).unwrap_or_default();
+        let networks = c
+            .network_settings
+            .and_then(|s| s.networks)
+            .unwrap_or_default();
         for endpoint in networks.values() {
             if let Some(ip) = endpoint.ip_address.as_deref().and_then(|a| a.parse().ok()) {
                 out.push((name.clone(), ip));

@@ -20,23 +20,35 @@ pub struct Check {
 
 pub enum Outcome {
     Ok(String),
-    Failed { problem: String, fix: String },
+    Failed {
+        problem: String,
+        fix: String,
+    },
     /// Not checked because an earlier step it depends on failed.
     Skipped(&'static str),
 }
 
 impl Check {
     fn ok(name: &'static str, detail: impl Into<String>) -> Check {
-        Check { name, outcome: Outcome::Ok(detail.into()) }
+        Check {
+            name,
+            outcome: Outcome::Ok(detail.into()),
+        }
     }
     fn failed(name: &'static str, problem: impl Into<String>, fix: impl Into<String>) -> Check {
         Check {
             name,
-            outcome: Outcome::Failed { problem: problem.into(), fix: fix.into() },
+            outcome: Outcome::Failed {
+                problem: problem.into(),
+                fix: fix.into(),
+            },
         }
     }
     fn skipped(name: &'static str, why: &'static str) -> Check {
-        Check { name, outcome: Outcome::Skipped(why) }
+        Check {
+            name,
+            outcome: Outcome::Skipped(why),
+        }
     }
 }
 
@@ -47,23 +59,36 @@ pub async fn run(config_path: Option<&Path>) -> Vec<Check> {
     let mut checks = Vec::new();
     let config = match Config::load(config_path) {
         Ok(c) => {
-            let shown = config_path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into());
+            let shown = config_path
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "built-in defaults".into());
             checks.push(Check::ok("config", format!("{shown} is valid")));
             c
         }
         Err(e) => {
-            checks.push(Check::failed("config", e.to_string(), "fix the key named above (every key is optional; see README)"));
+            checks.push(Check::failed(
+                "config",
+                e.to_string(),
+                "fix the key named above (every key is optional; see README)",
+            ));
             return checks;
         }
     };
 
     let status = match crate::control::request(&config.control_socket, &Request::Status).await {
         Ok(Response::Status(s)) => {
-            checks.push(Check::ok("daemon", format!("connector {} up {} s", s.version, s.uptime_secs)));
+            checks.push(Check::ok(
+                "daemon",
+                format!("connector {} up {} s", s.version, s.uptime_secs),
+            ));
             Some(*s)
         }
         Ok(other) => {
-            checks.push(Check::failed("daemon", format!("unexpected answer {other:?}"), "sudo connector run"));
+            checks.push(Check::failed(
+                "daemon",
+                format!("unexpected answer {other:?}"),
+                "sudo connector run",
+            ));
             None
         }
         Err(e) => {
@@ -82,7 +107,11 @@ pub async fn run(config_path: Option<&Path>) -> Vec<Check> {
             Some(docker)
         }
         Err(e) => {
-            checks.push(Check::failed("docker", e, "start Docker Desktop (or set docker_host in the config)"));
+            checks.push(Check::failed(
+                "docker",
+                e,
+                "start Docker Desktop (or set docker_host in the config)",
+            ));
             None
         }
     };
@@ -106,8 +135,15 @@ pub async fn run(config_path: Option<&Path>) -> Vec<Check> {
     };
     match table {
         Err(e) => {
-            checks.push(Check::failed("routes", format!("cannot read the routing table: {e}"), "run doctor with sudo"));
-            checks.push(Check::skipped("conflicts", "the routing table is unreadable"));
+            checks.push(Check::failed(
+                "routes",
+                format!("cannot read the routing table: {e}"),
+                "run doctor with sudo",
+            ));
+            checks.push(Check::skipped(
+                "conflicts",
+                "the routing table is unreadable",
+            ));
         }
         Ok(routes) => {
             checks.push(routes_check(&status, &routes));
@@ -118,13 +154,19 @@ pub async fn run(config_path: Option<&Path>) -> Vec<Check> {
     checks.push(if status.firewall.all_present {
         Check::ok(
             "vm-rules",
-            format!("every tagged rule is in place ({})", status.firewall.backend.as_deref().unwrap_or("?")),
+            format!(
+                "every tagged rule is in place ({})",
+                status.firewall.backend.as_deref().unwrap_or("?")
+            ),
         )
     } else {
         Check::failed(
             "vm-rules",
             status.firewall.detail.join("; "),
-            format!("docker restart {}   (the agent re-inserts its rules at start and every 10 s)", config.agent_name),
+            format!(
+                "docker restart {}   (the agent re-inserts its rules at start and every 10 s)",
+                config.agent_name
+            ),
         )
     });
 
@@ -136,11 +178,14 @@ pub async fn run(config_path: Option<&Path>) -> Vec<Check> {
 }
 
 async fn docker_check(config: &Config) -> Result<(Docker, String), String> {
-    let resolved = crate::discovery::resolve(config.docker_host.as_deref(), &crate::discovery::SystemEnv)
-        .map_err(|e| e.to_string())?;
-    let docker = crate::docker::connect(&resolved.endpoint).await.map_err(|e| format!("{e:#}"))?;
-    let version = crate::docker::engine_version(&docker).await.map_err(|e| format!("{e:#}"))?;
-    Ok((docker, format!("{} answers: Docker {version}", resolved.endpoint)))
+    let engine = crate::docker::connect_configured(config.docker_host.as_deref())
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let detail = format!(
+        "{} answers: Docker {}",
+        engine.resolved.endpoint, engine.version
+    );
+    Ok((engine.docker, detail))
 }
 
 async fn agent_check(docker: &Docker, config: &Config) -> Check {
@@ -161,7 +206,10 @@ async fn agent_check(docker: &Docker, config: &Config) -> Check {
                     format!(
                         "{} is {} (exit code {})",
                         config.agent_name,
-                        state.status.map(|s| s.to_string()).unwrap_or_else(|| "not running".into()),
+                        state
+                            .status
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "not running".into()),
                         state.exit_code.unwrap_or_default()
                     ),
                     format!("docker logs {0}; docker start {0}", config.agent_name),
@@ -211,7 +259,10 @@ fn routes_check(status: &StatusReport, routes: &[RouteEntry]) -> Check {
         .map(|(name, subnet)| format!("{subnet} ({name})"))
         .collect();
     if missing.is_empty() {
-        Check::ok("routes", format!("{} subnet(s) routed via {iface}", routed(status).count()))
+        Check::ok(
+            "routes",
+            format!("{} subnet(s) routed via {iface}", routed(status).count()),
+        )
     } else {
         Check::failed(
             "routes",
@@ -246,7 +297,10 @@ fn conflicts_check(status: &StatusReport, routes: &[RouteEntry]) -> Check {
     let ours: Vec<(String, IpNet)> = routed(status).map(|(n, s)| (n.to_owned(), s)).collect();
     let shadows = shadowing_routes(&ours, &status.tunnel.interface, routes);
     if shadows.is_empty() {
-        return Check::ok("conflicts", "no more-specific route overrides a routed subnet");
+        return Check::ok(
+            "conflicts",
+            "no more-specific route overrides a routed subnet",
+        );
     }
     let text: Vec<String> = shadows
         .iter()
@@ -273,22 +327,31 @@ fn conflicts_check(status: &StatusReport, routes: &[RouteEntry]) -> Check {
 async fn probe_check(docker: &Docker, status: &StatusReport, config: &Config) -> Check {
     let subnets: Vec<IpNet> = routed(status).map(|(_, s)| s).collect();
     let target = match crate::docker::container_ips(docker).await {
-        Ok(ips) => ips
-            .into_iter()
-            .find(|(name, ip)| name != &config.agent_name && subnets.iter().any(|s| s.contains(ip))),
+        Ok(ips) => ips.into_iter().find(|(name, ip)| {
+            name != &config.agent_name && subnets.iter().any(|s| s.contains(ip))
+        }),
         Err(_) => None,
     };
     let (what, ip) = match target {
         Some((name, ip)) => (format!("container {name}"), ip),
-        None => ("the agent's tunnel address".to_owned(), IpAddr::V4(config.agent_tunnel_ip())),
+        None => (
+            "the agent's tunnel address".to_owned(),
+            IpAddr::V4(config.agent_tunnel_ip()),
+        ),
     };
     if ping(ip).await {
-        Check::ok("probe", format!("{what} ({ip}) answers ping through the tunnel"))
+        Check::ok(
+            "probe",
+            format!("{what} ({ip}) answers ping through the tunnel"),
+        )
     } else {
         Check::failed(
             "probe",
             format!("{what} ({ip}) does not answer ping through the tunnel"),
-            format!("ping {ip}; check the steps above, then: docker restart {}", config.agent_name),
+            format!(
+                "ping {ip}; check the steps above, then: docker restart {}",
+                config.agent_name
+            ),
         )
     }
 }
@@ -296,7 +359,9 @@ async fn probe_check(docker: &Docker, status: &StatusReport, config: &Config) ->
 async fn ping(ip: IpAddr) -> bool {
     let IpAddr::V4(v4) = ip else { return false };
     for _ in 0..3 {
-        let attempt = tokio::task::spawn_blocking(move || crate::icmp::ping(v4, Duration::from_secs(2))).await;
+        let attempt =
+            tokio::task::spawn_blocking(move || crate::icmp::ping(v4, Duration::from_secs(2)))
+                .await;
         match attempt {
             Ok(Ok(true)) => return true,
             Ok(Err(e)) => tracing::debug!(error = %e, "icmp probe failed"),
@@ -323,7 +388,11 @@ pub fn render(checks: &[Check]) -> (String, bool) {
             }
         }
     }
-    out += if all_ok { "doctor: everything works\n" } else { "doctor: problems found\n" };
+    out += if all_ok {
+        "doctor: everything works\n"
+    } else {
+        "doctor: problems found\n"
+    };
     (out, all_ok)
 }
 
@@ -332,7 +401,11 @@ mod tests {
     use super::*;
 
     fn route(dst: &str, iface: &str) -> RouteEntry {
-        RouteEntry { destination: dst.parse().unwrap(), interface: Some(iface.into()), gateway: None }
+        RouteEntry {
+            destination: dst.parse().unwrap(),
+            interface: Some(iface.into()),
+            gateway: None,
+        }
     }
 
     #[test]

@@ -55,12 +55,16 @@ pub fn classify(
                 return None;
             }
             if attributes.get(LABEL_MANAGED).map(String::as_str) == Some("true") {
-                Some(Trigger::Agent { action: action.to_owned() })
-            } else {
-                attributes.get(KIND_CLUSTER_LABEL).map(|cluster| Trigger::KindNode {
-                    cluster: cluster.clone(),
+                Some(Trigger::Agent {
                     action: action.to_owned(),
                 })
+            } else {
+                attributes
+                    .get(KIND_CLUSTER_LABEL)
+                    .map(|cluster| Trigger::KindNode {
+                        cluster: cluster.clone(),
+                        action: action.to_owned(),
+                    })
             }
         }
         _ => None,
@@ -69,9 +73,10 @@ pub fn classify(
 
 /// Runs until the receiver is dropped.
 pub async fn follow(docker: Docker, tx: mpsc::Sender<Trigger>) {
-    let filters = HashMap::from([
-        ("type".to_owned(), vec!["network".to_owned(), "container".to_owned()]),
-    ]);
+    let filters = HashMap::from([(
+        "type".to_owned(),
+        vec!["network".to_owned(), "container".to_owned()],
+    )]);
     let mut up = true; // the daemon connected before starting us
     let mut backoff = BACKOFF_START;
     loop {
@@ -123,7 +128,9 @@ pub async fn follow(docker: Docker, tx: mpsc::Sender<Trigger>) {
                     tracing::warn!(%error, "Docker is unreachable; retrying with backoff");
                     up = false;
                     if tx
-                        .send(Trigger::DockerDown { error: error.to_string() })
+                        .send(Trigger::DockerDown {
+                            error: error.to_string(),
+                        })
                         .await
                         .is_err()
                     {
@@ -142,15 +149,27 @@ mod tests {
     use super::*;
 
     fn attrs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn network_lifecycle_triggers_a_route_sync() {
         let none = HashMap::new();
-        assert_eq!(classify(Some(EventMessageTypeEnum::NETWORK), "create", &none), Some(Trigger::Networks));
-        assert_eq!(classify(Some(EventMessageTypeEnum::NETWORK), "destroy", &none), Some(Trigger::Networks));
-        assert_eq!(classify(Some(EventMessageTypeEnum::NETWORK), "connect", &none), None);
+        assert_eq!(
+            classify(Some(EventMessageTypeEnum::NETWORK), "create", &none),
+            Some(Trigger::Networks)
+        );
+        assert_eq!(
+            classify(Some(EventMessageTypeEnum::NETWORK), "destroy", &none),
+            Some(Trigger::Networks)
+        );
+        assert_eq!(
+            classify(Some(EventMessageTypeEnum::NETWORK), "connect", &none),
+            None
+        );
     }
 
     #[test]
@@ -158,17 +177,38 @@ mod tests {
         let agent = attrs(&[(LABEL_MANAGED, "true")]);
         assert_eq!(
             classify(Some(EventMessageTypeEnum::CONTAINER), "die", &agent),
-            Some(Trigger::Agent { action: "die".into() })
+            Some(Trigger::Agent {
+                action: "die".into()
+            })
         );
         let node = attrs(&[(KIND_CLUSTER_LABEL, "dev")]);
         assert_eq!(
             classify(Some(EventMessageTypeEnum::CONTAINER), "start", &node),
-            Some(Trigger::KindNode { cluster: "dev".into(), action: "start".into() })
+            Some(Trigger::KindNode {
+                cluster: "dev".into(),
+                action: "start".into()
+            })
         );
         let other = attrs(&[("app", "web")]);
-        assert_eq!(classify(Some(EventMessageTypeEnum::CONTAINER), "start", &other), None);
-        assert_eq!(classify(Some(EventMessageTypeEnum::CONTAINER), "exec_start: sh", &agent), None);
-        assert_eq!(classify(Some(EventMessageTypeEnum::CONTAINER), "kill", &agent), None);
-        assert_eq!(classify(Some(EventMessageTypeEnum::IMAGE), "pull", &agent), None);
+        assert_eq!(
+            classify(Some(EventMessageTypeEnum::CONTAINER), "start", &other),
+            None
+        );
+        assert_eq!(
+            classify(
+                Some(EventMessageTypeEnum::CONTAINER),
+                "exec_start: sh",
+                &agent
+            ),
+            None
+        );
+        assert_eq!(
+            classify(Some(EventMessageTypeEnum::CONTAINER), "kill", &agent),
+            None
+        );
+        assert_eq!(
+            classify(Some(EventMessageTypeEnum::IMAGE), "pull", &agent),
+            None
+        );
     }
 }

@@ -53,10 +53,16 @@ pub fn is_our_reply(data: &[u8], seq: u16) -> bool {
 pub fn ping(ip: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
     let (socket, raw) = match Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4)) {
         Ok(s) => (s, false),
-        Err(_) => (Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?, true),
+        Err(_) => (
+            Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?,
+            true,
+        ),
     };
     let seq = (std::process::id() as u16) ^ 0x5a5a;
-    socket.send_to(&echo_request(std::process::id() as u16, seq), &SocketAddr::from((ip, 0)).into())?;
+    socket.send_to(
+        &echo_request(std::process::id() as u16, seq),
+        &SocketAddr::from((ip, 0)).into(),
+    )?;
     let deadline = Instant::now() + timeout;
     let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
     loop {
@@ -67,18 +73,29 @@ pub fn ping(ip: Ipv4Addr, timeout: Duration) -> io::Result<bool> {
         socket.set_read_timeout(Some(left))?;
         let (n, from) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return Ok(false),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(false)
+            }
             Err(e) => return Err(e),
         };
         // SAFETY: recv_from initialised the first n bytes.
-        let data: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
-        let icmp = if raw || (cfg!(target_os = "macos") && data.first().is_some_and(|b| b >> 4 == 4)) {
-            // Raw sockets (and macOS datagram ones) include the IP header.
-            let ihl = usize::from(data.first().copied().unwrap_or(0) & 0x0f) * 4;
-            data.get(ihl..).unwrap_or(&[])
-        } else {
-            &data[..]
-        };
+        let data: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        let icmp =
+            if raw || (cfg!(target_os = "macos") && data.first().is_some_and(|b| b >> 4 == 4)) {
+                // Raw sockets (and macOS datagram ones) include the IP header.
+                let ihl = usize::from(data.first().copied().unwrap_or(0) & 0x0f) * 4;
+                data.get(ihl..).unwrap_or(&[])
+            } else {
+                &data[..]
+            };
         if from.as_socket().map(|a| a.ip()) == Some(ip.into()) && is_our_reply(icmp, seq) {
             return Ok(true);
         }

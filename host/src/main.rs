@@ -29,7 +29,11 @@ use crate::config::Config;
 use crate::protocol::{Request, Response};
 
 #[derive(Parser, Debug)]
-#[command(name = "connector", version, about = "Reach Docker container IPs from the host through a WireGuard tunnel")]
+#[command(
+    name = "connector",
+    version,
+    about = "Reach Docker container IPs from the host through a WireGuard tunnel"
+)]
 struct Cli {
     /// Config file (TOML). Without it, the built-in defaults are used.
     #[arg(long, global = true, value_name = "FILE")]
@@ -67,9 +71,9 @@ enum Command {
 
 fn init_logging(level: &str) -> Result<()> {
     let filter = match level {
-        "error" | "warn" | "info" | "debug" | "trace" => {
-            tracing_subscriber::EnvFilter::new(format!("warn,connector={level},connector_tunnel={level}"))
-        }
+        "error" | "warn" | "info" | "debug" | "trace" => tracing_subscriber::EnvFilter::new(
+            format!("warn,connector={level},connector_tunnel={level}"),
+        ),
         other => tracing_subscriber::EnvFilter::try_new(other)
             .map_err(|e| anyhow::anyhow!("bad --log-level {other:?}: {e}"))?,
     };
@@ -139,7 +143,9 @@ fn real_main(cli: Cli) -> Result<()> {
             }
             Command::Status { json } => {
                 match control::request(&config.control_socket, &Request::Status).await? {
-                    Response::Status(status) if json => println!("{}", serde_json::to_string_pretty(&status)?),
+                    Response::Status(status) if json => {
+                        println!("{}", serde_json::to_string_pretty(&status)?)
+                    }
                     Response::Status(status) => print!("{}", render_status(&status)),
                     Response::Error { message } => bail!("{message}"),
                     other => bail!("unexpected response {other:?}"),
@@ -157,16 +163,31 @@ fn render_status(s: &protocol::StatusReport) -> String {
         s.uptime_secs,
         s.docker_endpoint,
         s.engine_version,
-        if s.docker_reachable { "" } else { " UNREACHABLE" },
+        if s.docker_reachable {
+            ""
+        } else {
+            " UNREACHABLE"
+        },
         s.agent.name,
-        &s.agent.container_id.get(..12).unwrap_or(&s.agent.container_id),
+        &s.agent
+            .container_id
+            .get(..12)
+            .unwrap_or(&s.agent.container_id),
         s.agent.image,
-        s.agent.error.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default(),
+        s.agent
+            .error
+            .as_deref()
+            .map(|e| format!(" error: {e}"))
+            .unwrap_or_default(),
     );
     out += &format!(
         "firewall: {} {}\n",
         s.firewall.backend.as_deref().unwrap_or("?"),
-        if s.firewall.all_present { "all rules present".to_owned() } else { s.firewall.detail.join("; ") }
+        if s.firewall.all_present {
+            "all rules present".to_owned()
+        } else {
+            s.firewall.detail.join("; ")
+        }
     );
     let t = &s.tunnel;
     out += &format!(
@@ -175,8 +196,12 @@ fn render_status(s: &protocol::StatusReport) -> String {
         t.address,
         t.listen,
         t.endpoint.as_deref().unwrap_or("-"),
-        t.last_handshake_secs.map(|s| format!("{s}s ago")).unwrap_or_else(|| "never".into()),
-        t.last_received_secs.map(|s| format!("{s}s ago")).unwrap_or_else(|| "never".into()),
+        t.last_handshake_secs
+            .map(|s| format!("{s}s ago"))
+            .unwrap_or_else(|| "never".into()),
+        t.last_received_secs
+            .map(|s| format!("{s}s ago"))
+            .unwrap_or_else(|| "never".into()),
         t.rx_bytes,
         t.tx_bytes
     );
@@ -187,7 +212,10 @@ fn render_status(s: &protocol::StatusReport) -> String {
             n.name,
             n.subnet.to_string(),
             n.state,
-            n.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+            n.reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
         );
     }
     out += &kind::render(&s.kind);

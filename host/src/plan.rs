@@ -57,7 +57,10 @@ impl std::fmt::Display for SkipReason {
                 Ok(())
             }
             SkipReason::TunnelOverlap { tunnel } => {
-                write!(f, "overlaps connector's tunnel network {tunnel} (change `tunnel`)")
+                write!(
+                    f,
+                    "overlaps connector's tunnel network {tunnel} (change `tunnel`)"
+                )
             }
             SkipReason::Ipv6NotSupported => write!(f, "IPv6 subnets are not routed yet"),
         }
@@ -121,7 +124,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut decisions = Vec::new();
     let mut wanted = BTreeSet::new();
     for (network, filtered) in networks {
-        let excluded = if filtered { input.filter.rejects(&network.name) } else { None };
+        let excluded = if filtered {
+            input.filter.rejects(&network.name)
+        } else {
+            None
+        };
         for subnet in &network.subnets {
             let subnet = subnet.trunc();
             let skipped = if let Some(rule) = excluded {
@@ -238,7 +245,11 @@ mod tests {
         let p = run(&networks, &all(), &routes);
         assert_eq!(p.add, nets(&["172.17.0.0/16", "172.20.0.0/16"]));
         assert!(p.remove.is_empty());
-        let v6 = p.decisions.iter().find(|d| d.subnet.to_string() == "fd00:1::/64").unwrap();
+        let v6 = p
+            .decisions
+            .iter()
+            .find(|d| d.subnet.to_string() == "fd00:1::/64")
+            .unwrap();
         assert_eq!(v6.skipped, Some(SkipReason::Ipv6NotSupported));
     }
 
@@ -257,7 +268,10 @@ mod tests {
 
     #[test]
     fn conflicting_foreign_route_is_skipped_not_routed() {
-        let networks = [net("lan-clash", &["192.168.0.0/16"]), net("ok", &["172.22.0.0/16"])];
+        let networks = [
+            net("lan-clash", &["192.168.0.0/16"]),
+            net("ok", &["172.22.0.0/16"]),
+        ];
         let mut vpn = route("192.168.5.0/24", "utun3");
         vpn.gateway = Some("10.8.0.1".parse().unwrap());
         let p = run(&networks, &all(), &[vpn]);
@@ -265,13 +279,19 @@ mod tests {
         let clash = &p.decisions[0];
         assert_eq!(clash.network, "lan-clash");
         let reason = clash.skipped.as_ref().unwrap().to_string();
-        assert_eq!(reason, "conflicts with existing route 192.168.5.0/24 via 10.8.0.1 dev utun3");
+        assert_eq!(
+            reason,
+            "conflicts with existing route 192.168.5.0/24 via 10.8.0.1 dev utun3"
+        );
     }
 
     #[test]
     fn a_conflict_appearing_later_removes_our_route() {
         let networks = [net("a", &["172.20.0.0/16"])];
-        let routes = [route("172.20.0.0/16", "connector0"), route("172.20.0.0/24", "wg0")];
+        let routes = [
+            route("172.20.0.0/16", "connector0"),
+            route("172.20.0.0/24", "wg0"),
+        ];
         let p = run(&networks, &all(), &routes);
         assert_eq!(p.remove, nets(&["172.20.0.0/16"]));
         assert!(p.add.is_empty());
@@ -279,7 +299,10 @@ mod tests {
 
     #[test]
     fn excluded_networks_are_reported_and_unrouted() {
-        let networks = [net("kind", &["172.18.0.0/16"]), net("secret", &["172.19.0.0/16"])];
+        let networks = [
+            net("kind", &["172.18.0.0/16"]),
+            net("secret", &["172.19.0.0/16"]),
+        ];
         let filter = NetworkFilter::new(vec!["*".into()], vec!["sec*".into()]).unwrap();
         let routes = [route("172.19.0.0/16", "connector0")];
         let p = run(&networks, &filter, &routes);
@@ -296,7 +319,10 @@ mod tests {
         let networks = [net("weird", &["10.254.0.0/16"])];
         let p = run(&networks, &all(), &[]);
         assert!(p.add.is_empty());
-        assert!(matches!(p.decisions[0].skipped, Some(SkipReason::TunnelOverlap { .. })));
+        assert!(matches!(
+            p.decisions[0].skipped,
+            Some(SkipReason::TunnelOverlap { .. })
+        ));
     }
 
     #[test]
@@ -314,9 +340,15 @@ mod tests {
     #[test]
     fn extra_subnets_bypass_the_network_filter_but_not_conflicts() {
         let filter = NetworkFilter::new(vec!["app".into()], vec![]).unwrap();
-        let extra = [net("kind/dev/pods", &["10.244.0.0/16"]), net("kind/dev/services", &["192.168.0.0/16"])];
+        let extra = [
+            net("kind/dev/pods", &["10.244.0.0/16"]),
+            net("kind/dev/services", &["192.168.0.0/16"]),
+        ];
         let p = plan(&PlanInput {
-            networks: &[net("app", &["172.20.0.0/16"]), net("other", &["172.21.0.0/16"])],
+            networks: &[
+                net("app", &["172.20.0.0/16"]),
+                net("other", &["172.21.0.0/16"]),
+            ],
             filter: &filter,
             tunnel: "10.254.253.0/30".parse().unwrap(),
             interface: "connector0",
@@ -324,8 +356,15 @@ mod tests {
             extra: &extra,
         });
         assert_eq!(p.add, nets(&["10.244.0.0/16", "172.20.0.0/16"]));
-        let services = p.decisions.iter().find(|d| d.network == "kind/dev/services").unwrap();
-        assert!(matches!(services.skipped, Some(SkipReason::Conflict { .. })));
+        let services = p
+            .decisions
+            .iter()
+            .find(|d| d.network == "kind/dev/services")
+            .unwrap();
+        assert!(matches!(
+            services.skipped,
+            Some(SkipReason::Conflict { .. })
+        ));
     }
 
     #[test]
@@ -333,7 +372,10 @@ mod tests {
         let networks = [net("a", &["172.20.0.0/16"]), net("b", &["172.20.5.0/24"])];
         let p = run(&networks, &all(), &[]);
         assert_eq!(p.add, nets(&["172.20.0.0/16"]));
-        assert!(matches!(p.decisions[1].skipped, Some(SkipReason::Conflict { .. })));
+        assert!(matches!(
+            p.decisions[1].skipped,
+            Some(SkipReason::Conflict { .. })
+        ));
     }
 
     #[test]

@@ -157,7 +157,10 @@ mod tests {
     fn requests_are_tagged_json() {
         let text = serde_json::to_string(&Request::SyncNetworks).unwrap();
         assert_eq!(text, r#"{"command":"sync-networks"}"#);
-        assert_eq!(serde_json::from_str::<Request>(r#"{"command":"status"}"#).unwrap(), Request::Status);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"command":"status"}"#).unwrap(),
+            Request::Status
+        );
         assert!(Request::SyncNetworks.mutates());
         assert!(!Request::Status.mutates());
     }
@@ -165,8 +168,14 @@ mod tests {
     #[test]
     fn report_renders_plus_minus_and_bang() {
         let report = SyncReport {
-            added: vec![RouteChange { network: "a".into(), subnet: "172.20.0.0/16".parse().unwrap() }],
-            removed: vec![RouteChange { network: "b".into(), subnet: "172.21.0.0/16".parse().unwrap() }],
+            added: vec![RouteChange {
+                network: "a".into(),
+                subnet: "172.20.0.0/16".parse().unwrap(),
+            }],
+            removed: vec![RouteChange {
+                network: "b".into(),
+                subnet: "172.21.0.0/16".parse().unwrap(),
+            }],
             skipped: vec![Skipped {
                 network: "lan".into(),
                 subnet: "192.168.0.0/16".parse().unwrap(),
@@ -181,6 +190,8 @@ mod tests {
         assert!(text.contains("- 172.21.0.0/16 (b)\n"));
         assert!(text.contains("! 192.168.0.0/16 (lan): why\n"));
         assert!(text.contains("1 added, 1 removed"));
-        assert!(SyncReport::default().render().starts_with("no route changes"));
+        assert!(SyncReport::default()
+            .render()
+            .starts_with("no route changes"));
     }
 }

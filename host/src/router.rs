@@ -24,7 +24,12 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(table: RouteTable, interface: String, tunnel: Ipv4Net, filter: NetworkFilter) -> Self {
+    pub fn new(
+        table: RouteTable,
+        interface: String,
+        tunnel: Ipv4Net,
+        filter: NetworkFilter,
+    ) -> Self {
         Router {
             table,
             interface,
@@ -33,6 +38,11 @@ impl Router {
             origin: BTreeMap::new(),
             last: Vec::new(),
         }
+    }
+
+    /// The tun the routes point at.
+    pub fn interface(&self) -> &str {
+        &self.interface
     }
 
     pub fn decisions(&self) -> &[SubnetDecision] {
@@ -44,9 +54,17 @@ impl Router {
     /// (kind pod and Service CIDRs), each named by its owner. Routes on the
     /// tun that are in neither are removed, so every sync must pass the
     /// full `extra` (the daemon's `sync_routes` does).
-    pub async fn sync_with(&mut self, docker: &Docker, extra: &[DockerNetwork]) -> Result<SyncReport> {
+    pub async fn sync_with(
+        &mut self,
+        docker: &Docker,
+        extra: &[DockerNetwork],
+    ) -> Result<SyncReport> {
         let networks = crate::docker::bridge_networks(docker).await?;
-        let host_routes = self.table.list().await.context("reading the host routing table")?;
+        let host_routes = self
+            .table
+            .list()
+            .await
+            .context("reading the host routing table")?;
         let plan = plan::plan(&PlanInput {
             networks: &networks,
             filter: &self.filter,
@@ -74,7 +92,10 @@ impl Router {
                 Ok(()) => {
                     tracing::info!(%subnet, %network, "route removed");
                     self.origin.remove(subnet);
-                    report.removed.push(RouteChange { network, subnet: *subnet });
+                    report.removed.push(RouteChange {
+                        network,
+                        subnet: *subnet,
+                    });
                 }
                 Err(e) => report.errors.push(e.to_string()),
             }
@@ -85,7 +106,10 @@ impl Router {
                 Ok(()) => {
                     tracing::info!(%subnet, %network, interface = %self.interface, "route added");
                     self.origin.insert(*subnet, network.clone());
-                    report.added.push(RouteChange { network, subnet: *subnet });
+                    report.added.push(RouteChange {
+                        network,
+                        subnet: *subnet,
+                    });
                 }
                 Err(e) => report.errors.push(e.to_string()),
             }
@@ -94,8 +118,15 @@ impl Router {
             match &d.skipped {
                 None => {
                     self.origin.insert(d.subnet, d.network.clone());
-                    if !report.errors.iter().any(|e| e.contains(&d.subnet.to_string())) {
-                        report.routed.push(RouteChange { network: d.network.clone(), subnet: d.subnet });
+                    if !report
+                        .errors
+                        .iter()
+                        .any(|e| e.contains(&d.subnet.to_string()))
+                    {
+                        report.routed.push(RouteChange {
+                            network: d.network.clone(),
+                            subnet: d.subnet,
+                        });
                     }
                 }
                 Some(reason) => {

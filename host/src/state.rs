@@ -22,8 +22,12 @@ pub fn load_or_create_host_key(state_dir: &Path, key_path: &Path) -> Result<Stat
                 tracing::warn!(path = %key_path.display(), mode = format!("{mode:o}"), "host key had loose permissions; setting 0600");
                 fs::set_permissions(key_path, fs::Permissions::from_mode(0o600))?;
             }
-            keys::parse_private_key(&text)
-                .with_context(|| format!("host key {} is corrupt; delete it to make a new one", key_path.display()))
+            keys::parse_private_key(&text).with_context(|| {
+                format!(
+                    "host key {} is corrupt; delete it to make a new one",
+                    key_path.display()
+                )
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = keys::generate();
@@ -56,13 +60,25 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         let path = dir.join("host.key");
         let first = load_or_create_host_key(&dir, &path).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         let second = load_or_create_host_key(&dir, &path).unwrap();
-        assert_eq!(PublicKey::from(&first).as_bytes(), PublicKey::from(&second).as_bytes());
+        assert_eq!(
+            PublicKey::from(&first).as_bytes(),
+            PublicKey::from(&second).as_bytes()
+        );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         load_or_create_host_key(&dir, &path).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         fs::write(&path, "garbage").unwrap();
         let err = format!("{:#}", load_or_create_host_key(&dir, &path).err().unwrap());
         assert!(err.contains("corrupt"), "{err}");

@@ -1,11 +1,9 @@
 //! `connector uninstall`: removes everything connector ever set up on this
 //! machine and in the Docker VM, and says what it removed.
 
-use std::collections::HashMap;
-
 use anyhow::{bail, Context, Result};
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions, StopContainerOptions};
+use bollard::query_parameters::{RemoveContainerOptions, StopContainerOptions};
 use bollard::Docker;
 
 use crate::agent::{LABEL_MANAGED, LABEL_OWNER};
@@ -31,10 +29,10 @@ pub async fn run(config: &Config) -> Result<Vec<String>> {
     }
     let mut done = Vec::new();
 
-    let docker = match crate::discovery::resolve(config.docker_host.as_deref(), &crate::discovery::SystemEnv) {
-        Ok(resolved) => crate::docker::connect(&resolved.endpoint).await.ok(),
-        Err(_) => None,
-    };
+    let docker = crate::docker::connect_configured(config.docker_host.as_deref())
+        .await
+        .ok()
+        .map(|engine| engine.docker);
     match docker {
         None => done.push("Docker is unreachable: agent containers and VM rules were NOT removed; run uninstall again when Docker runs".to_owned()),
         Some(docker) => {
@@ -43,10 +41,16 @@ pub async fn run(config: &Config) -> Result<Vec<String>> {
         }
     }
 
-    let tun = if cfg!(target_os = "linux") { Some("connector0") } else { None };
+    let tun = if cfg!(target_os = "linux") {
+        Some("connector0")
+    } else {
+        None
+    };
     if let (Some(tun), Ok(table)) = (tun, RouteTable::new().await) {
         for route in table.list().await.unwrap_or_default() {
-            if route.interface.as_deref() == Some(tun) && table.delete(route.destination, tun).await.is_ok() {
+            if route.interface.as_deref() == Some(tun)
+                && table.delete(route.destination, tun).await.is_ok()
+            {
                 done.push(format!("removed route {} dev {tun}", route.destination));
             }
         }
@@ -55,11 +59,17 @@ pub async fn run(config: &Config) -> Result<Vec<String>> {
     if config.state_dir.exists() {
         std::fs::remove_dir_all(&config.state_dir)
             .with_context(|| format!("cannot remove {}", config.state_dir.display()))?;
-        done.push(format!("removed state directory {} (the host key)", config.state_dir.display()));
+        done.push(format!(
+            "removed state directory {} (the host key)",
+            config.state_dir.display()
+        ));
     }
     if config.control_socket.exists() {
         std::fs::remove_file(&config.control_socket)?;
-        done.push(format!("removed stale control socket {}", config.control_socket.display()));
+        done.push(format!(
+            "removed stale control socket {}",
+            config.control_socket.display()
+        ));
     }
     if done.is_empty() {
         done.push("nothing to remove".to_owned());
@@ -73,28 +83,51 @@ async fn remove_agents(docker: &Docker, config: &Config) -> Result<Vec<String>> 
     let owner = std::fs::read_to_string(config.host_key_path())
         .ok()
         .and_then(|text| connector_tunnel::keys::parse_private_key(&text).ok())
-        .map(|key| connector_tunnel::keys::encode_public(&connector_tunnel::keys::PublicKey::from(&key)));
-    let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_MANAGED}=true")])]);
-    let ours = docker
-        .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
-        .await
-        .context("cannot list containers")?;
+        .map(|key| {
+            connector_tunnel::keys::encode_public(&connector_tunnel::keys::PublicKey::from(&key))
+        });
+    let ours = crate::docker::containers_labelled(docker, &[format!("{LABEL_MANAGED}=true")], true)
+        .await?;
     let mut done = Vec::new();
     for c in ours.into_iter().filter(|c| {
-        let named = c.names.iter().flatten().any(|n| n.trim_start_matches('/') == config.agent_name);
-        let owned = owner.is_some()
-            && c.labels.as_ref().and_then(|l| l.get(LABEL_OWNER)) == owner.as_ref();
+        let named = c
+            .names
+            .iter()
+            .flatten()
+            .any(|n| n.trim_start_matches('/') == config.agent_name);
+        let owned =
+            owner.is_some() && c.labels.as_ref().and_then(|l| l.get(LABEL_OWNER)) == owner.as_ref();
         named || owned
     }) {
         let id = c.id.unwrap_or_default();
-        let name = c.names.and_then(|n| n.into_iter().next()).unwrap_or_else(|| id.clone());
+        let name = c
+            .names
+            .and_then(|n| n.into_iter().next())
+            .unwrap_or_else(|| id.clone());
         // SIGTERM first: the agent removes its firewall rules and VM routes.
-        let _ = docker.stop_container(&id, Some(StopContainerOptions { t: Some(10), signal: None })).await;
+        let _ = docker
+            .stop_container(
+                &id,
+                Some(StopContainerOptions {
+                    t: Some(10),
+                    signal: None,
+                }),
+            )
+            .await;
         docker
-            .remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() }))
+            .remove_container(
+                &id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
             .await
             .with_context(|| format!("cannot remove {name}"))?;
-        done.push(format!("removed agent container {} (its VM firewall rules went with it)", name.trim_start_matches('/')));
+        done.push(format!(
+            "removed agent container {} (its VM firewall rules went with it)",
+            name.trim_start_matches('/')
+        ));
     }
     Ok(done)
 }
@@ -112,7 +145,11 @@ async fn remove_leftover_rules(docker: &Docker, config: &Config) -> Vec<String> 
     let name = format!("{}-uninstall", config.agent_name);
     let body = ContainerCreateBody {
         image: Some(config.agent_image.clone()),
-        cmd: Some(vec!["cleanup".into(), "--tag".into(), crate::agent::rule_tag(&config.agent_name)]),
+        cmd: Some(vec![
+            "cleanup".into(),
+            "--tag".into(),
+            crate::agent::rule_tag(&config.agent_name),
+        ]),
         host_config: Some(HostConfig {
             network_mode: Some("host".into()),
             cap_add: Some(vec!["NET_ADMIN".into()]),
@@ -122,14 +159,29 @@ async fn remove_leftover_rules(docker: &Docker, config: &Config) -> Vec<String> 
     };
     let result = async {
         docker
-            .create_container(Some(bollard::query_parameters::CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
+            .create_container(
+                Some(bollard::query_parameters::CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
             .await?;
         docker.start_container(&name, None).await?;
-        let mut wait = docker.wait_container(&name, None::<bollard::query_parameters::WaitContainerOptions>);
+        let mut wait = docker.wait_container(
+            &name,
+            None::<bollard::query_parameters::WaitContainerOptions>,
+        );
         while let Some(step) = futures_util::StreamExt::next(&mut wait).await {
             step?;
         }
-        let logs = docker.logs(&name, Some(bollard::query_parameters::LogsOptions { stdout: true, ..Default::default() }));
+        let logs = docker.logs(
+            &name,
+            Some(bollard::query_parameters::LogsOptions {
+                stdout: true,
+                ..Default::default()
+            }),
+        );
         let lines: Vec<String> = futures_util::StreamExt::collect::<Vec<_>>(logs)
             .await
             .into_iter()
@@ -140,7 +192,15 @@ async fn remove_leftover_rules(docker: &Docker, config: &Config) -> Vec<String> 
         anyhow::Ok(lines)
     }
     .await;
-    let _ = docker.remove_container(&name, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+    let _ = docker
+        .remove_container(
+            &name,
+            Some(RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
     match result {
         Ok(lines) => lines,
         Err(e) => vec![format!("could not clean leftover VM rules: {e:#}")],

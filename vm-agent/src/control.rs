@@ -88,9 +88,10 @@ impl RouteService for RouteTable {
 pub async fn handle<S: RouteService>(line: &str, service: &S) -> Reply {
     match serde_json::from_str::<Request>(line) {
         Err(e) => Reply::error(format!("bad request: {e}")),
-        Ok(Request::SetRoutes { routes }) if routes.len() > MAX_ROUTES => {
-            Reply::error(format!("{} routes in one request; at most {MAX_ROUTES}", routes.len()))
-        }
+        Ok(Request::SetRoutes { routes }) if routes.len() > MAX_ROUTES => Reply::error(format!(
+            "{} routes in one request; at most {MAX_ROUTES}",
+            routes.len()
+        )),
         Ok(Request::SetRoutes { routes }) => match service.set(routes).await {
             Ok(report) => Reply {
                 ok: true,
@@ -145,7 +146,8 @@ async fn connection<S: RouteService>(stream: TcpStream, service: Arc<S>) {
     let mut reader = BufReader::new(read);
     loop {
         let mut line = String::new();
-        let read = tokio::time::timeout(IDLE, (&mut reader).take(MAX_LINE).read_line(&mut line)).await;
+        let read =
+            tokio::time::timeout(IDLE, (&mut reader).take(MAX_LINE).read_line(&mut line)).await;
         // A line cut at MAX_LINE leaves the rest unread: answer, then close.
         let truncated = !line.ends_with('\n') && line.len() as u64 >= MAX_LINE;
         let reply = match read {
@@ -153,7 +155,8 @@ async fn connection<S: RouteService>(stream: TcpStream, service: Arc<S>) {
             Ok(Ok(_)) if truncated => Reply::error(format!("request longer than {MAX_LINE} bytes")),
             Ok(Ok(_)) => handle(line.trim(), &*service).await,
         };
-        let mut text = serde_json::to_string(&reply).unwrap_or_else(|_| r#"{"ok":false}"#.to_owned());
+        let mut text =
+            serde_json::to_string(&reply).unwrap_or_else(|_| r#"{"ok":false}"#.to_owned());
         text.push('\n');
         if write.write_all(text.as_bytes()).await.is_err() || truncated {
             return;
@@ -174,7 +177,11 @@ mod tests {
     impl RouteService for Fake {
         async fn set(&self, routes: Vec<Route>) -> Result<ApplyReport, String> {
             let mut held = self.routes.lock().unwrap();
-            let removed = held.iter().filter(|r| !routes.contains(r)).cloned().collect();
+            let removed = held
+                .iter()
+                .filter(|r| !routes.contains(r))
+                .cloned()
+                .collect();
             *held = routes.clone();
             Ok(ApplyReport {
                 applied: routes,
@@ -190,7 +197,8 @@ mod tests {
         }
     }
 
-    const SET: &str = r#"{"op":"set-routes","routes":[{"destination":"10.244.1.0/24","via":"172.18.0.3"}]}"#;
+    const SET: &str =
+        r#"{"op":"set-routes","routes":[{"destination":"10.244.1.0/24","via":"172.18.0.3"}]}"#;
 
     #[tokio::test]
     async fn set_then_get_speaks_the_documented_json() {
@@ -215,24 +223,44 @@ mod tests {
         for (line, want) in [
             ("not json", "bad request"),
             (r#"{"op":"reboot"}"#, "unknown variant `reboot`"),
-            (r#"{"op":"set-routes","routes":[{"destination":"banana","via":"1.2.3.4"}]}"#, "bad request"),
+            (
+                r#"{"op":"set-routes","routes":[{"destination":"banana","via":"1.2.3.4"}]}"#,
+                "bad request",
+            ),
         ] {
             let reply = handle(line, &fake).await;
             assert!(!reply.ok, "{line}");
-            assert!(reply.error.as_deref().unwrap().contains(want), "{line}: {:?}", reply.error);
+            assert!(
+                reply.error.as_deref().unwrap().contains(want),
+                "{line}: {:?}",
+                reply.error
+            );
         }
         let many: Vec<String> = (0..=MAX_ROUTES)
-            .map(|i| format!(r#"{{"destination":"10.{}.{}.0/24","via":"172.18.0.3"}}"#, i / 256, i % 256))
+            .map(|i| {
+                format!(
+                    r#"{{"destination":"10.{}.{}.0/24","via":"172.18.0.3"}}"#,
+                    i / 256,
+                    i % 256
+                )
+            })
             .collect();
         let line = format!(r#"{{"op":"set-routes","routes":[{}]}}"#, many.join(","));
-        assert!(handle(&line, &fake).await.error.unwrap().contains("at most 4096"));
+        assert!(handle(&line, &fake)
+            .await
+            .error
+            .unwrap()
+            .contains("at most 4096"));
     }
 
     #[test]
     fn only_the_hosts_tunnel_address_may_connect() {
         let host: Ipv4Addr = "10.254.253.1".parse().unwrap();
         assert!(peer_allowed("10.254.253.1:40000".parse().unwrap(), host));
-        assert!(peer_allowed("[::ffff:10.254.253.1]:40000".parse().unwrap(), host));
+        assert!(peer_allowed(
+            "[::ffff:10.254.253.1]:40000".parse().unwrap(),
+            host
+        ));
         assert!(!peer_allowed("172.17.0.5:40000".parse().unwrap(), host));
         assert!(!peer_allowed("10.254.253.2:40000".parse().unwrap(), host));
     }
@@ -242,25 +270,42 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         // Host = some other address: the connection is dropped unanswered.
-        let server = tokio::spawn(serve(listener, "10.254.253.1".parse().unwrap(), Arc::new(Fake::default())));
+        let server = tokio::spawn(serve(
+            listener,
+            "10.254.253.1".parse().unwrap(),
+            Arc::new(Fake::default()),
+        ));
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(format!("{SET}\n").as_bytes()).await.unwrap();
         let mut buf = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut buf)).await.unwrap().unwrap_or(0);
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
         assert_eq!(n, 0, "got {buf:?}");
         server.abort();
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve(listener, Ipv4Addr::LOCALHOST, Arc::new(Fake::default())));
+        let server = tokio::spawn(serve(
+            listener,
+            Ipv4Addr::LOCALHOST,
+            Arc::new(Fake::default()),
+        ));
         let s = TcpStream::connect(addr).await.unwrap();
         let (read, mut write) = s.into_split();
         let mut lines = BufReader::new(read).lines();
-        write.write_all(format!("{SET}\n{{\"op\":\"get-routes\"}}\n").as_bytes()).await.unwrap();
+        write
+            .write_all(format!("{SET}\n{{\"op\":\"get-routes\"}}\n").as_bytes())
+            .await
+            .unwrap();
         let first = lines.next_line().await.unwrap().unwrap();
         let second = lines.next_line().await.unwrap().unwrap();
         assert!(first.starts_with(r#"{"ok":true,"applied":"#), "{first}");
-        assert!(second.contains(r#""routes":[{"destination":"10.244.1.0/24""#), "{second}");
+        assert!(
+            second.contains(r#""routes":[{"destination":"10.244.1.0/24""#),
+            "{second}"
+        );
         server.abort();
     }
 }

@@ -274,14 +274,21 @@ async fn run(args: RunArgs) -> Result<()> {
     let fw = detect_firewall(&args).await?;
     tracing::info!(backend = %fw.backend(), reason = fw.reason(), "iptables variant");
     let routes = Arc::new(
-        RouteTable::new(routes::protocol_for_tag(&args.tag), vec![args.address, args.peer_address])
-            .context("opening the routing table")?,
+        RouteTable::new(
+            routes::protocol_for_tag(&args.tag),
+            vec![args.address, args.peer_address],
+        )
+        .context("opening the routing table")?,
     );
     match routes.ours().await {
         // Left by a crashed run: kept (no gap for traffic) until the daemon's
         // next set-routes, which replaces them.
         Ok(left) if !left.is_empty() => {
-            tracing::info!(count = left.len(), protocol = routes.protocol(), "routes of an earlier run found; kept until the daemon sends its set")
+            tracing::info!(
+                count = left.len(),
+                protocol = routes.protocol(),
+                "routes of an earlier run found; kept until the daemon sends its set"
+            )
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot list routes"),
@@ -289,7 +296,17 @@ async fn run(args: RunArgs) -> Result<()> {
 
     // From here on every exit path removes the rules and the routes.
     let result = match install_rules(&fw).await {
-        Ok(()) => serve(&args, &fw, routes.clone(), private_key, peer_public, &mut shutdown).await,
+        Ok(()) => {
+            serve(
+                &args,
+                &fw,
+                routes.clone(),
+                private_key,
+                peer_public,
+                &mut shutdown,
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     match routes.flush().await {
@@ -421,10 +438,15 @@ async fn serve(
                    prefix = args.prefix, mtu = args.mtu, "tun up");
     // The daemon's control channel rides inside the tunnel: bound to the
     // tun's address, answering the host's tunnel address only.
-    let _control = match tokio::net::TcpListener::bind((args.address, control::CONTROL_PORT)).await {
+    let _control = match tokio::net::TcpListener::bind((args.address, control::CONTROL_PORT)).await
+    {
         Ok(listener) => {
             tracing::info!(listen = %format!("{}:{}", args.address, control::CONTROL_PORT), "control channel up");
-            Some(AbortOnDrop(tokio::spawn(control::serve(listener, args.peer_address, routes))))
+            Some(AbortOnDrop(tokio::spawn(control::serve(
+                listener,
+                args.peer_address,
+                routes,
+            ))))
         }
         Err(e) => {
             tracing::error!(error = %e, port = control::CONTROL_PORT, "cannot listen for the daemon's control channel; VM routes (kind pods and Services) will not be managed");
@@ -532,7 +554,11 @@ async fn verify(args: RunArgs) -> Result<()> {
     let missing = fw.verify().await.context("listing the firewall rules")?;
     let wanted = firewall::desired_rules(fw.spec()).len();
     if missing.is_empty() {
-        println!("ok: all {wanted} rules tagged {:?} are in place ({})", args.tag, fw.backend());
+        println!(
+            "ok: all {wanted} rules tagged {:?} are in place ({})",
+            args.tag,
+            fw.backend()
+        );
         return Ok(());
     }
     for m in &missing {
@@ -542,7 +568,10 @@ async fn verify(args: RunArgs) -> Result<()> {
         };
         println!("{why}: [{}] {}", fw.backend(), m.rule);
     }
-    bail!("{} of {wanted} firewall rules are not in place", missing.len())
+    bail!(
+        "{} of {wanted} firewall rules are not in place",
+        missing.len()
+    )
 }
 
 async fn cleanup(args: CleanupArgs) -> Result<()> {

@@ -88,9 +88,9 @@ pub struct ApplyReport {
 /// by routing daemons (FRR uses 186-198, BIRD 12).
 pub fn protocol_for_tag(tag: &str) -> u8 {
     // FNV-1a: stable across builds and platforms.
-    let hash = tag
-        .bytes()
-        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let hash = tag.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     200 + (hash % 50) as u8
 }
 
@@ -103,7 +103,10 @@ pub fn validate(route: &Route, protected: &[Ipv4Addr]) -> Result<(), String> {
         return Err("refusing to replace the default route".into());
     }
     if d.trunc() != d {
-        return Err(format!("destination has host bits set (did you mean {}?)", d.trunc()));
+        return Err(format!(
+            "destination has host bits set (did you mean {}?)",
+            d.trunc()
+        ));
     }
     let via = route.via;
     if via.is_unspecified() || via.is_loopback() || via.is_multicast() || via.is_broadcast() {
@@ -132,7 +135,12 @@ pub struct Changes {
 /// `protocol` are ours, the rest belong to someone else and are never
 /// touched. A route for the same destination and metric that is not ours
 /// (a Docker bridge, a user's route) makes ours impossible: refused.
-pub fn diff(desired: &[Route], kernel: &[KernelRoute], protocol: u8, protected: &[Ipv4Addr]) -> Changes {
+pub fn diff(
+    desired: &[Route],
+    kernel: &[KernelRoute],
+    protocol: u8,
+    protected: &[Ipv4Addr],
+) -> Changes {
     let mut changes = Changes::default();
     let ours: Vec<&KernelRoute> = kernel.iter().filter(|r| r.protocol == protocol).collect();
     let mut wanted: Vec<&Route> = Vec::new();
@@ -143,19 +151,23 @@ pub fn diff(desired: &[Route], kernel: &[KernelRoute], protocol: u8, protected: 
         }
         if let Some(first) = wanted.iter().find(|w| w.destination == route.destination) {
             if first.via != route.via {
-                changes
-                    .refused
-                    .push(Failure::new(route, format!("{} is already requested via {}", route.destination, first.via)));
+                changes.refused.push(Failure::new(
+                    route,
+                    format!(
+                        "{} is already requested via {}",
+                        route.destination, first.via
+                    ),
+                ));
             }
             continue;
         }
-        if let Some(foreign) = kernel
-            .iter()
-            .find(|r| r.protocol != protocol && r.destination == route.destination && r.priority == 0)
-        {
-            changes
-                .refused
-                .push(Failure::new(route, format!("conflicts with existing route {foreign}")));
+        if let Some(foreign) = kernel.iter().find(|r| {
+            r.protocol != protocol && r.destination == route.destination && r.priority == 0
+        }) {
+            changes.refused.push(Failure::new(
+                route,
+                format!("conflicts with existing route {foreign}"),
+            ));
             continue;
         }
         wanted.push(route);
@@ -165,7 +177,10 @@ pub fn diff(desired: &[Route], kernel: &[KernelRoute], protocol: u8, protected: 
         }
     }
     for o in ours {
-        let still = changes.keep.iter().any(|k| k.destination == o.destination && Some(k.via) == o.gateway);
+        let still = changes
+            .keep
+            .iter()
+            .any(|k| k.destination == o.destination && Some(k.via) == o.gateway);
         if !still {
             changes.remove.push(Route {
                 destination: o.destination,
@@ -198,7 +213,9 @@ mod netlink {
     use futures_util::TryStreamExt;
     use ipnet::Ipv4Net;
     use rtnetlink::packet_route::link::LinkAttribute;
-    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+    use rtnetlink::packet_route::route::{
+        RouteAddress, RouteAttribute, RouteMessage, RouteProtocol,
+    };
     use rtnetlink::packet_route::AddressFamily;
     use rtnetlink::{Handle, RouteMessageBuilder};
     use tokio::sync::Mutex;
@@ -218,7 +235,8 @@ mod netlink {
     impl RouteTable {
         /// Needs a Tokio runtime (the netlink connection runs as a task).
         pub fn new(protocol: u8, protected: Vec<Ipv4Addr>) -> Result<RouteTable, RouteError> {
-            let (connection, handle, _) = rtnetlink::new_connection().map_err(RouteError::Socket)?;
+            let (connection, handle, _) =
+                rtnetlink::new_connection().map_err(RouteError::Socket)?;
             tokio::spawn(connection);
             Ok(RouteTable {
                 handle,
@@ -292,7 +310,9 @@ mod netlink {
                         tracing::info!(destination = %r.destination, via = %r.via, "route removed");
                         report.removed.push(r);
                     }
-                    Err(e) => report.errors.push(Failure::new(&r, format!("cannot remove: {e}"))),
+                    Err(e) => report
+                        .errors
+                        .push(Failure::new(&r, format!("cannot remove: {e}"))),
                 }
             }
             for r in changes.add {
@@ -315,7 +335,12 @@ mod netlink {
         pub async fn flush(&self) -> Result<Vec<Route>, RouteError> {
             let _one_at_a_time = self.lock.lock().await;
             let mut removed = Vec::new();
-            for r in self.list().await?.into_iter().filter(|r| r.protocol == self.protocol) {
+            for r in self
+                .list()
+                .await?
+                .into_iter()
+                .filter(|r| r.protocol == self.protocol)
+            {
                 let route = Route {
                     destination: r.destination,
                     via: r.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
@@ -363,7 +388,10 @@ mod netlink {
     fn explain(e: rtnetlink::Error, route: &Route) -> String {
         let text = e.to_string();
         if text.contains("Network is unreachable") || text.contains("os error 101") {
-            format!("gateway {} is not on a connected network (node gone?): {text}", route.via)
+            format!(
+                "gateway {} is not on a connected network (node gone?): {text}",
+                route.via
+            )
         } else {
             text
         }
@@ -452,7 +480,10 @@ mod tests {
     }
 
     fn tunnel() -> Vec<Ipv4Addr> {
-        vec!["10.254.253.2".parse().unwrap(), "10.254.253.1".parse().unwrap()]
+        vec![
+            "10.254.253.2".parse().unwrap(),
+            "10.254.253.1".parse().unwrap(),
+        ]
     }
 
     #[test]
@@ -462,7 +493,10 @@ mod tests {
             assert!((200..250).contains(&p), "{tag}: {p}");
             assert_eq!(p, protocol_for_tag(tag));
         }
-        assert_ne!(protocol_for_tag("connector-agent"), protocol_for_tag("connector-agent-kind"));
+        assert_ne!(
+            protocol_for_tag("connector-agent"),
+            protocol_for_tag("connector-agent-kind")
+        );
     }
 
     #[test]
@@ -473,7 +507,10 @@ mod tests {
             kernel("10.244.9.0/24", Some("172.18.0.9"), P, "br-kind"),
             kernel("10.50.0.0/16", Some("192.168.1.1"), 4, "eth0"),
         ];
-        let desired = [route("10.244.0.0/24", "172.18.0.2"), route("10.244.1.0/24", "172.18.0.3")];
+        let desired = [
+            route("10.244.0.0/24", "172.18.0.2"),
+            route("10.244.1.0/24", "172.18.0.3"),
+        ];
         let c = diff(&desired, &table, P, &tunnel());
         assert_eq!(c.keep, vec![route("10.244.0.0/24", "172.18.0.2")]);
         assert_eq!(c.add, vec![route("10.244.1.0/24", "172.18.0.3")]);
@@ -484,7 +521,12 @@ mod tests {
     #[test]
     fn a_new_gateway_replaces_our_route() {
         let table = [kernel("10.244.0.0/24", Some("172.18.0.2"), P, "br-kind")];
-        let c = diff(&[route("10.244.0.0/24", "172.18.0.7")], &table, P, &tunnel());
+        let c = diff(
+            &[route("10.244.0.0/24", "172.18.0.7")],
+            &table,
+            P,
+            &tunnel(),
+        );
         assert_eq!(c.remove, vec![route("10.244.0.0/24", "172.18.0.2")]);
         assert_eq!(c.add, vec![route("10.244.0.0/24", "172.18.0.7")]);
     }
@@ -505,7 +547,12 @@ mod tests {
         // A foreign route at a higher metric does not stop ours (ours wins).
         let mut low = kernel("10.96.0.0/16", None, 4, "eth0");
         low.priority = 100;
-        assert_eq!(diff(&[route("10.96.0.0/16", "172.18.0.2")], &[low], P, &tunnel()).add.len(), 1);
+        assert_eq!(
+            diff(&[route("10.96.0.0/16", "172.18.0.2")], &[low], P, &tunnel())
+                .add
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -514,19 +561,32 @@ mod tests {
             (route("0.0.0.0/0", "172.18.0.2"), "default route"),
             (route("10.244.1.5/24", "172.18.0.2"), "host bits"),
             (route("10.244.1.0/24", "0.0.0.0"), "not a unicast"),
-            (route("172.18.0.0/16", "172.18.0.2"), "inside the destination"),
-            (route("10.254.0.0/16", "172.18.0.2"), "tunnel address 10.254.253.2"),
+            (
+                route("172.18.0.0/16", "172.18.0.2"),
+                "inside the destination",
+            ),
+            (
+                route("10.254.0.0/16", "172.18.0.2"),
+                "tunnel address 10.254.253.2",
+            ),
         ] {
             let c = diff(std::slice::from_ref(&r), &[], P, &tunnel());
             assert!(c.add.is_empty(), "{r}");
-            assert!(c.refused[0].error.contains(why), "{r}: {}", c.refused[0].error);
+            assert!(
+                c.refused[0].error.contains(why),
+                "{r}: {}",
+                c.refused[0].error
+            );
         }
     }
 
     #[test]
     fn one_destination_twice_with_different_gateways_keeps_the_first() {
         let c = diff(
-            &[route("10.244.0.0/24", "172.18.0.2"), route("10.244.0.0/24", "172.18.0.3")],
+            &[
+                route("10.244.0.0/24", "172.18.0.2"),
+                route("10.244.0.0/24", "172.18.0.3"),
+            ],
             &[],
             P,
             &tunnel(),
@@ -542,13 +602,20 @@ mod tests {
             kernel("10.244.0.0/24", Some("172.18.0.2"), P + 1, "br-kind"),
         ];
         let c = diff(&[], &table, P, &tunnel());
-        assert_eq!(c.remove, vec![route("10.244.0.0/24", "172.18.0.2")], "another agent's route stays");
+        assert_eq!(
+            c.remove,
+            vec![route("10.244.0.0/24", "172.18.0.2")],
+            "another agent's route stays"
+        );
     }
 
     #[test]
     fn wire_format_is_destination_and_via() {
         let r = route("10.244.1.0/24", "172.18.0.3");
-        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"destination":"10.244.1.0/24","via":"172.18.0.3"}"#);
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"destination":"10.244.1.0/24","via":"172.18.0.3"}"#
+        );
         assert_eq!(r.to_string(), "10.244.1.0/24 via 172.18.0.3");
     }
 }

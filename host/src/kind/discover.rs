@@ -17,7 +17,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::ContainerSummary;
-use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;
 use futures_util::StreamExt;
 use ipnet::IpNet;
@@ -69,22 +68,20 @@ impl Discovery {
     /// Every running kind cluster. Fails only when Docker cannot be listed;
     /// a cluster that cannot be read completely carries a `problem`.
     pub async fn snapshot(&mut self, docker: &Docker) -> Result<Vec<ClusterSnapshot>> {
-        let filters = HashMap::from([("label".to_owned(), vec![KIND_CLUSTER_LABEL.to_owned()])]);
-        let listed = docker
-            .list_containers(Some(ListContainersOptions {
-                all: false,
-                filters: Some(filters),
-                ..Default::default()
-            }))
-            .await
-            .context("cannot list kind node containers")?;
+        let listed =
+            crate::docker::containers_labelled(docker, &[KIND_CLUSTER_LABEL.to_owned()], false)
+                .await?;
         let network = std::env::var(NETWORK_ENV).unwrap_or_else(|_| DEFAULT_NETWORK.to_owned());
         let mut by_cluster: BTreeMap<String, Vec<Container>> = BTreeMap::new();
         for c in listed.iter().filter_map(|c| container(c, &network)) {
             by_cluster.entry(c.cluster.clone()).or_default().push(c);
         }
 
-        let live: HashSet<String> = by_cluster.values().flatten().map(|c| c.id.clone()).collect();
+        let live: HashSet<String> = by_cluster
+            .values()
+            .flatten()
+            .map(|c| c.id.clone())
+            .collect();
         self.networking.retain(|id, _| live.contains(id));
         self.pod_cidrs.retain(|id, _| live.contains(id));
 
@@ -95,9 +92,21 @@ impl Discovery {
         Ok(clusters)
     }
 
-    async fn cluster(&mut self, docker: &Docker, name: String, containers: Vec<Container>) -> ClusterSnapshot {
-        let created = containers.iter().map(|c| c.created).min().unwrap_or_default();
-        let mut nodes: Vec<&Container> = containers.iter().filter(|c| c.role != ROLE_LOAD_BALANCER).collect();
+    async fn cluster(
+        &mut self,
+        docker: &Docker,
+        name: String,
+        containers: Vec<Container>,
+    ) -> ClusterSnapshot {
+        let created = containers
+            .iter()
+            .map(|c| c.created)
+            .min()
+            .unwrap_or_default();
+        let mut nodes: Vec<&Container> = containers
+            .iter()
+            .filter(|c| c.role != ROLE_LOAD_BALANCER)
+            .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let mut problems = Vec::new();
 
@@ -122,15 +131,21 @@ impl Discovery {
         };
         if let Some(cp) = control_plane {
             if nodes.iter().any(|n| stale(&n.id)) {
-                match exec(docker, &cp.id, &KUBECTL).await.and_then(|out| Ok(nodes::parse(&out)?)) {
+                match exec(docker, &cp.id, &KUBECTL)
+                    .await
+                    .and_then(|out| Ok(nodes::parse(&out)?))
+                {
                     Ok(objects) => {
                         for n in &nodes {
                             if let Some(o) = objects.iter().find(|o| o.name == n.name) {
-                                self.pod_cidrs.insert(n.id.clone(), (o.pod_cidrs.clone(), Instant::now()));
+                                self.pod_cidrs
+                                    .insert(n.id.clone(), (o.pod_cidrs.clone(), Instant::now()));
                             }
                         }
                     }
-                    Err(e) => problems.push(format!("cannot list Node objects in {}: {e:#}", cp.name)),
+                    Err(e) => {
+                        problems.push(format!("cannot list Node objects in {}: {e:#}", cp.name))
+                    }
                 }
             }
         }
@@ -147,7 +162,11 @@ impl Discovery {
                     name: c.name.clone(),
                     role: c.role.clone(),
                     ip: c.ip,
-                    pod_cidrs: self.pod_cidrs.get(&c.id).map(|(v, _)| v.clone()).unwrap_or_default(),
+                    pod_cidrs: self
+                        .pod_cidrs
+                        .get(&c.id)
+                        .map(|(v, _)| v.clone())
+                        .unwrap_or_default(),
                 })
                 .collect(),
             pod_subnets,
@@ -174,9 +193,21 @@ fn container(c: &ContainerSummary, network: &str) -> Option<Container> {
     let labels = c.labels.as_ref()?;
     let cluster = labels.get(KIND_CLUSTER_LABEL)?.clone();
     let role = labels.get(KIND_ROLE_LABEL).cloned().unwrap_or_default();
-    let name = c.names.as_ref()?.first()?.trim_start_matches('/').to_owned();
-    let networks = c.network_settings.as_ref().and_then(|n| n.networks.as_ref());
-    let ipv4 = |s: &bollard::models::EndpointSettings| s.ip_address.as_deref().and_then(|a| a.parse::<Ipv4Addr>().ok());
+    let name = c
+        .names
+        .as_ref()?
+        .first()?
+        .trim_start_matches('/')
+        .to_owned();
+    let networks = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref());
+    let ipv4 = |s: &bollard::models::EndpointSettings| {
+        s.ip_address
+            .as_deref()
+            .and_then(|a| a.parse::<Ipv4Addr>().ok())
+    };
     let ip = networks.and_then(|nets| {
         nets.get(network).and_then(ipv4).or_else(|| {
             // A node on a single network is on the cluster's network,
@@ -215,7 +246,11 @@ async fn exec(docker: &Docker, container: &str, cmd: &[&str]) -> Result<String> 
             .await
             .context("docker exec create")?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        match docker.start_exec(&created.id, None).await.context("docker exec start")? {
+        match docker
+            .start_exec(&created.id, None)
+            .await
+            .context("docker exec start")?
+        {
             StartExecResults::Attached { mut output, .. } => {
                 while let Some(chunk) = output.next().await {
                     match chunk.context("docker exec output")? {
@@ -246,9 +281,13 @@ async fn exec(docker: &Docker, container: &str, cmd: &[&str]) -> Result<String> 
         }
         String::from_utf8(stdout).map_err(|_| anyhow!("`{}` printed invalid UTF-8", cmd.join(" ")))
     };
-    tokio::time::timeout(EXEC_TIMEOUT, run)
-        .await
-        .map_err(|_| anyhow!("`{}` did not finish within {} s", cmd.join(" "), EXEC_TIMEOUT.as_secs()))?
+    tokio::time::timeout(EXEC_TIMEOUT, run).await.map_err(|_| {
+        anyhow!(
+            "`{}` did not finish within {} s",
+            cmd.join(" "),
+            EXEC_TIMEOUT.as_secs()
+        )
+    })?
 }
 
 #[cfg(test)]
@@ -287,16 +326,30 @@ mod tests {
 
     #[test]
     fn node_ip_comes_from_the_kind_network() {
-        let c = container(&summary("dev-worker", &[("other", "172.30.0.5"), ("kind", "172.18.0.3")]), "kind").unwrap();
+        let c = container(
+            &summary(
+                "dev-worker",
+                &[("other", "172.30.0.5"), ("kind", "172.18.0.3")],
+            ),
+            "kind",
+        )
+        .unwrap();
         assert_eq!(c.ip, Some(Ipv4Addr::new(172, 18, 0, 3)));
-        assert_eq!((c.name.as_str(), c.cluster.as_str(), c.role.as_str()), ("dev-worker", "dev", "worker"));
+        assert_eq!(
+            (c.name.as_str(), c.cluster.as_str(), c.role.as_str()),
+            ("dev-worker", "dev", "worker")
+        );
     }
 
     #[test]
     fn a_single_network_of_another_name_is_used_but_two_are_ambiguous() {
         let c = container(&summary("dev-worker", &[("mykind", "172.30.0.5")]), "kind").unwrap();
         assert_eq!(c.ip, Some(Ipv4Addr::new(172, 30, 0, 5)));
-        let c = container(&summary("dev-worker", &[("a", "172.30.0.5"), ("b", "172.31.0.5")]), "kind").unwrap();
+        let c = container(
+            &summary("dev-worker", &[("a", "172.30.0.5"), ("b", "172.31.0.5")]),
+            "kind",
+        )
+        .unwrap();
         assert_eq!(c.ip, None);
     }
 

@@ -66,10 +66,13 @@ fn cidrs(key: &'static str, value: &str) -> Result<Vec<IpNet>, KubeadmError> {
     value
         .split(',')
         .map(|part| {
-            part.trim().parse::<IpNet>().map(|n| n.trunc()).map_err(|_| KubeadmError::BadSubnet {
-                key,
-                value: value.to_owned(),
-            })
+            part.trim()
+                .parse::<IpNet>()
+                .map(|n| n.trunc())
+                .map_err(|_| KubeadmError::BadSubnet {
+                    key,
+                    value: value.to_owned(),
+                })
         })
         .collect()
 }
@@ -165,7 +168,10 @@ iptables:
         let text = "kind: ClusterConfiguration\nnetworking:\n  podSubnet: \"10.244.0.0/16,fd00:10:244::/56\"\n  serviceSubnet: \"10.96.0.0/16,fd00:10:96::/112\"\n";
         let n = parse(text).unwrap();
         assert_eq!(n.pod_subnets, nets(&["10.244.0.0/16", "fd00:10:244::/56"]));
-        assert_eq!(n.service_subnets, nets(&["10.96.0.0/16", "fd00:10:96::/112"]));
+        assert_eq!(
+            n.service_subnets,
+            nets(&["10.96.0.0/16", "fd00:10:96::/112"])
+        );
     }
 
     #[test]
@@ -177,9 +183,19 @@ iptables:
 
     #[test]
     fn errors_say_what_is_wrong() {
-        assert_eq!(parse("kind: InitConfiguration\n"), Err(KubeadmError::NoClusterConfiguration));
-        let err = parse("kind: ClusterConfiguration\nnetworking:\n  podSubnet: banana\n").unwrap_err();
-        assert_eq!(err.to_string(), "kubeadm.conf: networking.podSubnet \"banana\" is not a comma-separated list of CIDRs");
-        assert!(matches!(parse("kind: [unclosed\n"), Err(KubeadmError::Yaml(_))));
+        assert_eq!(
+            parse("kind: InitConfiguration\n"),
+            Err(KubeadmError::NoClusterConfiguration)
+        );
+        let err =
+            parse("kind: ClusterConfiguration\nnetworking:\n  podSubnet: banana\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kubeadm.conf: networking.podSubnet \"banana\" is not a comma-separated list of CIDRs"
+        );
+        assert!(matches!(
+            parse("kind: [unclosed\n"),
+            Err(KubeadmError::Yaml(_))
+        ));
     }
 }

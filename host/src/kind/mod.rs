@@ -64,9 +64,10 @@ impl Kind {
     /// clusters' status.
     pub fn settle(&mut self, plan: KindPlan, decisions: &[SubnetDecision]) -> Vec<VmRoute> {
         let (routes, clusters) = plan::settle(plan, decisions);
-        let pending = clusters
-            .iter()
-            .any(|c| matches!(c.pods.state, CidrState::Pending { .. }) || matches!(c.services.state, CidrState::Pending { .. }));
+        let pending = clusters.iter().any(|c| {
+            matches!(c.pods.state, CidrState::Pending { .. })
+                || matches!(c.services.state, CidrState::Pending { .. })
+        });
         self.retry = match (pending, self.retry) {
             (false, _) => None,
             (true, None) => Some(RETRY_FIRST),
@@ -82,12 +83,17 @@ impl Kind {
                 ("services", &c.services, before.map(|b| &b.services)),
             ] {
                 if was.map(|w| &w.state) != Some(&now.state) {
-                    let subnets: Vec<String> = now.subnets.iter().map(ToString::to_string).collect();
+                    let subnets: Vec<String> =
+                        now.subnets.iter().map(ToString::to_string).collect();
                     tracing::info!(cluster = %c.name, what, subnets = %subnets.join(","), state = %now.state, "kind cluster");
                 }
             }
         }
-        for gone in self.clusters.iter().filter(|b| !clusters.iter().any(|c| c.name == b.name)) {
+        for gone in self
+            .clusters
+            .iter()
+            .filter(|b| !clusters.iter().any(|c| c.name == b.name))
+        {
             tracing::info!(cluster = %gone.name, "kind cluster gone");
         }
         self.clusters = clusters;
@@ -116,7 +122,11 @@ pub fn render(report: &KindReport) -> String {
             let subnets = if cidr.subnets.is_empty() {
                 "-".to_owned()
             } else {
-                cidr.subnets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                cidr.subnets
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
             };
             out += &format!("    {what:<9} {subnets:<20} {}\n", cidr.state);
         }
@@ -124,7 +134,11 @@ pub fn render(report: &KindReport) -> String {
             let cidrs = if n.pod_cidrs.is_empty() {
                 "-".to_owned()
             } else {
-                n.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+                n.pod_cidrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
             };
             out += &format!(
                 "    node {:<28} {:<14} {:<15} podCIDRs {}\n",
@@ -167,7 +181,10 @@ mod tests {
         };
         let mut delays = Vec::new();
         for _ in 0..6 {
-            kind.settle(plan::plan(std::slice::from_ref(&starting), &KindConfig::default()), &[]);
+            kind.settle(
+                plan::plan(std::slice::from_ref(&starting), &KindConfig::default()),
+                &[],
+            );
             delays.push(kind.retry_after().unwrap().as_secs());
         }
         assert_eq!(delays, [3, 6, 12, 24, 30, 30]);
@@ -177,7 +194,11 @@ mod tests {
         starting.problem = None;
         let routes = kind.settle(plan::plan(&[starting], &KindConfig::default()), &[]);
         assert_eq!(routes.len(), 2);
-        assert_eq!(kind.retry_after(), None, "nothing pending: no early reconcile");
+        assert_eq!(
+            kind.retry_after(),
+            None,
+            "nothing pending: no early reconcile"
+        );
         assert_eq!(kind.clusters()[0].pods.state, CidrState::Routed);
     }
 
@@ -210,9 +231,17 @@ mod tests {
         };
         let text = render(&report);
         assert!(text.contains("  dev\n"), "{text}");
-        assert!(text.contains("pods      10.244.0.0/16        routed"), "{text}");
+        assert!(
+            text.contains("pods      10.244.0.0/16        routed"),
+            "{text}"
+        );
         assert!(text.contains("conflict with cluster other"), "{text}");
-        assert!(text.contains("node dev-control-plane") && text.contains("172.18.0.2") && text.contains("podCIDRs 10.244.0.0/24"), "{text}");
+        assert!(
+            text.contains("node dev-control-plane")
+                && text.contains("172.18.0.2")
+                && text.contains("podCIDRs 10.244.0.0/24"),
+            "{text}"
+        );
         assert_eq!(render(&KindReport::default()), "kind clusters: none\n");
     }
 }

@@ -66,7 +66,9 @@ pub fn parse(json: &str) -> Result<Vec<NodeInfo>, NodesError> {
     let list: List = serde_json::from_str(json).map_err(|e| NodesError(e.to_string()))?;
     if let Some(kind) = list.kind.as_deref() {
         if kind != "List" && kind != "NodeList" {
-            return Err(NodesError(format!("expected kind List or NodeList, got {kind:?}")));
+            return Err(NodesError(format!(
+                "expected kind List or NodeList, got {kind:?}"
+            )));
         }
     }
     list.items
@@ -79,9 +81,9 @@ pub fn parse(json: &str) -> Result<Vec<NodeInfo>, NodesError> {
             let pod_cidrs = texts
                 .iter()
                 .map(|c| {
-                    c.parse::<IpNet>()
-                        .map(|n| n.trunc())
-                        .map_err(|_| NodesError(format!("node {}: bad podCIDR {c:?}", node.metadata.name)))
+                    c.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
+                        NodesError(format!("node {}: bad podCIDR {c:?}", node.metadata.name))
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let internal_ips = node
@@ -152,26 +154,46 @@ mod tests {
         let nodes = parse(TWO_NODES).unwrap();
         assert_eq!(nodes.len(), 3);
         assert_eq!(nodes[0].name, "dev-control-plane");
-        assert_eq!(nodes[0].pod_cidrs, vec!["10.244.0.0/24".parse::<IpNet>().unwrap()]);
-        assert_eq!(nodes[0].internal_ips, vec!["172.18.0.3".parse::<IpAddr>().unwrap()]);
-        assert_eq!(nodes[1].pod_cidrs.len(), 2, "dual-stack keeps both families");
-        assert!(nodes[2].pod_cidrs.is_empty(), "a node without a podCIDR yet is listed, empty");
+        assert_eq!(
+            nodes[0].pod_cidrs,
+            vec!["10.244.0.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            nodes[0].internal_ips,
+            vec!["172.18.0.3".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            nodes[1].pod_cidrs.len(),
+            2,
+            "dual-stack keeps both families"
+        );
+        assert!(
+            nodes[2].pod_cidrs.is_empty(),
+            "a node without a podCIDR yet is listed, empty"
+        );
     }
 
     #[test]
     fn old_servers_with_only_pod_cidr_work() {
         let json = r#"{"kind":"List","items":[{"metadata":{"name":"n"},"spec":{"podCIDR":"10.244.3.0/24"}}]}"#;
-        assert_eq!(parse(json).unwrap()[0].pod_cidrs, vec!["10.244.3.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            parse(json).unwrap()[0].pod_cidrs,
+            vec!["10.244.3.0/24".parse::<IpNet>().unwrap()]
+        );
     }
 
     #[test]
     fn garbage_is_an_error_naming_the_problem() {
         assert!(parse("error: You must be logged in to the server").is_err());
-        let err = parse(r#"{"kind":"Pod","items":[]}"#).unwrap_err().to_string();
-        assert!(err.contains("Pod"), "{err}");
-        let err = parse(r#"{"kind":"List","items":[{"metadata":{"name":"n"},"spec":{"podCIDRs":["x"]}}]}"#)
+        let err = parse(r#"{"kind":"Pod","items":[]}"#)
             .unwrap_err()
             .to_string();
+        assert!(err.contains("Pod"), "{err}");
+        let err = parse(
+            r#"{"kind":"List","items":[{"metadata":{"name":"n"},"spec":{"podCIDRs":["x"]}}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("node n") && err.contains("\"x\""), "{err}");
     }
 }

@@ -112,7 +112,10 @@ impl std::fmt::Display for CidrState {
         match self {
             CidrState::Routed => write!(f, "routed"),
             CidrState::Conflict { with, subnet } => {
-                write!(f, "conflict with cluster {with}: it is routed and also claims {subnet}")
+                write!(
+                    f,
+                    "conflict with cluster {with}: it is routed and also claims {subnet}"
+                )
             }
             CidrState::Skipped { reason } => write!(f, "skipped: {reason}"),
             CidrState::Disabled { reason } => write!(f, "disabled: {reason}"),
@@ -138,7 +141,8 @@ pub struct KindPlan {
 
 /// Decides which cluster owns which CIDR and what to route for it.
 pub fn plan(clusters: &[ClusterSnapshot], config: &KindConfig) -> KindPlan {
-    let selected = |c: &ClusterSnapshot| config.clusters.is_empty() || config.clusters.contains(&c.name);
+    let selected =
+        |c: &ClusterSnapshot| config.clusters.is_empty() || config.clusters.contains(&c.name);
     let mut order: Vec<&ClusterSnapshot> = clusters.iter().filter(|c| selected(c)).collect();
     if config.clusters.is_empty() {
         order.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.name.cmp(&b.name)));
@@ -150,7 +154,13 @@ pub fn plan(clusters: &[ClusterSnapshot], config: &KindConfig) -> KindPlan {
     let mut claimed: Vec<(IpNet, String)> = Vec::new();
     for cluster in order {
         let pods = decide(cluster, CidrKind::Pods, config.pods, &mut claimed, &mut out);
-        let services = decide(cluster, CidrKind::Services, config.services, &mut claimed, &mut out);
+        let services = decide(
+            cluster,
+            CidrKind::Services,
+            config.services,
+            &mut claimed,
+            &mut out,
+        );
         out.clusters.push(status(cluster, pods, services));
     }
     for cluster in clusters.iter().filter(|c| !selected(c)) {
@@ -160,8 +170,11 @@ pub fn plan(clusters: &[ClusterSnapshot], config: &KindConfig) -> KindPlan {
                 reason: "not listed in [kind] clusters".into(),
             },
         };
-        out.clusters
-            .push(status(cluster, off(&cluster.pod_subnets), off(&cluster.service_subnets)));
+        out.clusters.push(status(
+            cluster,
+            off(&cluster.pod_subnets),
+            off(&cluster.service_subnets),
+        ));
     }
     out.clusters.sort_by(|a, b| a.name.cmp(&b.name));
     out.extra.sort_by(|a, b| a.name.cmp(&b.name));
@@ -236,7 +249,10 @@ fn decide(
         .iter()
         .find_map(|s| claimed.iter().find(|(c, _)| overlaps(c, s)).cloned())
     {
-        return state(CidrState::Conflict { with: owner, subnet });
+        return state(CidrState::Conflict {
+            with: owner,
+            subnet,
+        });
     }
     // Claimed as soon as known, so a preferred cluster that is still starting
     // keeps its CIDRs instead of letting another cluster flap in and out.
@@ -270,10 +286,11 @@ fn decide(
         internal: false,
         subnets: wanted.iter().map(|s| IpNet::V4(*s)).collect(),
     });
-    out.candidates.extend(routes.into_iter().map(|route| Candidate {
-        network: network.clone(),
-        route,
-    }));
+    out.candidates
+        .extend(routes.into_iter().map(|route| Candidate {
+            network: network.clone(),
+            route,
+        }));
     state(CidrState::Routed)
 }
 
@@ -286,7 +303,10 @@ fn pod_routes(cluster: &ClusterSnapshot, pod_subnets: &[Ipv4Net]) -> Vec<VmRoute
         let Some(via) = node.ip else { continue };
         for cidr in v4(&node.pod_cidrs) {
             if pod_subnets.iter().any(|s| s.contains(&cidr)) {
-                routes.push(VmRoute { destination: cidr, via });
+                routes.push(VmRoute {
+                    destination: cidr,
+                    via,
+                });
             }
         }
     }
@@ -305,7 +325,10 @@ fn service_routes(cluster: &ClusterSnapshot, service_subnets: &[Ipv4Net]) -> Vec
     };
     service_subnets
         .iter()
-        .map(|s| VmRoute { destination: *s, via })
+        .map(|s| VmRoute {
+            destination: *s,
+            via,
+        })
         .collect()
 }
 
@@ -315,7 +338,9 @@ fn service_routes(cluster: &ClusterSnapshot, service_subnets: &[Ipv4Net]) -> Vec
 pub fn settle(plan: KindPlan, decisions: &[SubnetDecision]) -> (Vec<VmRoute>, Vec<ClusterStatus>) {
     let refused = |network: &str, destination: &Ipv4Net| {
         decisions.iter().find(|d| {
-            d.network == network && d.skipped.is_some() && d.subnet.contains(&IpNet::V4(*destination).network())
+            d.network == network
+                && d.skipped.is_some()
+                && d.subnet.contains(&IpNet::V4(*destination).network())
         })
     };
     let mut routes: Vec<VmRoute> = plan
@@ -329,14 +354,27 @@ pub fn settle(plan: KindPlan, decisions: &[SubnetDecision]) -> (Vec<VmRoute>, Ve
 
     let mut clusters = plan.clusters;
     for cluster in &mut clusters {
-        for (kind, cidr) in [(CidrKind::Pods, &mut cluster.pods), (CidrKind::Services, &mut cluster.services)] {
+        for (kind, cidr) in [
+            (CidrKind::Pods, &mut cluster.pods),
+            (CidrKind::Services, &mut cluster.services),
+        ] {
             if cidr.state != CidrState::Routed {
                 continue;
             }
             let network = network_name(&cluster.name, kind);
-            if let Some(d) = decisions.iter().find(|d| d.network == network && d.skipped.is_some()) {
+            if let Some(d) = decisions
+                .iter()
+                .find(|d| d.network == network && d.skipped.is_some())
+            {
                 cidr.state = CidrState::Skipped {
-                    reason: format!("{}: {}", d.subnet, d.skipped.as_ref().map(ToString::to_string).unwrap_or_default()),
+                    reason: format!(
+                        "{}: {}",
+                        d.subnet,
+                        d.skipped
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default()
+                    ),
                 };
             }
         }
@@ -358,7 +396,11 @@ mod tests {
             name: name.into(),
             role: role.into(),
             ip: (!ip.is_empty()).then(|| ip.parse().unwrap()),
-            pod_cidrs: if pod_cidr.is_empty() { vec![] } else { vec![net(pod_cidr)] },
+            pod_cidrs: if pod_cidr.is_empty() {
+                vec![]
+            } else {
+                vec![net(pod_cidr)]
+            },
         }
     }
 
@@ -369,8 +411,18 @@ mod tests {
             name: name.into(),
             created,
             nodes: vec![
-                node(&format!("{name}-worker"), "worker", &format!("172.18.0.{}", base + 1), "10.244.1.0/24"),
-                node(&format!("{name}-control-plane"), "control-plane", &format!("172.18.0.{base}"), "10.244.0.0/24"),
+                node(
+                    &format!("{name}-worker"),
+                    "worker",
+                    &format!("172.18.0.{}", base + 1),
+                    "10.244.1.0/24",
+                ),
+                node(
+                    &format!("{name}-control-plane"),
+                    "control-plane",
+                    &format!("172.18.0.{base}"),
+                    "10.244.0.0/24",
+                ),
             ],
             pod_subnets: vec![net("10.244.0.0/16")],
             service_subnets: vec![net("10.96.0.0/16")],
@@ -420,12 +472,18 @@ mod tests {
         let dev = find(&p, "dev");
         assert_eq!(dev.pods.state, CidrState::Routed);
         assert_eq!(dev.services.state, CidrState::Routed);
-        assert_eq!(dev.nodes[0].name, "dev-control-plane", "nodes are listed by name");
+        assert_eq!(
+            dev.nodes[0].name, "dev-control-plane",
+            "nodes are listed by name"
+        );
     }
 
     #[test]
     fn same_cidrs_route_only_the_most_recent_cluster() {
-        let p = plan(&[cluster("old", 100, 2), cluster("new", 200, 4)], &config(true, true, &[]));
+        let p = plan(
+            &[cluster("old", 100, 2), cluster("new", 200, 4)],
+            &config(true, true, &[]),
+        );
         assert_eq!(
             routes(&p),
             vec![
@@ -443,7 +501,9 @@ mod tests {
                 subnet: net("10.244.0.0/16")
             }
         );
-        assert!(matches!(old.services.state, CidrState::Conflict { ref with, .. } if with == "new"));
+        assert!(
+            matches!(old.services.state, CidrState::Conflict { ref with, .. } if with == "new")
+        );
         assert_eq!(
             old.pods.state.to_string(),
             "conflict with cluster new: it is routed and also claims 10.244.0.0/16"
@@ -452,17 +512,27 @@ mod tests {
 
     #[test]
     fn configured_order_beats_creation_time_and_unlisted_clusters_are_disabled() {
-        let clusters = [cluster("old", 100, 2), cluster("new", 200, 4), cluster("other", 300, 6)];
+        let clusters = [
+            cluster("old", 100, 2),
+            cluster("new", 200, 4),
+            cluster("other", 300, 6),
+        ];
         let p = plan(&clusters, &config(true, true, &["old", "new"]));
         assert_eq!(find(&p, "old").pods.state, CidrState::Routed);
-        assert!(matches!(find(&p, "new").pods.state, CidrState::Conflict { ref with, .. } if with == "old"));
+        assert!(
+            matches!(find(&p, "new").pods.state, CidrState::Conflict { ref with, .. } if with == "old")
+        );
         assert_eq!(
             find(&p, "other").pods.state,
             CidrState::Disabled {
                 reason: "not listed in [kind] clusters".into()
             }
         );
-        assert!(routes(&p).iter().all(|r| r.via.octets()[3] < 4), "{:?}", routes(&p));
+        assert!(
+            routes(&p).iter().all(|r| r.via.octets()[3] < 4),
+            "{:?}",
+            routes(&p)
+        );
     }
 
     #[test]
@@ -488,7 +558,9 @@ mod tests {
         );
         let p = plan(&[cluster("dev", 100, 2)], &config(true, false, &[]));
         assert_eq!(routes(&p).len(), 2);
-        assert!(routes(&p).iter().all(|r| r.destination.to_string().starts_with("10.244.")));
+        assert!(routes(&p)
+            .iter()
+            .all(|r| r.destination.to_string().starts_with("10.244.")));
     }
 
     #[test]
@@ -496,9 +568,18 @@ mod tests {
         // `pods = false`: the pod subnets of the newer cluster are not claimed,
         // so nothing is routed for pods at all, and the older cluster is not
         // reported in conflict for them either.
-        let p = plan(&[cluster("old", 100, 2), cluster("new", 200, 4)], &config(false, true, &[]));
-        assert!(matches!(find(&p, "old").pods.state, CidrState::Disabled { .. }));
-        assert!(matches!(find(&p, "old").services.state, CidrState::Conflict { .. }));
+        let p = plan(
+            &[cluster("old", 100, 2), cluster("new", 200, 4)],
+            &config(false, true, &[]),
+        );
+        assert!(matches!(
+            find(&p, "old").pods.state,
+            CidrState::Disabled { .. }
+        ));
+        assert!(matches!(
+            find(&p, "old").services.state,
+            CidrState::Conflict { .. }
+        ));
     }
 
     #[test]
@@ -507,9 +588,19 @@ mod tests {
         c.nodes[0].pod_cidrs.clear();
         c.nodes[1].ip = None;
         let p = plan(&[c], &config(true, true, &[]));
-        assert_eq!(routes(&p), vec![route("10.96.0.0/16", "172.18.0.3")], "services fall back to a worker");
-        assert!(matches!(find(&p, "dev").pods.state, CidrState::Pending { .. }));
-        assert!(p.extra.iter().all(|n| n.name != "kind/dev/pods"), "no host route without a VM route");
+        assert_eq!(
+            routes(&p),
+            vec![route("10.96.0.0/16", "172.18.0.3")],
+            "services fall back to a worker"
+        );
+        assert!(matches!(
+            find(&p, "dev").pods.state,
+            CidrState::Pending { .. }
+        ));
+        assert!(
+            p.extra.iter().all(|n| n.name != "kind/dev/pods"),
+            "no host route without a VM route"
+        );
         assert_eq!(find(&p, "dev").nodes.len(), 2);
     }
 
@@ -519,7 +610,10 @@ mod tests {
         starting.pod_subnets.clear();
         starting.service_subnets.clear();
         starting.problem = Some("cannot read /kind/kubeadm.conf".into());
-        let p = plan(&[starting, cluster("dev", 100, 2)], &config(true, true, &[]));
+        let p = plan(
+            &[starting, cluster("dev", 100, 2)],
+            &config(true, true, &[]),
+        );
         assert_eq!(
             find(&p, "starting").pods.state,
             CidrState::Pending {
@@ -535,9 +629,23 @@ mod tests {
         c.nodes[0].pod_cidrs = vec![net("10.99.0.0/24"), net("fd00:10:244:1::/64")];
         c.pod_subnets.push(net("fd00:10:244::/56"));
         let p = plan(&[c], &config(true, true, &[]));
-        assert_eq!(routes(&p).iter().filter(|r| r.destination.to_string().starts_with("10.244.")).count(), 1);
-        assert_eq!(p.extra[0].subnets, vec![net("10.244.0.0/16")], "only IPv4 goes to the host");
-        assert_eq!(find(&p, "dev").pods.subnets.len(), 2, "status shows both families");
+        assert_eq!(
+            routes(&p)
+                .iter()
+                .filter(|r| r.destination.to_string().starts_with("10.244."))
+                .count(),
+            1
+        );
+        assert_eq!(
+            p.extra[0].subnets,
+            vec![net("10.244.0.0/16")],
+            "only IPv4 goes to the host"
+        );
+        assert_eq!(
+            find(&p, "dev").pods.subnets.len(),
+            2,
+            "status shows both families"
+        );
     }
 
     #[test]
@@ -547,7 +655,10 @@ mod tests {
         c.service_subnets = vec![net("fd00:10:96::/112")];
         let p = plan(&[c], &config(true, true, &[]));
         assert!(p.extra.is_empty() && p.candidates.is_empty());
-        assert!(matches!(find(&p, "v6").pods.state, CidrState::Skipped { .. }));
+        assert!(matches!(
+            find(&p, "v6").pods.state,
+            CidrState::Skipped { .. }
+        ));
     }
 
     #[test]
@@ -580,7 +691,10 @@ mod tests {
 
     #[test]
     fn status_json_names_state_and_peer() {
-        let p = plan(&[cluster("old", 100, 2), cluster("new", 200, 4)], &config(true, true, &[]));
+        let p = plan(
+            &[cluster("old", 100, 2), cluster("new", 200, 4)],
+            &config(true, true, &[]),
+        );
         let json = serde_json::to_value(find(&p, "old")).unwrap();
         assert_eq!(json["pods"]["state"], "conflict");
         assert_eq!(json["pods"]["with"], "new");

@@ -50,7 +50,12 @@ impl RouteTable {
     }
 
     async fn interface_index(&self, name: &str) -> io::Result<u32> {
-        let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
         match links.try_next().await {
             Ok(Some(link)) => Ok(link.header.index),
             Ok(None) | Err(_) => Err(io::Error::new(
@@ -68,7 +73,11 @@ impl RouteTable {
             RouteMessageBuilder::<Ipv6Addr>::new().build(),
         ] {
             let mut routes = self.handle.route().get(query).execute();
-            while let Some(route) = routes.try_next().await.map_err(|e| OsError::ListRoutes(netlink_io(e)))? {
+            while let Some(route) = routes
+                .try_next()
+                .await
+                .map_err(|e| OsError::ListRoutes(netlink_io(e)))?
+            {
                 if let Some(entry) = to_entry(&route, &names) {
                     entries.push(entry);
                 }
@@ -122,9 +131,9 @@ impl RouteTable {
 
     async fn exists(&self, destination: IpNet, interface: &str) -> bool {
         self.list().await.is_ok_and(|routes| {
-            routes.iter().any(|r| {
-                r.destination == destination && r.interface.as_deref() == Some(interface)
-            })
+            routes
+                .iter()
+                .any(|r| r.destination == destination && r.interface.as_deref() == Some(interface))
         })
     }
 
@@ -159,8 +168,12 @@ fn to_entry(route: &RouteMessage, names: &HashMap<u32, String>) -> Option<RouteE
     for attr in &route.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => destination = Some(IpAddr::V4(*a)),
-            RouteAttribute::Destination(RouteAddress::Inet6(a)) => destination = Some(IpAddr::V6(*a)),
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => {
+                destination = Some(IpAddr::V4(*a))
+            }
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
+                destination = Some(IpAddr::V6(*a))
+            }
             RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(IpAddr::V4(*a)),
             RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gateway = Some(IpAddr::V6(*a)),
             RouteAttribute::Oif(i) => oif = Some(*i),

@@ -71,7 +71,9 @@ pub enum OsError {
 
 /// tun-rs creates both Linux `tun` and macOS `utun` devices; only the route
 /// handling differs per OS.
-fn create_tun_with_tun_rs(config: &TunConfig) -> Result<connector_tunnel::tun::AsyncDevice, OsError> {
+fn create_tun_with_tun_rs(
+    config: &TunConfig,
+) -> Result<connector_tunnel::tun::AsyncDevice, OsError> {
     connector_tunnel::tun::create(&connector_tunnel::tun::TunSpec {
         name: config.name.clone(),
         address: config.address,
