@@ -9,7 +9,7 @@
 //! but the last.
 
 use std::io;
-use std::mem::{size_of, zeroed};
+use std::mem::{size_of, zeroed, MaybeUninit};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 
@@ -324,22 +324,25 @@ impl TxBatch {
     /// One `sendmmsg` of the groups from `first` on; returns how many went.
     fn send_some(&self, fd: c_int, addr: &RawAddr, first: usize) -> io::Result<usize> {
         let groups = &self.groups[first..self.groups.len().min(first + MAX_MESSAGES)];
-        // SAFETY: all-zero is valid for these plain C structs.
-        let mut iovs: [libc::iovec; MAX_MESSAGES] = unsafe { zeroed() };
-        let mut msgs: [libc::mmsghdr; MAX_MESSAGES] = unsafe { zeroed() };
-        let mut cmsgs = [Cmsg([0; 32]); MAX_MESSAGES];
+        // Only the entries used are initialised: zeroing all of them was a
+        // visible share of a one-packet send.
+        let mut iovs = [MaybeUninit::<libc::iovec>::uninit(); MAX_MESSAGES];
+        let mut msgs = [MaybeUninit::<libc::mmsghdr>::uninit(); MAX_MESSAGES];
+        let mut cmsgs = [MaybeUninit::<Cmsg>::uninit(); MAX_MESSAGES];
         for (i, g) in groups.iter().enumerate() {
-            iovs[i] = libc::iovec {
+            let iov: *mut libc::iovec = iovs[i].write(libc::iovec {
                 iov_base: self.buf[g.start..].as_ptr() as *mut libc::c_void,
                 iov_len: g.len,
-            };
-            let hdr = &mut msgs[i].msg_hdr;
+            });
+            // SAFETY: all-zero is valid for this plain C struct, and zeroes
+            // musl's padding (see `sendmmsg`).
+            let hdr = &mut msgs[i].write(unsafe { zeroed() }).msg_hdr;
             hdr.msg_name = (&addr.storage as *const libc::sockaddr_storage) as *mut libc::c_void;
             hdr.msg_namelen = addr.len;
-            hdr.msg_iov = &mut iovs[i];
+            hdr.msg_iov = iov;
             hdr.msg_iovlen = 1;
             if g.count > 1 {
-                hdr.msg_control = cmsgs[i].0.as_mut_ptr().cast();
+                hdr.msg_control = cmsgs[i].write(Cmsg([0; 32])).0.as_mut_ptr().cast();
                 // SAFETY: CMSG_* only compute sizes and offsets within the
                 // 32-byte buffer, which holds CMSG_SPACE(2) = 24 bytes.
                 unsafe {
@@ -352,13 +355,24 @@ impl TxBatch {
                 }
             }
         }
-        let sent = sendmmsg(fd, &mut msgs[..groups.len()]);
+        // SAFETY: the first `groups.len()` entries were initialised above.
+        let msgs = unsafe { initialised(&mut msgs, groups.len()) };
+        let sent = sendmmsg(fd, msgs);
         if sent < 0 {
             Err(io::Error::last_os_error())
         } else {
             Ok(sent as usize)
         }
     }
+}
+
+/// The first `n` entries of `array`.
+///
+/// # Safety
+/// Those entries must have been initialised.
+unsafe fn initialised<T>(array: &mut [MaybeUninit<T>], n: usize) -> &mut [T] {
+    // SAFETY: MaybeUninit<T> has T's layout; the caller vouches for the contents.
+    unsafe { std::slice::from_raw_parts_mut(array.as_mut_ptr().cast::<T>(), n) }
 }
 
 /// Messages per `recvmmsg`; each may hold a GRO train of up to 64 KiB.
@@ -422,32 +436,36 @@ impl RxBatch {
     pub fn recv(&mut self, fd: c_int, max: usize) -> io::Result<()> {
         let max = max.clamp(1, RX_MESSAGES);
         self.asked = max;
-        // SAFETY: all-zero is valid for these plain C structs.
-        let mut names: [libc::sockaddr_storage; RX_MESSAGES] = unsafe { zeroed() };
-        let mut iovs: [libc::iovec; RX_MESSAGES] = unsafe { zeroed() };
-        let mut msgs: [libc::mmsghdr; RX_MESSAGES] = unsafe { zeroed() };
+        let mut names = [MaybeUninit::<libc::sockaddr_storage>::uninit(); RX_MESSAGES];
+        let mut iovs = [MaybeUninit::<libc::iovec>::uninit(); RX_MESSAGES];
+        let mut msgs = [MaybeUninit::<libc::mmsghdr>::uninit(); RX_MESSAGES];
         let mut controls = [Cmsg([0; 32]); RX_MESSAGES];
         let base = self.buf.as_mut_ptr();
-        for i in 0..RX_MESSAGES {
-            iovs[i] = libc::iovec {
+        for i in 0..max {
+            let iov: *mut libc::iovec = iovs[i].write(libc::iovec {
                 // SAFETY: i * MAX_DATAGRAM + MAX_DATAGRAM <= buf.len().
                 iov_base: unsafe { base.add(i * MAX_DATAGRAM) }.cast(),
                 iov_len: MAX_DATAGRAM,
-            };
-            let hdr = &mut msgs[i].msg_hdr;
-            hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+            });
+            // SAFETY: all-zero is valid for this plain C struct.
+            let hdr = &mut msgs[i].write(unsafe { zeroed() }).msg_hdr;
+            // SAFETY: as above; the kernel writes the sender's address here.
+            hdr.msg_name =
+                (names[i].write(unsafe { zeroed() }) as *mut libc::sockaddr_storage).cast();
             hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdr.msg_iov = &mut iovs[i];
+            hdr.msg_iov = iov;
             hdr.msg_iovlen = 1;
             hdr.msg_control = controls[i].0.as_mut_ptr().cast();
             hdr.msg_controllen = controls[i].0.len() as _;
         }
+        // SAFETY: the first `max` headers were initialised above.
+        let msgs = unsafe { initialised(&mut msgs, max) };
         // SAFETY: every header points at live buffers for the duration of the call.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
                 msgs.as_mut_ptr(),
-                RX_MESSAGES as _,
+                max as _,
                 0 as _,
                 std::ptr::null_mut(),
             )
@@ -474,8 +492,9 @@ impl RxBatch {
                     c = libc::CMSG_NXTHDR(hdr, c);
                 }
             }
+            // SAFETY: initialised for every message asked for (i < n <= max).
             let from = RawAddr {
-                storage: names[i],
+                storage: unsafe { names[i].assume_init() },
                 len: hdr.msg_namelen,
             }
             .to_socket_addr();
