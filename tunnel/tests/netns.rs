@@ -129,6 +129,23 @@ fn udp_rtt(socket: &UdpSocket, to: SocketAddr, count: usize) -> Option<Duration>
     times.get(times.len() / 2).copied()
 }
 
+/// Echoes every datagram back to its sender until one says "done" (or 30 s
+/// pass without any).
+fn spawn_udp_echo(socket: UdpSocket) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            socket.send_to(&buf[..n], from).unwrap();
+            if &buf[..n] == b"done" {
+                break;
+            }
+        }
+    })
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
@@ -230,33 +247,11 @@ fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
     });
     // UDP echo in B on the tunnel and on the veth address (the latter for a
     // round-trip reference without the tunnel).
-    let udp_server = thread::spawn(move || {
-        udp_b
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = udp_b.recv_from(&mut buf) {
-            udp_b.send_to(&buf[..n], from).unwrap();
-            if &buf[..n] == b"done" {
-                break;
-            }
-        }
-    });
+    let udp_server = spawn_udp_echo(udp_b);
     let udp_veth = in_netns(&ns.b, || UdpSocket::bind((VETH_B, 7002)).unwrap())
         .join()
         .unwrap();
-    let veth_server = thread::spawn(move || {
-        udp_veth
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = udp_veth.recv_from(&mut buf) {
-            udp_veth.send_to(&buf[..n], from).unwrap();
-            if &buf[..n] == b"done" {
-                break;
-            }
-        }
-    });
+    let veth_server = spawn_udp_echo(udp_veth);
 
     // Client in A. The first SYN waits for the handshake (boringtun queues it).
     let client = in_netns(&ns.a, || {
