@@ -62,21 +62,8 @@ worker_of() { echo "$1-worker"; }
 
 connector() { ip netns exec "$LAB_NS" timeout 20 "$LAB_CONNECTOR" "$@" --config "$CONFIG"; }
 status_json() { connector status --json >"$1" 2>"$1.err"; }
-# status_eval FILE PYTHON-EXPR — evaluated with s = the status JSON; helpers:
-# c(name) = that cluster's entry or None; st(name, 'pods'|'services') = its state.
-status_eval() {
-  python3 - "$1" "$2" <<'EOF' 2>/dev/null
-import json, sys
-s = json.load(open(sys.argv[1]))
-clusters = s.get("kind", {}).get("clusters", [])
-def c(name):
-    return next((x for x in clusters if x["name"] == name), None)
-def st(name, what):
-    x = c(name)
-    return x[what]["state"] if x else "absent"
-print(eval(sys.argv[2]))
-EOF
-}
+# status_eval FILE PYTHON-EXPR — see lab_status_eval (c(name), st(name, what)).
+status_eval() { lab_status_eval "$@"; }
 STATUS="" # the last status file read
 status_now() { STATUS="$LAB_TMP/status.json"; status_json "$STATUS"; }
 # status_is EXPR — true when EXPR (see status_eval) prints True right now.

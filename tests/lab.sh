@@ -314,13 +314,15 @@ lab_write_config() { # PATH [EXTRA-TOML-LINE...]
   } >"$path"
 }
 
-# lab_daemon_start CONFIG — `connector run` in the Mac namespace, in the background.
+# lab_daemon_start CONFIG — `connector run` in the Mac namespace, in the background
+# (behind LAB_DAEMON_WRAP, a command prefix such as `prlimit --nofile=256`, if set).
 lab_daemon_start() {
   LAB_DAEMON_N=$((LAB_DAEMON_N + 1))
   LAB_DAEMON_LOG="$LAB_TMP/daemon-$LAB_DAEMON_N.log"
   LAB_DAEMON_STARTED_MS=$(now_ms)
   # 9>&-: the daemon must not inherit the lab lock (an orphan would hold it).
-  ip netns exec "$LAB_NS" "$LAB_CONNECTOR" run --config "$1" --log-level debug \
+  # shellcheck disable=SC2086 # LAB_DAEMON_WRAP is a command prefix (e.g. prlimit ...).
+  ip netns exec "$LAB_NS" ${LAB_DAEMON_WRAP:-} "$LAB_CONNECTOR" run --config "$1" --log-level debug \
     >"$LAB_DAEMON_LOG" 2>&1 </dev/null 9>&- &
   LAB_DAEMON_PID=$!
   lab_log "connector run started (pid $LAB_DAEMON_PID, log $LAB_DAEMON_LOG)"
@@ -351,6 +353,31 @@ lab_not_running() { # PID — gone or a zombie
   local st
   st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 0
   [ "$st" = Z ]
+}
+
+# ------------------------------------------------------------------ status --json
+# lab_status_json CONFIG OUTFILE — `connector status --json` from the Mac (stderr to OUTFILE.err).
+lab_status_json() {
+  ip netns exec "$LAB_NS" timeout 20 "$LAB_CONNECTOR" status --json --config "$1" >"$2" 2>"$2.err"
+}
+
+# lab_status_eval FILE PYTHON-EXPR — EXPR evaluated with s = the status JSON; helpers:
+# c(name) = that kind cluster's entry or None; st(name, 'pods'|'services') = its state
+# ('absent' if there is no such cluster); net(name) = that network's entries.
+lab_status_eval() {
+  python3 - "$1" "$2" <<'PY' 2>/dev/null
+import json, sys
+s = json.load(open(sys.argv[1]))
+clusters = s.get("kind", {}).get("clusters", [])
+def c(name):
+    return next((x for x in clusters if x["name"] == name), None)
+def st(name, what):
+    x = c(name)
+    return x[what]["state"] if x else "absent"
+def net(name):
+    return [n for n in s.get("networks", []) if n["name"] == name]
+print(eval(sys.argv[2]))
+PY
 }
 
 # ---------------------------------------------------------------- system snapshot

@@ -22,6 +22,8 @@ use connector_tunnel::keys::{self, PublicKey, StaticSecret};
 use futures_util::StreamExt;
 
 use crate::config::Config;
+use crate::docker::ExecOutput;
+use crate::protocol::FirewallStatus;
 
 pub const LABEL_MANAGED: &str = "io.connector.managed";
 pub const LABEL_SPEC: &str = "io.connector.spec";
@@ -59,6 +61,32 @@ pub const AGENT_KEY_PATH: &str = "/etc/connector/agent.key";
 pub const KEEPALIVE_SECS: u16 = 20;
 /// How long the agent gets to remove its firewall rules on stop.
 const STOP_TIMEOUT_SECS: i32 = 10;
+/// What the agent needs of the kernel: a tun and firewall rules
+/// (`NET_ADMIN`), and iptables-legacy's raw socket (`NET_RAW`). Docker's
+/// default set (chown, setuid, mknod, kill, …) is dropped.
+pub const AGENT_CAPS: [&str; 2] = ["NET_ADMIN", "NET_RAW"];
+/// Part of the spec label: an agent created with another host configuration
+/// (an older version with Docker's default capabilities) is replaced.
+const HOST_CONFIG_VERSION: &str = "hc2";
+
+/// The container settings every agent container gets (the daemon's agent and
+/// `uninstall`'s one-off cleanup): host network, the tun device, only the
+/// capabilities it needs, no privilege gain through setuid binaries.
+pub fn agent_host_config() -> HostConfig {
+    HostConfig {
+        network_mode: Some("host".to_owned()),
+        cap_drop: Some(vec!["ALL".to_owned()]),
+        cap_add: Some(AGENT_CAPS.iter().map(|c| (*c).to_owned()).collect()),
+        security_opt: Some(vec!["no-new-privileges".to_owned()]),
+        devices: Some(vec![DeviceMapping {
+            path_on_host: Some("/dev/net/tun".to_owned()),
+            path_in_container: Some("/dev/net/tun".to_owned()),
+            cgroup_permissions: Some("rwm".to_owned()),
+        }]),
+        init: Some(false),
+        ..Default::default()
+    }
+}
 
 /// The agent the tunnel should talk to.
 #[derive(Debug, Clone)]
@@ -103,6 +131,11 @@ pub fn agent_command(config: &Config, host_public: &PublicKey) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(
+        config
+            .allow_container_connections
+            .then(|| "--allow-container-connections".to_owned()),
+    )
     .collect()
 }
 
@@ -117,7 +150,7 @@ pub fn verify_command(run: &[String]) -> Vec<String> {
 
 /// What identifies an agent container's configuration.
 pub fn spec_label(command: &[String], image_id: &str) -> String {
-    format!("{image_id} {}", command.join(" "))
+    format!("{image_id} {HOST_CONFIG_VERSION} {}", command.join(" "))
 }
 
 /// What to do with the container found under the agent's name.
@@ -140,15 +173,22 @@ pub enum Run {
 }
 
 /// Pure decision, unit-tested: `found` is (labels, state) of the container
-/// named like our agent, if any.
-pub fn judge(found: Option<(&HashMap<String, String>, Run)>, wanted_spec: &str) -> Verdict {
+/// named like our agent, if any; `owner` is this daemon's host public key.
+pub fn judge(
+    found: Option<(&HashMap<String, String>, Run)>,
+    wanted_spec: &str,
+    owner: &str,
+) -> Verdict {
     match found {
         None => Verdict::Create,
         Some((labels, _)) if labels.get(LABEL_MANAGED).map(String::as_str) != Some("true") => {
             Verdict::Foreign
         }
         Some((labels, running)) => {
-            if labels.get(LABEL_SPEC).map(String::as_str) != Some(wanted_spec) {
+            if labels.get(LABEL_OWNER).map(String::as_str) != Some(owner) {
+                // Its recorded key was not given to it by us: never trusted.
+                Verdict::Replace("it was made by another daemon (owner label)")
+            } else if labels.get(LABEL_SPEC).map(String::as_str) != Some(wanted_spec) {
                 Verdict::Replace("its configuration differs")
             } else if labels.get(LABEL_AGENT_KEY).is_none() {
                 Verdict::Replace("it has no recorded key")
@@ -173,6 +213,7 @@ fn is_not_found(e: &DockerError) -> bool {
     )
 }
 
+#[derive(Clone)]
 pub struct AgentManager {
     docker: Docker,
     image: String,
@@ -197,14 +238,8 @@ impl AgentManager {
     }
 
     /// Asks the agent (read-only) whether every firewall rule is in place.
-    pub async fn verify_rules(&self) -> Result<crate::docker::ExecOutput> {
-        let args = verify_command(&self.command);
-        let mut cmd: Vec<&str> = vec!["/usr/local/bin/connector-agent"];
-        cmd.extend(args.iter().map(String::as_str));
-        let run = crate::docker::exec(&self.docker, &self.name, &cmd);
-        tokio::time::timeout(std::time::Duration::from_secs(10), run)
-            .await
-            .map_err(|_| anyhow!("the agent did not answer within 10 s"))?
+    pub async fn verify_rules(&self) -> Result<ExecOutput> {
+        verify(&self.docker, &self.name, &self.command).await
     }
 
     /// The image's ID, pulling it if it is missing.
@@ -290,7 +325,7 @@ impl AgentManager {
             Some(s) if s.restarting == Some(true) => Run::Restarting,
             _ => Run::Stopped,
         };
-        match judge(found.as_ref().map(|_| (&labels, running)), &spec) {
+        match judge(found.as_ref().map(|_| (&labels, running)), &spec, &self.owner) {
             Verdict::Foreign => bail!(
                 "a container named {:?} exists and was not created by connector; remove it or set agent_name",
                 self.name
@@ -334,19 +369,11 @@ impl AgentManager {
             cmd: Some(self.command.clone()),
             labels: Some(labels),
             host_config: Some(HostConfig {
-                network_mode: Some("host".to_owned()),
-                cap_add: Some(vec!["NET_ADMIN".to_owned()]),
-                devices: Some(vec![DeviceMapping {
-                    path_on_host: Some("/dev/net/tun".to_owned()),
-                    path_in_container: Some("/dev/net/tun".to_owned()),
-                    cgroup_permissions: Some("rwm".to_owned()),
-                }]),
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                     maximum_retry_count: None,
                 }),
-                init: Some(false),
-                ..Default::default()
+                ..agent_host_config()
             }),
             ..Default::default()
         };
@@ -428,8 +455,22 @@ impl AgentManager {
     }
 
     /// Stops the agent gracefully (it removes its firewall rules on SIGTERM),
-    /// then removes the container.
+    /// then removes the container — only if it is ours: a container someone
+    /// else made under the agent's name is never touched.
     pub async fn remove(&self) -> Result<()> {
+        let labels = match self.docker.inspect_container(&self.name, None).await {
+            Ok(c) => c.config.and_then(|c| c.labels).unwrap_or_default(),
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot inspect container {}", self.name))
+            }
+        };
+        if labels.get(LABEL_MANAGED).map(String::as_str) != Some("true")
+            || labels.get(LABEL_OWNER) != Some(&self.owner)
+        {
+            tracing::warn!(container = %self.name, "not removing a container that is not this daemon's agent");
+            return Ok(());
+        }
         self.remove_container(&self.name).await
     }
 
@@ -467,6 +508,59 @@ impl AgentManager {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("cannot remove container {id}")),
+        }
+    }
+}
+
+/// Runs `connector-agent verify` in the agent container `name`, with the
+/// arguments of its `run` command line.
+pub async fn verify(docker: &Docker, name: &str, run: &[String]) -> Result<ExecOutput> {
+    let args = verify_command(run);
+    let mut cmd: Vec<&str> = vec!["/usr/local/bin/connector-agent"];
+    cmd.extend(args.iter().map(String::as_str));
+    let limits = crate::docker::ExecLimits {
+        timeout: std::time::Duration::from_secs(10),
+        max_output: 1 << 20,
+    };
+    crate::docker::exec(docker, name, &cmd, limits).await
+}
+
+/// Turns `connector-agent verify` output into the status section.
+pub fn firewall_status(result: Result<ExecOutput>) -> FirewallStatus {
+    match result {
+        Err(e) => FirewallStatus {
+            backend: None,
+            all_present: false,
+            detail: vec![format!("{e:#}")],
+            checked_secs: None,
+        },
+        Ok(out) => {
+            let lines: Vec<String> = out.stdout.lines().map(str::to_owned).collect();
+            let backend = ["nft", "legacy"]
+                .into_iter()
+                .find(|b| {
+                    out.stdout.contains(&format!("({b})")) || out.stdout.contains(&format!("[{b}]"))
+                })
+                .map(str::to_owned);
+            let mut detail: Vec<String> = lines
+                .into_iter()
+                .filter(|l| !l.starts_with("ok:"))
+                .collect();
+            if out.exit_code != 0 && detail.is_empty() {
+                detail.push(
+                    out.stderr
+                        .lines()
+                        .last()
+                        .unwrap_or("verify failed")
+                        .to_owned(),
+                );
+            }
+            FirewallStatus {
+                backend,
+                all_present: out.exit_code == 0,
+                detail,
+                checked_secs: None,
+            }
         }
     }
 }
@@ -513,6 +607,22 @@ mod tests {
         assert!(joined.contains("--nat routed"));
         assert!(joined.contains(&keys::encode_public(&host)));
         assert!(joined.contains("--keepalive 20"));
+        assert!(!joined.contains("--allow-container-connections"));
+        let cmd = agent_command(&config("allow_container_connections = true"), &host);
+        assert_eq!(cmd.last().unwrap(), "--allow-container-connections");
+    }
+
+    #[test]
+    fn the_agent_keeps_only_the_capabilities_it_needs() {
+        let hc = agent_host_config();
+        assert_eq!(hc.cap_drop, Some(vec!["ALL".to_owned()]));
+        assert_eq!(
+            hc.cap_add,
+            Some(vec!["NET_ADMIN".to_owned(), "NET_RAW".to_owned()])
+        );
+        assert_eq!(hc.security_opt, Some(vec!["no-new-privileges".to_owned()]));
+        assert_eq!(hc.privileged, None);
+        assert!(spec_label(&["run".into()], "sha256:x").contains(HOST_CONFIG_VERSION));
     }
 
     #[test]
@@ -536,22 +646,38 @@ mod tests {
     #[test]
     fn verdicts() {
         let mut labels = HashMap::new();
-        assert_eq!(judge(None, "s"), Verdict::Create);
-        assert_eq!(judge(Some((&labels, Run::Running)), "s"), Verdict::Foreign);
+        assert_eq!(judge(None, "s", "me"), Verdict::Create);
+        assert_eq!(
+            judge(Some((&labels, Run::Running)), "s", "me"),
+            Verdict::Foreign
+        );
         labels.insert(LABEL_MANAGED.into(), "true".into());
+        labels.insert(LABEL_OWNER.into(), "me".into());
         labels.insert(LABEL_SPEC.into(), "old".into());
         assert!(matches!(
-            judge(Some((&labels, Run::Running)), "s"),
+            judge(Some((&labels, Run::Running)), "s", "me"),
             Verdict::Replace(_)
         ));
         labels.insert(LABEL_SPEC.into(), "s".into());
         labels.insert(LABEL_AGENT_KEY.into(), "k".into());
         assert!(matches!(
-            judge(Some((&labels, Run::Stopped)), "s"),
+            judge(Some((&labels, Run::Stopped)), "s", "me"),
             Verdict::Replace(_)
         ));
-        assert_eq!(judge(Some((&labels, Run::Restarting)), "s"), Verdict::Wait);
-        assert_eq!(judge(Some((&labels, Run::Running)), "s"), Verdict::Adopt);
+        assert_eq!(
+            judge(Some((&labels, Run::Restarting)), "s", "me"),
+            Verdict::Wait
+        );
+        assert_eq!(
+            judge(Some((&labels, Run::Running)), "s", "me"),
+            Verdict::Adopt
+        );
+        // Same spec, key label present, but made by someone else: its key
+        // was not ours to trust.
+        assert_eq!(
+            judge(Some((&labels, Run::Running)), "s", "another"),
+            Verdict::Replace("it was made by another daemon (owner label)")
+        );
     }
 
     #[test]

@@ -197,11 +197,22 @@ impl AgentLink {
     }
 
     pub fn status(&self) -> LinkStatus {
-        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        let mut status = shared.status.clone();
-        status.last_sync_secs = shared.synced_at.map(|t| t.elapsed().as_secs());
-        status
+        read_status(&self.shared)
     }
+
+    /// The status, readable from any task (`connector status` is answered
+    /// without the daemon's loop).
+    pub fn status_reader(&self) -> impl Fn() -> LinkStatus + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || read_status(&shared)
+    }
+}
+
+fn read_status(shared: &Mutex<Shared>) -> LinkStatus {
+    let shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+    let mut status = shared.status.clone();
+    status.last_sync_secs = shared.synced_at.map(|t| t.elapsed().as_secs());
+    status
 }
 
 impl Drop for AgentLink {

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_MTU: u16 = 1420;
@@ -57,6 +57,8 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     networks: Option<RawNetworks>,
     kind: Option<RawKind>,
+    allow_conflicts: Option<Vec<String>>,
+    allow_container_connections: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -149,6 +151,12 @@ pub struct Config {
     pub control_socket: PathBuf,
     pub networks: NetworkFilter,
     pub kind: KindConfig,
+    /// Foreign routes inside these CIDRs are not conflicts (a corporate VPN's
+    /// `10.0.0.0/8`): the more specific Docker subnet is routed anyway.
+    pub allow_conflicts: Vec<IpNet>,
+    /// Let containers open connections to the host through the tunnel
+    /// (default: only replies to connections the host opened).
+    pub allow_container_connections: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -377,6 +385,28 @@ impl Config {
             services: raw_kind.services.unwrap_or(true),
             clusters,
         };
+        let allow_conflicts = raw
+            .allow_conflicts
+            .unwrap_or_default()
+            .iter()
+            .map(|text| {
+                let net: IpNet = text.parse().map_err(|_| {
+                    invalid(
+                        "allow_conflicts",
+                        text,
+                        "expected a CIDR such as 10.0.0.0/8 or fd00::/8",
+                    )
+                })?;
+                if net.trunc() != net {
+                    return Err(invalid(
+                        "allow_conflicts",
+                        text,
+                        &format!("has host bits set; did you mean {}?", net.trunc()),
+                    ));
+                }
+                Ok(net)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             docker_host,
             agent_image,
@@ -391,6 +421,8 @@ impl Config {
             control_socket,
             networks,
             kind,
+            allow_conflicts,
+            allow_container_connections: raw.allow_container_connections.unwrap_or(false),
         })
     }
 
@@ -508,6 +540,28 @@ mod tests {
     fn unknown_key_is_named() {
         let err = parse("mtux = 1400").unwrap_err().to_string();
         assert!(err.contains("mtux"), "{err}");
+    }
+
+    #[test]
+    fn conflict_and_container_keys() {
+        let c = parse("").unwrap();
+        assert!(c.allow_conflicts.is_empty() && !c.allow_container_connections);
+        let c = parse(
+            "allow_conflicts = [\"10.0.0.0/8\", \"fd00::/8\"]\nallow_container_connections = true",
+        )
+        .unwrap();
+        assert_eq!(
+            c.allow_conflicts,
+            vec![
+                "10.0.0.0/8".parse::<IpNet>().unwrap(),
+                "fd00::/8".parse().unwrap()
+            ]
+        );
+        assert!(c.allow_container_connections);
+        let err = parse("allow_conflicts = [\"10.1.2.3/8\"]").unwrap_err().to_string();
+        assert!(err.contains("allow_conflicts") && err.contains("10.0.0.0/8"), "{err}");
+        let err = parse("allow_conflicts = [\"corp\"]").unwrap_err().to_string();
+        assert!(err.contains("allow_conflicts") && err.contains("corp"), "{err}");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! and taking the network snapshot the planner works from.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use bollard::query_parameters::ListNetworksOptions;
 use bollard::Docker;
 use ipnet::IpNet;
@@ -113,48 +114,81 @@ pub struct ExecOutput {
     pub stderr: String,
 }
 
-/// Runs `cmd` inside a running container and collects its output.
-pub async fn exec(docker: &Docker, container: &str, cmd: &[&str]) -> Result<ExecOutput> {
+/// Bounds on one `docker exec`: the container may be anyone's (a kind node
+/// is whatever carries kind's labels), so its output and its time are capped.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecLimits {
+    pub timeout: Duration,
+    /// stdout and stderr together.
+    pub max_output: usize,
+}
+
+/// Runs `cmd` inside a running container and collects its output, within
+/// `limits` (exceeding one is an error that names it).
+pub async fn exec(
+    docker: &Docker,
+    container: &str,
+    cmd: &[&str],
+    limits: ExecLimits,
+) -> Result<ExecOutput> {
     use bollard::container::LogOutput;
     use bollard::exec::{CreateExecOptions, StartExecResults};
     use futures_util::StreamExt;
 
-    let created = docker
-        .create_exec(
-            container,
-            CreateExecOptions {
-                cmd: Some(cmd.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                ..Default::default()
-            },
-        )
-        .await
-        .with_context(|| format!("cannot exec in container {container}"))?;
-    let mut out = ExecOutput {
-        exit_code: -1,
-        stdout: String::new(),
-        stderr: String::new(),
-    };
-    if let StartExecResults::Attached { mut output, .. } = docker
-        .start_exec(&created.id, None)
-        .await
-        .with_context(|| format!("cannot start exec in container {container}"))?
-    {
-        while let Some(chunk) = output.next().await {
-            match chunk.context("reading exec output")? {
-                LogOutput::StdOut { message } => out.stdout += &String::from_utf8_lossy(&message),
-                LogOutput::StdErr { message } => out.stderr += &String::from_utf8_lossy(&message),
-                _ => {}
+    let shown = || cmd.join(" ");
+    let run = async {
+        let created = docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(cmd.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("cannot exec in container {container}"))?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        if let StartExecResults::Attached { mut output, .. } = docker
+            .start_exec(&created.id, None)
+            .await
+            .with_context(|| format!("cannot start exec in container {container}"))?
+        {
+            while let Some(chunk) = output.next().await {
+                match chunk.context("reading exec output")? {
+                    LogOutput::StdOut { message } => stdout.extend_from_slice(&message),
+                    LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
+                    _ => {}
+                }
+                if stdout.len() + stderr.len() > limits.max_output {
+                    bail!(
+                        "`{}` in {container} printed more than {} bytes",
+                        shown(),
+                        limits.max_output
+                    );
+                }
             }
         }
-    }
-    let inspected = docker
-        .inspect_exec(&created.id)
+        let inspected = docker
+            .inspect_exec(&created.id)
+            .await
+            .context("cannot read the exec result")?;
+        Ok(ExecOutput {
+            exit_code: inspected.exit_code.unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    };
+    tokio::time::timeout(limits.timeout, run)
         .await
-        .context("cannot read the exec result")?;
-    out.exit_code = inspected.exit_code.unwrap_or(-1);
-    Ok(out)
+        .map_err(|_| {
+            anyhow!(
+                "`{}` in {container} did not finish within {} s",
+                shown(),
+                limits.timeout.as_secs()
+            )
+        })?
 }
 
 /// Containers carrying every one of `labels` (`key` or `key=value`);

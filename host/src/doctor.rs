@@ -10,7 +10,8 @@ use ipnet::IpNet;
 
 use crate::config::Config;
 use crate::os::{RouteEntry, RouteTable};
-use crate::protocol::{Request, Response, StatusReport};
+use crate::plan::ConflictPolicy;
+use crate::protocol::{FirewallStatus, Request, Response, StatusReport};
 
 /// One step of the walk.
 pub struct Check {
@@ -147,22 +148,29 @@ pub async fn run(config_path: Option<&Path>) -> Vec<Check> {
         }
         Ok(routes) => {
             checks.push(routes_check(&status, &routes));
-            checks.push(conflicts_check(&status, &routes));
+            checks.push(conflicts_check(&status, &routes, &config));
         }
     }
 
-    checks.push(if status.firewall.all_present {
+    // Asked now, not the daemon's cached answer: doctor shows the present.
+    let firewall = match &docker {
+        Some(docker) => fresh_firewall(docker, &config.agent_name)
+            .await
+            .unwrap_or_else(|| status.firewall.clone()),
+        None => status.firewall.clone(),
+    };
+    checks.push(if firewall.all_present {
         Check::ok(
             "vm-rules",
             format!(
                 "every tagged rule is in place ({})",
-                status.firewall.backend.as_deref().unwrap_or("?")
+                firewall.backend.as_deref().unwrap_or("?")
             ),
         )
     } else {
         Check::failed(
             "vm-rules",
-            status.firewall.detail.join("; "),
+            firewall.detail.join("; "),
             format!(
                 "docker restart {}   (the agent re-inserts its rules at start and every 10 s)",
                 config.agent_name
@@ -219,6 +227,20 @@ async fn agent_check(docker: &Docker, config: &Config) -> Check {
     }
 }
 
+/// The agent's own report on its rules, asked through `docker exec` with the
+/// arguments it runs with; `None` when the agent is not there to ask.
+async fn fresh_firewall(docker: &Docker, agent: &str) -> Option<FirewallStatus> {
+    let run = docker
+        .inspect_container(agent, None)
+        .await
+        .ok()?
+        .config?
+        .cmd?;
+    Some(crate::agent::firewall_status(
+        crate::agent::verify(docker, agent, &run).await,
+    ))
+}
+
 fn handshake_check(status: &StatusReport, config: &Config) -> Check {
     let t = &status.tunnel;
     match (t.last_handshake_secs, t.last_received_secs) {
@@ -273,18 +295,20 @@ fn routes_check(status: &StatusReport, routes: &[RouteEntry]) -> Check {
 }
 
 /// Pure: a route on another interface that is more specific than one of our
-/// subnets steals part of it.
+/// subnets steals part of it — unless the planner's rule (the same
+/// [`ConflictPolicy`], `allow_conflicts` included) says it does not count.
 pub fn shadowing_routes<'a>(
     ours: &[(String, IpNet)],
     interface: &str,
     routes: &'a [RouteEntry],
+    policy: &ConflictPolicy,
 ) -> Vec<(String, &'a RouteEntry)> {
     let mut found = Vec::new();
     for (name, subnet) in ours {
         for r in routes {
             if r.interface.as_deref() != Some(interface)
                 && r.destination.prefix_len() > subnet.prefix_len()
-                && subnet.contains(&r.destination.network())
+                && policy.conflicts(&r.destination, subnet)
             {
                 found.push((name.clone(), r));
             }
@@ -293,9 +317,10 @@ pub fn shadowing_routes<'a>(
     found
 }
 
-fn conflicts_check(status: &StatusReport, routes: &[RouteEntry]) -> Check {
+fn conflicts_check(status: &StatusReport, routes: &[RouteEntry], config: &Config) -> Check {
     let ours: Vec<(String, IpNet)> = routed(status).map(|(n, s)| (n.to_owned(), s)).collect();
-    let shadows = shadowing_routes(&ours, &status.tunnel.interface, routes);
+    let policy = ConflictPolicy::new(config.allow_conflicts.clone());
+    let shadows = shadowing_routes(&ours, &status.tunnel.interface, routes, &policy);
     if shadows.is_empty() {
         return Check::ok(
             "conflicts",
@@ -317,7 +342,7 @@ fn conflicts_check(status: &StatusReport, routes: &[RouteEntry]) -> Check {
         "conflicts",
         text.join("; "),
         format!(
-            "remove the other route if it is stale (sudo route delete {}), or exclude the network in [networks] exclude",
+            "remove the other route if it is stale (sudo route delete {}), list it in allow_conflicts if you know it, or exclude the network in [networks] exclude",
             first.destination
         ),
     )
@@ -417,9 +442,12 @@ mod tests {
             route("172.0.0.0/8", "en0"),
             route("0.0.0.0/0", "en0"),
         ];
-        let found = shadowing_routes(&ours, "utun4", &routes);
+        let found = shadowing_routes(&ours, "utun4", &routes, &ConflictPolicy::default());
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].1.destination.to_string(), "172.20.3.0/24");
+        // Listed in allow_conflicts: the user knows; not reported.
+        let allowed = ConflictPolicy::new(vec!["172.20.0.0/16".parse().unwrap()]);
+        assert!(shadowing_routes(&ours, "utun4", &routes, &allowed).is_empty());
     }
 
     #[test]

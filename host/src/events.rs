@@ -31,6 +31,10 @@ pub enum Trigger {
     DockerDown { error: String },
     /// The engine answers again (or for the first time): reconcile everything.
     DockerUp,
+    /// The event stream was re-subscribed without knowing where the last
+    /// one ended (no event seen yet): reconcile everything, something may
+    /// have been missed.
+    Resync,
 }
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -79,9 +83,19 @@ pub async fn follow(docker: Docker, tx: mpsc::Sender<Trigger>) {
     )]);
     let mut up = true; // the daemon connected before starting us
     let mut backoff = BACKOFF_START;
+    // The engine's time of the last event seen: a new subscription starts
+    // there, so nothing that happened while re-subscribing is lost.
+    let mut last_seen: Option<i64> = None;
+    let mut first = true;
     loop {
+        let since = last_seen.map(since_param);
+        if !first && since.is_none() && tx.send(Trigger::Resync).await.is_err() {
+            return;
+        }
+        first = false;
         let mut stream = docker.events(Some(EventsOptions {
             filters: Some(filters.clone()),
+            since,
             ..Default::default()
         }));
         // The stream only yields on events; ping so a dead engine is noticed
@@ -99,6 +113,9 @@ pub async fn follow(docker: Docker, tx: mpsc::Sender<Trigger>) {
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(event) => {
+                        if let Some(t) = event.time_nano.filter(|t| *t > 0) {
+                            last_seen = Some(last_seen.map_or(t, |l| l.max(t)));
+                        }
                         let attributes = event
                             .actor
                             .as_ref()
@@ -144,6 +161,12 @@ pub async fn follow(docker: Docker, tx: mpsc::Sender<Trigger>) {
     }
 }
 
+/// Docker's `since` for an event time in Unix nanoseconds: `secs.nanos`
+/// (inclusive: the last event seen comes again, which changes nothing).
+fn since_param(nanos: i64) -> String {
+    format!("{}.{:09}", nanos.div_euclid(1_000_000_000), nanos.rem_euclid(1_000_000_000))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +176,12 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_new_subscription_starts_at_the_last_event_seen() {
+        assert_eq!(since_param(1_700_000_000_123_456_789), "1700000000.123456789");
+        assert_eq!(since_param(1_700_000_000_000_000_007), "1700000000.000000007");
     }
 
     #[test]

@@ -181,13 +181,17 @@ fn render_status(s: &protocol::StatusReport) -> String {
             .unwrap_or_default(),
     );
     out += &format!(
-        "firewall: {} {}\n",
+        "firewall: {} {}{}\n",
         s.firewall.backend.as_deref().unwrap_or("?"),
         if s.firewall.all_present {
             "all rules present".to_owned()
         } else {
             s.firewall.detail.join("; ")
-        }
+        },
+        s.firewall
+            .checked_secs
+            .map(|t| format!(" (checked {t}s ago)"))
+            .unwrap_or_default()
     );
     let t = &s.tunnel;
     out += &format!(
@@ -205,6 +209,25 @@ fn render_status(s: &protocol::StatusReport) -> String {
         t.rx_bytes,
         t.tx_bytes
     );
+    let h = &s.health;
+    out += &format!(
+        "health: {}, silent {}s, {} replacement(s){}{}\n",
+        h.state,
+        h.silence_secs,
+        h.replacements,
+        h.next_replacement_in_secs
+            .map(|t| format!(", next in {t}s"))
+            .unwrap_or_default(),
+        h.last_resume_secs
+            .map(|t| format!(", resumed {t}s ago"))
+            .unwrap_or_default(),
+    );
+    if t.rx_dropped_source > 0 {
+        out += &format!(
+            "  {} packet(s) from the agent dropped: source outside the routed subnets\n",
+            t.rx_dropped_source
+        );
+    }
     out += "networks:\n";
     for n in &s.networks {
         out += &format!(

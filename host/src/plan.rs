@@ -84,6 +84,45 @@ pub struct Plan {
     pub remove: Vec<IpNet>,
 }
 
+/// Which foreign routes keep a subnet from being routed: the one rule the
+/// planner and `doctor` share.
+///
+/// A catch-all (the default route, or the halves `0.0.0.0/1` + `128.0.0.0/1`
+/// and `::/1` + `8000::/1` that OpenVPN's `redirect-gateway def1` and
+/// wg-quick install) never conflicts: a more specific route wins over it, as
+/// it does for every VPN client that splits the default route. Any other
+/// overlapping route does, unless it lies inside a CIDR the user listed in
+/// `allow_conflicts` — then ours wins where it is more specific.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConflictPolicy {
+    allowed: Vec<IpNet>,
+}
+
+impl ConflictPolicy {
+    pub fn new(allowed: Vec<IpNet>) -> Self {
+        ConflictPolicy { allowed }
+    }
+
+    /// Whether a foreign route to `foreign` takes traffic from `subnet`
+    /// (they overlap) in a way we must not override.
+    pub fn conflicts(&self, foreign: &IpNet, subnet: &IpNet) -> bool {
+        if !overlaps(foreign, subnet) || is_catch_all(foreign) {
+            return false;
+        }
+        // The same prefix on two interfaces cannot coexist in the table:
+        // listing it does not help.
+        if foreign.prefix_len() == subnet.prefix_len() {
+            return true;
+        }
+        !self.allowed.iter().any(|a| a.contains(foreign))
+    }
+}
+
+/// The default route and its two halves (a VPN's full tunnel).
+pub fn is_catch_all(destination: &IpNet) -> bool {
+    destination.prefix_len() <= 1
+}
+
 /// Inputs of [`plan`].
 pub struct PlanInput<'a> {
     pub networks: &'a [DockerNetwork],
@@ -94,18 +133,16 @@ pub struct PlanInput<'a> {
     /// The host's routing table as read just now.
     pub host_routes: &'a [RouteEntry],
     /// Subnets that do not come from a Docker network (kind pod and Service
-    /// CIDRs), named by their owner; `[networks]` does not filter them.
+    /// CIDRs), named by their owner; `[networks]` does not filter them, and
+    /// they never take a range a Docker network has.
     pub extra: &'a [DockerNetwork],
+    pub policy: &'a ConflictPolicy,
 }
 
 /// Decides every subnet and diffs the result against the routes on our tun.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let ours = |r: &RouteEntry| r.interface.as_deref() == Some(input.interface);
-    let foreign: Vec<&RouteEntry> = input
-        .host_routes
-        .iter()
-        .filter(|r| !ours(r) && r.destination.prefix_len() > 0)
-        .collect();
+    let foreign: Vec<&RouteEntry> = input.host_routes.iter().filter(|r| !ours(r)).collect();
     let owned: BTreeSet<IpNet> = input
         .host_routes
         .iter()
@@ -113,13 +150,15 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .map(|r| r.destination)
         .collect();
 
+    // Docker networks first: a pseudo-network read from a container (a kind
+    // node's CIDRs) must never take a range a real network has.
     let mut networks: Vec<(&DockerNetwork, bool)> = input
         .networks
         .iter()
         .map(|n| (n, true))
         .chain(input.extra.iter().map(|n| (n, false)))
         .collect();
-    networks.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    networks.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.name.cmp(&b.0.name)));
 
     let mut decisions = Vec::new();
     let mut wanted = BTreeSet::new();
@@ -150,7 +189,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             } else {
                 foreign
                     .iter()
-                    .find(|r| overlaps(&r.destination, &subnet))
+                    .find(|r| input.policy.conflicts(&r.destination, &subnet))
                     .map(|route| SkipReason::Conflict {
                         route: route.destination.to_string(),
                         interface: route.interface.clone(),
@@ -188,7 +227,7 @@ pub fn is_interface_route(destination: &IpNet, tunnel: Ipv4Net) -> bool {
     }
 }
 
-fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
@@ -225,6 +264,7 @@ mod tests {
             interface: "connector0",
             host_routes: routes,
             extra: &[],
+            policy: &ConflictPolicy::default(),
         })
     }
 
@@ -354,6 +394,7 @@ mod tests {
             interface: "connector0",
             host_routes: &[route("192.168.1.0/24", "en0")],
             extra: &extra,
+            policy: &ConflictPolicy::default(),
         });
         assert_eq!(p.add, nets(&["10.244.0.0/16", "172.20.0.0/16"]));
         let services = p
@@ -376,6 +417,84 @@ mod tests {
             p.decisions[1].skipped,
             Some(SkipReason::Conflict { .. })
         ));
+    }
+
+    #[test]
+    fn a_full_tunnel_vpn_is_not_a_conflict() {
+        // OpenVPN `redirect-gateway def1` / wg-quick on macOS, plus the LAN's
+        // default route underneath.
+        let networks = [net("a", &["172.20.0.0/16"]), net("b", &["10.8.5.0/24"])];
+        let routes = [
+            route("0.0.0.0/0", "en0"),
+            route("0.0.0.0/1", "utun3"),
+            route("128.0.0.0/1", "utun3"),
+            route("::/1", "utun3"),
+            route("8000::/1", "utun3"),
+        ];
+        let p = run(&networks, &all(), &routes);
+        assert_eq!(p.add, nets(&["10.8.5.0/24", "172.20.0.0/16"]));
+        assert!(p.decisions.iter().all(|d| d.skipped.is_none()));
+    }
+
+    #[test]
+    fn allowed_conflicts_are_overridden_where_ours_is_more_specific() {
+        let networks = [
+            net("corp", &["10.231.70.0/24"]),
+            net("same", &["10.99.0.0/16"]),
+            net("lan", &["192.168.1.0/24"]),
+        ];
+        let routes = [
+            route("10.231.64.0/18", "utun4"),
+            route("10.99.0.0/16", "utun4"),
+            route("192.168.1.0/24", "en0"),
+        ];
+        // Without the key every overlap is a conflict.
+        let p = run(&networks, &all(), &routes);
+        assert!(p.add.is_empty());
+        let policy = ConflictPolicy::new(nets(&["10.0.0.0/8"]));
+        let p = plan(&PlanInput {
+            networks: &networks,
+            filter: &all(),
+            tunnel: "10.254.253.0/30".parse().unwrap(),
+            interface: "connector0",
+            host_routes: &routes,
+            extra: &[],
+            policy: &policy,
+        });
+        // The corporate /18 is listed: our /24 wins. An identical prefix cannot
+        // coexist with ours, listed or not; the unlisted LAN stays a conflict.
+        assert_eq!(p.add, nets(&["10.231.70.0/24"]));
+        let reason = |name: &str| {
+            p.decisions
+                .iter()
+                .find(|d| d.network == name)
+                .and_then(|d| d.skipped.as_ref())
+                .map(ToString::to_string)
+        };
+        assert_eq!(
+            reason("same").as_deref(),
+            Some("conflicts with existing route 10.99.0.0/16 dev utun4")
+        );
+        assert!(reason("lan").unwrap().contains("192.168.1.0/24 dev en0"));
+    }
+
+    #[test]
+    fn extra_subnets_never_take_a_docker_networks_range() {
+        // A pseudo-network whose name sorts first still loses to a Docker network.
+        let extra = [net("kind/a/pods", &["172.30.0.0/16"])];
+        let p = plan(&PlanInput {
+            networks: &[net("zzz", &["172.30.0.0/16"])],
+            filter: &all(),
+            tunnel: "10.254.253.0/30".parse().unwrap(),
+            interface: "connector0",
+            host_routes: &[],
+            extra: &extra,
+            policy: &ConflictPolicy::default(),
+        });
+        assert_eq!(p.add, nets(&["172.30.0.0/16"]));
+        let pods = p.decisions.iter().find(|d| d.network == "kind/a/pods").unwrap();
+        assert!(matches!(pods.skipped, Some(SkipReason::Conflict { .. })));
+        assert!(p.decisions.iter().find(|d| d.network == "zzz").unwrap().skipped.is_none());
     }
 
     #[test]

@@ -102,6 +102,10 @@ pub struct TunnelStatus {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
+    /// Decrypted packets dropped because their source address is not one
+    /// the agent may send from (a routed subnet or its tunnel address).
+    #[serde(default)]
+    pub rx_dropped_source: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +126,28 @@ pub struct FirewallStatus {
     pub all_present: bool,
     /// The agent's report, one line per rule problem (or its error).
     pub detail: Vec<String>,
+    /// Age of this report: the daemon asks the agent in the background and
+    /// answers `status` from the last answer. `None` = not asked yet.
+    #[serde(default)]
+    pub checked_secs: Option<u64>,
+}
+
+/// The data-path health machine (the daemon's `health` module).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    /// `ok`, `silent`, `nudged` (asked to handshake again), `backing-off`
+    /// (replaced agents stayed silent; the next replacement waits), or
+    /// `docker-unreachable`.
+    pub state: String,
+    /// Seconds since the agent was last heard (or since it was created,
+    /// adopted, or the daemon resumed from sleep).
+    pub silence_secs: u64,
+    /// Agents replaced since one was last heard.
+    pub replacements: u32,
+    pub last_replacement_secs: Option<u64>,
+    pub next_replacement_in_secs: Option<u64>,
+    /// Seconds since the daemon noticed it had not been running (sleep).
+    pub last_resume_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,6 +173,8 @@ pub struct StatusReport {
     /// kind clusters and the VM routes held for them (absent from older daemons).
     #[serde(default)]
     pub kind: crate::kind::KindReport,
+    #[serde(default)]
+    pub health: HealthStatus,
 }
 
 #[cfg(test)]

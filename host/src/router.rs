@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use bollard::Docker;
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::config::NetworkFilter;
 use crate::os::RouteTable;
-use crate::plan::{self, DockerNetwork, Plan, PlanInput, SubnetDecision};
+use crate::plan::{self, ConflictPolicy, DockerNetwork, Plan, PlanInput, SubnetDecision};
 use crate::protocol::{RouteChange, Skipped, SyncReport};
 
 pub struct Router {
@@ -17,6 +16,7 @@ pub struct Router {
     interface: String,
     tunnel: Ipv4Net,
     filter: NetworkFilter,
+    policy: ConflictPolicy,
     /// Which network each routed subnet came from, kept so a removal can be
     /// reported by name after the network is gone.
     origin: BTreeMap<IpNet, String>,
@@ -29,12 +29,14 @@ impl Router {
         interface: String,
         tunnel: Ipv4Net,
         filter: NetworkFilter,
+        policy: ConflictPolicy,
     ) -> Self {
         Router {
             table,
             interface,
             tunnel,
             filter,
+            policy,
             origin: BTreeMap::new(),
             last: Vec::new(),
         }
@@ -49,29 +51,37 @@ impl Router {
         &self.last
     }
 
-    /// Reads Docker and the routing table, then adds and removes routes for
-    /// the Docker networks plus `extra`: subnets that are not Docker networks
-    /// (kind pod and Service CIDRs), each named by its owner. Routes on the
-    /// tun that are in neither are removed, so every sync must pass the
-    /// full `extra` (the daemon's `sync_routes` does).
-    pub async fn sync_with(
+    /// The subnets routed through the tun after the last sync.
+    pub fn routed(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.last
+            .iter()
+            .filter(|d| d.skipped.is_none())
+            .map(|d| d.subnet)
+    }
+
+    /// Reads the routing table, then adds and removes routes for the Docker
+    /// `networks` (a snapshot taken just now) plus `extra`: subnets that are
+    /// not Docker networks (kind pod and Service CIDRs), each named by its
+    /// owner. Routes on the tun that are in neither are removed, so every
+    /// sync must pass the full `extra` (the daemon's route reconcile does).
+    pub async fn sync(
         &mut self,
-        docker: &Docker,
+        networks: &[DockerNetwork],
         extra: &[DockerNetwork],
     ) -> Result<SyncReport> {
-        let networks = crate::docker::bridge_networks(docker).await?;
         let host_routes = self
             .table
             .list()
             .await
             .context("reading the host routing table")?;
         let plan = plan::plan(&PlanInput {
-            networks: &networks,
+            networks,
             filter: &self.filter,
             tunnel: self.tunnel,
             interface: &self.interface,
             host_routes: &host_routes,
             extra,
+            policy: &self.policy,
         });
         Ok(self.apply(plan).await)
     }

@@ -56,15 +56,24 @@ pub async fn run(config: &Config) -> Result<Vec<String>> {
         }
     }
 
-    if config.state_dir.exists() {
-        std::fs::remove_dir_all(&config.state_dir)
-            .with_context(|| format!("cannot remove {}", config.state_dir.display()))?;
-        done.push(format!(
-            "removed state directory {} (the host key)",
-            config.state_dir.display()
-        ));
+    let dir = config.state_dir.display();
+    match crate::state::remove_state_dir(&config.state_dir)? {
+        crate::state::Removal::Absent => {}
+        crate::state::Removal::Removed => {
+            done.push(format!("removed state directory {dir} (the host key)"))
+        }
+        crate::state::Removal::Kept(other) => done.push(format!(
+            "removed connector's files from {dir}; kept the directory, it also holds {other:?}"
+        )),
+        crate::state::Removal::NotOurs => done.push(format!(
+            "left {dir} alone: it is not connector's state directory (no {} marker)",
+            crate::state::MARKER
+        )),
     }
-    if config.control_socket.exists() {
+    // Only a socket: a mistyped control_socket must not delete a file.
+    if std::fs::symlink_metadata(&config.control_socket)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+    {
         std::fs::remove_file(&config.control_socket)?;
         done.push(format!(
             "removed stale control socket {}",
@@ -151,9 +160,8 @@ async fn remove_leftover_rules(docker: &Docker, config: &Config) -> Vec<String> 
             crate::agent::rule_tag(&config.agent_name),
         ]),
         host_config: Some(HostConfig {
-            network_mode: Some("host".into()),
-            cap_add: Some(vec!["NET_ADMIN".into()]),
-            ..Default::default()
+            devices: None,
+            ..crate::agent::agent_host_config()
         }),
         ..Default::default()
     };

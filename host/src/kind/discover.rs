@@ -3,6 +3,12 @@
 //! the Node objects (podCIDRs) through `kubectl` inside the control plane —
 //! nothing is installed or configured on the host.
 //!
+//! Whatever carries kind's labels is read, so everything read here is
+//! untrusted: every `docker exec` is bounded in time and output, the number
+//! of clusters and nodes looked at is capped, and clusters are read
+//! concurrently so one slow node delays no other cluster. (What may be
+//! *routed* from it is the planner's policy, in `plan.rs`.)
+//!
 //! Node IPs are read from Docker on every call (they change when Docker
 //! restarts). What cannot change for a container's life is cached by
 //! container ID: the kubeadm networking of a control plane, and a node's
@@ -13,17 +19,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecResults};
+use anyhow::{bail, Context, Result};
 use bollard::models::ContainerSummary;
 use bollard::Docker;
-use futures_util::StreamExt;
+use futures_util::future::join_all;
 use ipnet::IpNet;
 
 use super::kubeadm::{self, Networking};
 use super::nodes;
 use super::plan::{ClusterSnapshot, NodeSnapshot, ROLE_CONTROL_PLANE};
+use crate::docker::ExecLimits;
 use crate::events::KIND_CLUSTER_LABEL;
 
 pub const KIND_ROLE_LABEL: &str = "io.x-k8s.kind.role";
@@ -44,9 +49,20 @@ const KUBECTL: [&str; 8] = [
 /// kind's network, unless the user moved clusters elsewhere.
 const DEFAULT_NETWORK: &str = "kind";
 const NETWORK_ENV: &str = "KIND_EXPERIMENTAL_DOCKER_NETWORK";
-const EXEC_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_EXEC_OUTPUT: usize = 8 << 20;
+/// kind's real kubeadm.conf is ~3 KB, a Node list ~5 KB per node.
+const KUBEADM_LIMITS: ExecLimits = ExecLimits {
+    timeout: Duration::from_secs(10),
+    max_output: 256 << 10,
+};
+const KUBECTL_LIMITS: ExecLimits = ExecLimits {
+    timeout: Duration::from_secs(10),
+    max_output: 4 << 20,
+};
 const POD_CIDR_REFRESH: Duration = Duration::from_secs(300);
+/// More clusters or nodes than anyone runs on a laptop: the rest are ignored
+/// (and said so), so a flood of labelled containers costs bounded work.
+pub const MAX_CLUSTERS: usize = 32;
+pub const MAX_NODES: usize = 64;
 
 #[derive(Default)]
 pub struct Discovery {
@@ -64,6 +80,13 @@ struct Container {
     ip: Option<Ipv4Addr>,
 }
 
+/// What reading one cluster learnt, to be merged into the caches.
+struct Found {
+    snapshot: ClusterSnapshot,
+    networking: Option<(String, Networking)>,
+    pod_cidrs: Vec<(String, Vec<IpNet>)>,
+}
+
 impl Discovery {
     /// Every running kind cluster. Fails only when Docker cannot be listed;
     /// a cluster that cannot be read completely carries a `problem`.
@@ -76,6 +99,16 @@ impl Discovery {
         for c in listed.iter().filter_map(|c| container(c, &network)) {
             by_cluster.entry(c.cluster.clone()).or_default().push(c);
         }
+        if by_cluster.len() > MAX_CLUSTERS {
+            tracing::warn!(
+                clusters = by_cluster.len(),
+                max = MAX_CLUSTERS,
+                "more containers carry kind's labels than any laptop runs; reading the first clusters by name only"
+            );
+            while by_cluster.len() > MAX_CLUSTERS {
+                by_cluster.pop_last();
+            }
+        }
 
         let live: HashSet<String> = by_cluster
             .values()
@@ -85,19 +118,26 @@ impl Discovery {
         self.networking.retain(|id, _| live.contains(id));
         self.pod_cidrs.retain(|id, _| live.contains(id));
 
-        let mut clusters = Vec::new();
-        for (name, containers) in by_cluster {
-            clusters.push(self.cluster(docker, name, containers).await);
+        let found = join_all(
+            by_cluster
+                .into_iter()
+                .map(|(name, containers)| self.cluster(docker, name, containers)),
+        )
+        .await;
+        let mut clusters = Vec::with_capacity(found.len());
+        for f in found {
+            if let Some((id, n)) = f.networking {
+                self.networking.insert(id, n);
+            }
+            for (id, cidrs) in f.pod_cidrs {
+                self.pod_cidrs.insert(id, (cidrs, Instant::now()));
+            }
+            clusters.push(f.snapshot);
         }
         Ok(clusters)
     }
 
-    async fn cluster(
-        &mut self,
-        docker: &Docker,
-        name: String,
-        containers: Vec<Container>,
-    ) -> ClusterSnapshot {
+    async fn cluster(&self, docker: &Docker, name: String, containers: Vec<Container>) -> Found {
         let created = containers
             .iter()
             .map(|c| c.created)
@@ -109,19 +149,34 @@ impl Discovery {
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let mut problems = Vec::new();
+        if nodes.len() > MAX_NODES {
+            problems.push(format!(
+                "{} node containers; only the first {MAX_NODES} are read",
+                nodes.len()
+            ));
+            nodes.truncate(MAX_NODES);
+        }
 
         let control_plane = nodes.iter().find(|c| c.role == ROLE_CONTROL_PLANE).copied();
+        let mut learnt_networking = None;
         let networking = match control_plane {
             None => {
                 problems.push("no running control-plane node".to_owned());
                 None
             }
-            Some(cp) => match self.networking(docker, cp).await {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    problems.push(format!("{e:#}"));
-                    None
-                }
+            Some(cp) => match self.networking.get(&cp.id) {
+                Some(n) => Some(n.clone()),
+                None => match read_networking(docker, cp).await {
+                    Ok(n) => {
+                        tracing::debug!(cluster = %cp.cluster, pods = ?n.pod_subnets, services = ?n.service_subnets, "kind cluster CIDRs");
+                        learnt_networking = Some((cp.id.clone(), n.clone()));
+                        Some(n)
+                    }
+                    Err(e) => {
+                        problems.push(format!("{e:#}"));
+                        None
+                    }
+                },
             },
         };
 
@@ -129,17 +184,17 @@ impl Discovery {
             None => true,
             Some((cidrs, at)) => cidrs.is_empty() || at.elapsed() >= POD_CIDR_REFRESH,
         };
+        let mut learnt_cidrs: Vec<(String, Vec<IpNet>)> = Vec::new();
         if let Some(cp) = control_plane {
             if nodes.iter().any(|n| stale(&n.id)) {
-                match exec(docker, &cp.id, &KUBECTL)
+                match exec_stdout(docker, &cp.id, &KUBECTL, KUBECTL_LIMITS)
                     .await
                     .and_then(|out| Ok(nodes::parse(&out)?))
                 {
                     Ok(objects) => {
                         for n in &nodes {
                             if let Some(o) = objects.iter().find(|o| o.name == n.name) {
-                                self.pod_cidrs
-                                    .insert(n.id.clone(), (o.pod_cidrs.clone(), Instant::now()));
+                                learnt_cidrs.push((n.id.clone(), o.pod_cidrs.clone()));
                             }
                         }
                     }
@@ -149,11 +204,19 @@ impl Discovery {
                 }
             }
         }
+        let pod_cidrs_of = |id: &String| {
+            learnt_cidrs
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|(_, c)| c.clone())
+                .or_else(|| self.pod_cidrs.get(id).map(|(c, _)| c.clone()))
+                .unwrap_or_default()
+        };
 
         let (pod_subnets, service_subnets) = networking
             .map(|n| (n.pod_subnets, n.service_subnets))
             .unwrap_or_default();
-        ClusterSnapshot {
+        let snapshot = ClusterSnapshot {
             name,
             created,
             nodes: nodes
@@ -162,36 +225,45 @@ impl Discovery {
                     name: c.name.clone(),
                     role: c.role.clone(),
                     ip: c.ip,
-                    pod_cidrs: self
-                        .pod_cidrs
-                        .get(&c.id)
-                        .map(|(v, _)| v.clone())
-                        .unwrap_or_default(),
+                    pod_cidrs: pod_cidrs_of(&c.id),
                 })
                 .collect(),
             pod_subnets,
             service_subnets,
             problem: (!problems.is_empty()).then(|| problems.join("; ")),
+        };
+        Found {
+            snapshot,
+            networking: learnt_networking,
+            pod_cidrs: learnt_cidrs,
         }
     }
+}
 
-    async fn networking(&mut self, docker: &Docker, cp: &Container) -> Result<Networking> {
-        if let Some(n) = self.networking.get(&cp.id) {
-            return Ok(n.clone());
-        }
-        let text = exec(docker, &cp.id, &["cat", KUBEADM_CONF])
-            .await
-            .with_context(|| format!("cannot read {KUBEADM_CONF} in {}", cp.name))?;
-        let networking = kubeadm::parse(&text).with_context(|| format!("in {}", cp.name))?;
-        tracing::debug!(cluster = %cp.cluster, pods = ?networking.pod_subnets, services = ?networking.service_subnets, "kind cluster CIDRs");
-        self.networking.insert(cp.id.clone(), networking.clone());
-        Ok(networking)
-    }
+async fn read_networking(docker: &Docker, cp: &Container) -> Result<Networking> {
+    let text = exec_stdout(docker, &cp.id, &["cat", KUBEADM_CONF], KUBEADM_LIMITS)
+        .await
+        .with_context(|| format!("cannot read {KUBEADM_CONF} in {}", cp.name))?;
+    kubeadm::parse(&text).with_context(|| format!("in {}", cp.name))
+}
+
+/// kind's rule for cluster names (they become container names); anything
+/// else is not a cluster kind made.
+fn valid_cluster_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 fn container(c: &ContainerSummary, network: &str) -> Option<Container> {
     let labels = c.labels.as_ref()?;
     let cluster = labels.get(KIND_CLUSTER_LABEL)?.clone();
+    if !valid_cluster_name(&cluster) {
+        tracing::debug!(cluster = %cluster.chars().take(80).collect::<String>(), "ignoring a container whose kind cluster label is not a cluster name");
+        return None;
+    }
     let role = labels.get(KIND_ROLE_LABEL).cloned().unwrap_or_default();
     let name = c
         .names
@@ -229,65 +301,24 @@ fn container(c: &ContainerSummary, network: &str) -> Option<Container> {
     })
 }
 
-/// Runs a command in a container and returns its stdout; a non-zero exit is
-/// an error carrying stderr.
-async fn exec(docker: &Docker, container: &str, cmd: &[&str]) -> Result<String> {
-    let run = async {
-        let created = docker
-            .create_exec(
-                container,
-                CreateExecOptions {
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    cmd: Some(cmd.to_vec()),
-                    ..Default::default()
-                },
-            )
-            .await
-            .context("docker exec create")?;
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        match docker
-            .start_exec(&created.id, None)
-            .await
-            .context("docker exec start")?
-        {
-            StartExecResults::Attached { mut output, .. } => {
-                while let Some(chunk) = output.next().await {
-                    match chunk.context("docker exec output")? {
-                        LogOutput::StdOut { message } => stdout.extend_from_slice(&message),
-                        LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
-                        _ => {}
-                    }
-                    if stdout.len() + stderr.len() > MAX_EXEC_OUTPUT {
-                        bail!("output larger than {MAX_EXEC_OUTPUT} bytes");
-                    }
-                }
-            }
-            StartExecResults::Detached => bail!("docker exec detached unexpectedly"),
-        }
-        let code = docker
-            .inspect_exec(&created.id)
-            .await
-            .context("docker exec inspect")?
-            .exit_code;
-        if code != Some(0) {
-            let err = String::from_utf8_lossy(&stderr);
-            bail!(
-                "`{}` exited with {}: {}",
-                cmd.join(" "),
-                code.map_or("no status".to_owned(), |c| c.to_string()),
-                err.trim().lines().last().unwrap_or("(no stderr)")
-            );
-        }
-        String::from_utf8(stdout).map_err(|_| anyhow!("`{}` printed invalid UTF-8", cmd.join(" ")))
-    };
-    tokio::time::timeout(EXEC_TIMEOUT, run).await.map_err(|_| {
-        anyhow!(
-            "`{}` did not finish within {} s",
+/// Runs a command in a node and returns its stdout; a non-zero exit is an
+/// error carrying the last line of stderr.
+async fn exec_stdout(
+    docker: &Docker,
+    container: &str,
+    cmd: &[&str],
+    limits: ExecLimits,
+) -> Result<String> {
+    let out = crate::docker::exec(docker, container, cmd, limits).await?;
+    if out.exit_code != 0 {
+        bail!(
+            "`{}` exited with {}: {}",
             cmd.join(" "),
-            EXEC_TIMEOUT.as_secs()
-        )
-    })?
+            out.exit_code,
+            out.stderr.trim().lines().last().unwrap_or("(no stderr)")
+        );
+    }
+    Ok(out.stdout)
 }
 
 #[cfg(test)]
@@ -351,6 +382,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.ip, None);
+    }
+
+    #[test]
+    fn a_cluster_label_that_is_no_cluster_name_is_ignored() {
+        let mut s = summary("x", &[("kind", "172.18.0.9")]);
+        for bad in ["", "a b", "../x", &"x".repeat(64)] {
+            s.labels
+                .as_mut()
+                .unwrap()
+                .insert(KIND_CLUSTER_LABEL.to_owned(), bad.to_owned());
+            assert!(container(&s, "kind").is_none(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,27 +1,28 @@
 //! kind clusters as first-class citizens: node IPs come with the `kind`
 //! Docker network; this module adds pod IPs and Service ClusterIPs.
 //!
-//! Per reconcile: [`discover`] reads the clusters through the Docker API,
-//! [`plan`] decides (pure) which cluster owns which CIDR, the host router
-//! routes the resulting pseudo-networks through the tun, and the VM routes
-//! (each node's podCIDR via that node, the Service CIDR via a node) go to the
-//! agent through [`crate::agent_link`].
+//! [`discover`] reads the clusters through the Docker API, in its own task
+//! ([`watch`]); per route reconcile, [`plan`] decides (pure) which cluster owns
+//! which CIDR and which ranges are acceptable at all, the host router routes
+//! the resulting pseudo-networks through the tun, and the VM routes (each
+//! node's podCIDR via that node, the Service CIDR via a node) go to the agent
+//! through [`crate::agent_link`].
 
 mod discover;
 mod kubeadm;
 mod nodes;
 pub mod plan;
+mod watch;
 
 use std::time::Duration;
 
-use anyhow::Result;
-use bollard::Docker;
 use serde::{Deserialize, Serialize};
 
 use crate::agent_link::{LinkStatus, VmRoute};
 use crate::config::KindConfig;
 use crate::plan::SubnetDecision;
-pub use plan::{CidrState, ClusterStatus, KindPlan};
+pub use plan::{CidrState, ClusterSnapshot, ClusterStatus, KindPlan, Limits};
+pub use watch::KindWatch;
 
 /// A cluster still starting (no kubeadm.conf or podCIDRs yet) is looked at
 /// again this soon, then less and less often, up to the daemon's safety net.
@@ -36,10 +37,12 @@ pub struct KindReport {
     pub vm_routes: LinkStatus,
 }
 
+/// The planning side of kind (pure apart from its log lines): what to route
+/// for the clusters of the latest scan, their status, and when to look again.
 pub struct Kind {
     config: KindConfig,
-    discovery: discover::Discovery,
     clusters: Vec<ClusterStatus>,
+    pending: bool,
     retry: Option<Duration>,
 }
 
@@ -47,32 +50,29 @@ impl Kind {
     pub fn new(config: KindConfig) -> Self {
         Kind {
             config,
-            discovery: discover::Discovery::default(),
             clusters: Vec::new(),
+            pending: false,
             retry: None,
         }
     }
 
-    /// Discovers the clusters and plans; call [`Kind::settle`] with the host
+    /// Plans for `clusters` (a scan); call [`Kind::settle`] with the host
     /// router's decisions next.
-    pub async fn plan(&mut self, docker: &Docker) -> Result<KindPlan> {
-        let snapshot = self.discovery.snapshot(docker).await?;
-        Ok(plan::plan(&snapshot, &self.config))
+    pub fn plan(&self, clusters: &[ClusterSnapshot], limits: &Limits) -> KindPlan {
+        plan::plan(clusters, &self.config, limits)
     }
 
     /// The VM routes that survive the host planner's verdict; remembers the
     /// clusters' status.
     pub fn settle(&mut self, plan: KindPlan, decisions: &[SubnetDecision]) -> Vec<VmRoute> {
         let (routes, clusters) = plan::settle(plan, decisions);
-        let pending = clusters.iter().any(|c| {
+        self.pending = clusters.iter().any(|c| {
             matches!(c.pods.state, CidrState::Pending { .. })
                 || matches!(c.services.state, CidrState::Pending { .. })
         });
-        self.retry = match (pending, self.retry) {
-            (false, _) => None,
-            (true, None) => Some(RETRY_FIRST),
-            (true, Some(d)) => Some((d * 2).min(RETRY_MAX)),
-        };
+        if !self.pending {
+            self.retry = None;
+        }
         for c in &clusters {
             if let Some(problem) = &c.problem {
                 tracing::debug!(cluster = %c.name, %problem, "kind cluster not fully readable");
@@ -104,9 +104,20 @@ impl Kind {
         &self.clusters
     }
 
-    /// When to reconcile again because a cluster is still starting.
-    pub fn retry_after(&self) -> Option<Duration> {
-        self.retry
+    /// Whether a cluster is still starting (worth another scan soon).
+    pub fn pending(&self) -> bool {
+        self.pending
+    }
+
+    /// How long to wait before the next scan of a starting cluster: sooner
+    /// at first, then less and less often. Each call is one more retry.
+    pub fn next_retry(&mut self) -> Option<Duration> {
+        if !self.pending {
+            return None;
+        }
+        let next = self.retry.map_or(RETRY_FIRST, |d| (d * 2).min(RETRY_MAX));
+        self.retry = Some(next);
+        Some(next)
     }
 }
 
@@ -181,24 +192,20 @@ mod tests {
         };
         let mut delays = Vec::new();
         for _ in 0..6 {
-            kind.settle(
-                plan::plan(std::slice::from_ref(&starting), &KindConfig::default()),
-                &[],
-            );
-            delays.push(kind.retry_after().unwrap().as_secs());
+            let plan = kind.plan(std::slice::from_ref(&starting), &Limits::default());
+            kind.settle(plan, &[]);
+            assert!(kind.pending());
+            delays.push(kind.next_retry().unwrap().as_secs());
         }
         assert_eq!(delays, [3, 6, 12, 24, 30, 30]);
         starting.pod_subnets = vec!["10.244.0.0/16".parse().unwrap()];
         starting.service_subnets = vec!["10.96.0.0/16".parse().unwrap()];
         starting.nodes[0].pod_cidrs = vec!["10.244.0.0/24".parse().unwrap()];
         starting.problem = None;
-        let routes = kind.settle(plan::plan(&[starting], &KindConfig::default()), &[]);
+        let plan = kind.plan(&[starting], &Limits::default());
+        let routes = kind.settle(plan, &[]);
         assert_eq!(routes.len(), 2);
-        assert_eq!(
-            kind.retry_after(),
-            None,
-            "nothing pending: no early reconcile"
-        );
+        assert_eq!(kind.next_retry(), None, "nothing pending: no early scan");
         assert_eq!(kind.clusters()[0].pods.state, CidrState::Routed);
     }
 

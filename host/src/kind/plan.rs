@@ -105,6 +105,8 @@ pub enum CidrState {
     Disabled { reason: String },
     /// Nothing to route yet (CIDRs or podCIDRs unknown, no node IP).
     Pending { reason: String },
+    /// The range read from the node is not acceptable (see [`rejection`]).
+    Rejected { reason: String },
 }
 
 impl std::fmt::Display for CidrState {
@@ -120,6 +122,7 @@ impl std::fmt::Display for CidrState {
             CidrState::Skipped { reason } => write!(f, "skipped: {reason}"),
             CidrState::Disabled { reason } => write!(f, "disabled: {reason}"),
             CidrState::Pending { reason } => write!(f, "pending: {reason}"),
+            CidrState::Rejected { reason } => write!(f, "rejected: {reason}"),
         }
     }
 }
@@ -139,8 +142,68 @@ pub struct KindPlan {
     pub clusters: Vec<ClusterStatus>,
 }
 
+/// What a range read from a node container must stay clear of. Whatever
+/// carries kind's labels is read as a cluster, so its CIDRs are untrusted.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Subnets of Docker networks, by network name: a cluster never takes one
+    /// (its VM routes would steal that network's traffic inside the VM).
+    pub docker: Vec<(String, IpNet)>,
+    /// The host's own networks (its interfaces' addresses), by interface.
+    pub host: Vec<(String, IpNet)>,
+    /// connector's tunnel network.
+    pub tunnel: Option<IpNet>,
+}
+
+/// The narrowest prefix accepted, per family: nothing a cluster needs is wider.
+const MIN_PREFIX_V4: u8 = 8;
+const MIN_PREFIX_V6: u8 = 32;
+
+/// Ranges that are never a cluster's, whatever it claims.
+const SPECIAL: [(&str, &str); 9] = [
+    ("0.0.0.0/8", "\"this network\""),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved and broadcast"),
+    ("::/128", "the unspecified address"),
+    ("::1/128", "loopback"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+/// Why a range read from a node may not be routed, if it may not.
+pub fn rejection(net: &IpNet, limits: &Limits) -> Option<String> {
+    let min = match net {
+        IpNet::V4(_) => MIN_PREFIX_V4,
+        IpNet::V6(_) => MIN_PREFIX_V6,
+    };
+    if net.prefix_len() == 0 {
+        return Some(format!("{net} is the default route"));
+    }
+    if net.prefix_len() < min {
+        return Some(format!("{net} is wider than /{min}"));
+    }
+    for (range, what) in SPECIAL {
+        let range: IpNet = range.parse().expect("valid constant");
+        if overlaps(net, &range) {
+            return Some(format!("{net} overlaps {what} {range}"));
+        }
+    }
+    if let Some(t) = limits.tunnel.filter(|t| overlaps(net, t)) {
+        return Some(format!("{net} overlaps connector's tunnel network {t}"));
+    }
+    if let Some((name, subnet)) = limits.docker.iter().find(|(_, s)| overlaps(net, s)) {
+        return Some(format!("{net} overlaps Docker network {name} ({subnet})"));
+    }
+    if let Some((iface, subnet)) = limits.host.iter().find(|(_, s)| overlaps(net, s)) {
+        return Some(format!("{net} overlaps the host's network {subnet} on {iface}"));
+    }
+    None
+}
+
 /// Decides which cluster owns which CIDR and what to route for it.
-pub fn plan(clusters: &[ClusterSnapshot], config: &KindConfig) -> KindPlan {
+pub fn plan(clusters: &[ClusterSnapshot], config: &KindConfig, limits: &Limits) -> KindPlan {
     let selected =
         |c: &ClusterSnapshot| config.clusters.is_empty() || config.clusters.contains(&c.name);
     let mut order: Vec<&ClusterSnapshot> = clusters.iter().filter(|c| selected(c)).collect();
@@ -153,11 +216,19 @@ pub fn plan(clusters: &[ClusterSnapshot], config: &KindConfig) -> KindPlan {
     let mut out = KindPlan::default();
     let mut claimed: Vec<(IpNet, String)> = Vec::new();
     for cluster in order {
-        let pods = decide(cluster, CidrKind::Pods, config.pods, &mut claimed, &mut out);
+        let pods = decide(
+            cluster,
+            CidrKind::Pods,
+            config.pods,
+            limits,
+            &mut claimed,
+            &mut out,
+        );
         let services = decide(
             cluster,
             CidrKind::Services,
             config.services,
+            limits,
             &mut claimed,
             &mut out,
         );
@@ -221,6 +292,7 @@ fn decide(
     cluster: &ClusterSnapshot,
     kind: CidrKind,
     enabled: bool,
+    limits: &Limits,
     claimed: &mut Vec<(IpNet, String)>,
     out: &mut KindPlan,
 ) -> CidrStatus {
@@ -244,6 +316,13 @@ fn decide(
             (None, CidrKind::Services) => "no serviceSubnet known".into(),
         };
         return state(CidrState::Pending { reason });
+    }
+    // Before claiming: a rejected range must not keep a real cluster out.
+    let rejected: Vec<String> = subnets.iter().filter_map(|s| rejection(s, limits)).collect();
+    if !rejected.is_empty() {
+        return state(CidrState::Rejected {
+            reason: rejected.join("; "),
+        });
     }
     if let Some((subnet, owner)) = subnets
         .iter()
@@ -456,8 +535,52 @@ mod tests {
     }
 
     #[test]
+    fn hostile_ranges_are_rejected_and_claim_nothing() {
+        let limits = Limits {
+            docker: vec![("web".into(), net("172.30.0.0/16"))],
+            host: vec![("en0".into(), net("192.168.1.0/24"))],
+            tunnel: Some(net("10.254.253.0/30")),
+        };
+        let cases = [
+            ("0.0.0.0/0", "is the default route"),
+            ("10.0.0.0/7", "is wider than /8"),
+            ("127.0.0.0/8", "overlaps loopback 127.0.0.0/8"),
+            ("169.254.0.0/24", "link-local"),
+            ("224.1.0.0/16", "multicast"),
+            ("172.30.5.0/24", "overlaps Docker network web (172.30.0.0/16)"),
+            ("192.168.0.0/16", "overlaps the host's network 192.168.1.0/24 on en0"),
+            ("10.254.0.0/16", "connector's tunnel network"),
+            ("fd00::/16", "is wider than /32"),
+        ];
+        for (range, why) in cases {
+            let reason = rejection(&net(range), &limits).unwrap_or_default();
+            assert!(reason.contains(why), "{range}: {reason:?}");
+        }
+        assert_eq!(rejection(&net("10.244.0.0/16"), &limits), None);
+        assert_eq!(rejection(&net("fd00:10:244::/56"), &limits), None);
+
+        // A hostile cluster created last (preferred) claiming a Docker
+        // network's range and the default route: rejected, routes nothing,
+        // and the real cluster keeps its own ranges.
+        let mut hostile = cluster("evil", 999, 20);
+        hostile.pod_subnets = vec![net("172.30.0.0/16")];
+        hostile.service_subnets = vec![net("0.0.0.0/0")];
+        for n in &mut hostile.nodes {
+            n.pod_cidrs = vec![net("172.30.1.0/24")];
+        }
+        let p = plan(&[cluster("dev", 100, 2), hostile], &config(true, true, &[]), &limits);
+        let evil = p.clusters.iter().find(|c| c.name == "evil").unwrap();
+        assert!(matches!(evil.pods.state, CidrState::Rejected { .. }), "{:?}", evil.pods);
+        assert!(evil.services.state.to_string().starts_with("rejected: 0.0.0.0/0 is the default route"));
+        let dev = p.clusters.iter().find(|c| c.name == "dev").unwrap();
+        assert_eq!((&dev.pods.state, &dev.services.state), (&CidrState::Routed, &CidrState::Routed));
+        assert!(p.extra.iter().all(|n| n.name.starts_with("kind/dev/")));
+        assert!(p.candidates.iter().all(|c| c.network.starts_with("kind/dev/")));
+    }
+
+    #[test]
     fn one_cluster_routes_each_podcidr_via_its_node_and_services_via_the_control_plane() {
-        let p = plan(&[cluster("dev", 100, 2)], &config(true, true, &[]));
+        let p = plan(&[cluster("dev", 100, 2)], &config(true, true, &[]), &Limits::default());
         assert_eq!(
             routes(&p),
             vec![
@@ -517,7 +640,7 @@ mod tests {
             cluster("new", 200, 4),
             cluster("other", 300, 6),
         ];
-        let p = plan(&clusters, &config(true, true, &["old", "new"]));
+        let p = plan(&clusters, &config(true, true, &["old", "new"]), &Limits::default());
         assert_eq!(find(&p, "old").pods.state, CidrState::Routed);
         assert!(
             matches!(find(&p, "new").pods.state, CidrState::Conflict { ref with, .. } if with == "old")
@@ -543,20 +666,20 @@ mod tests {
         for n in &mut b.nodes {
             n.pod_cidrs = vec![net(&n.pod_cidrs[0].to_string().replace("10.244", "10.245"))];
         }
-        let p = plan(&[cluster("a", 100, 2), b], &config(true, true, &[]));
+        let p = plan(&[cluster("a", 100, 2), b], &config(true, true, &[]), &Limits::default());
         assert_eq!(p.extra.len(), 4);
         assert_eq!(routes(&p).len(), 6);
     }
 
     #[test]
     fn pods_off_leaves_services_and_the_reverse() {
-        let p = plan(&[cluster("dev", 100, 2)], &config(false, true, &[]));
+        let p = plan(&[cluster("dev", 100, 2)], &config(false, true, &[]), &Limits::default());
         assert_eq!(routes(&p), vec![route("10.96.0.0/16", "172.18.0.2")]);
         assert_eq!(
             find(&p, "dev").pods.state.to_string(),
             "disabled: pods = false in [kind]"
         );
-        let p = plan(&[cluster("dev", 100, 2)], &config(true, false, &[]));
+        let p = plan(&[cluster("dev", 100, 2)], &config(true, false, &[]), &Limits::default());
         assert_eq!(routes(&p).len(), 2);
         assert!(routes(&p)
             .iter()
@@ -587,7 +710,7 @@ mod tests {
         let mut c = cluster("dev", 100, 2);
         c.nodes[0].pod_cidrs.clear();
         c.nodes[1].ip = None;
-        let p = plan(&[c], &config(true, true, &[]));
+        let p = plan(&[c], &config(true, true, &[]), &Limits::default());
         assert_eq!(
             routes(&p),
             vec![route("10.96.0.0/16", "172.18.0.3")],
@@ -628,7 +751,7 @@ mod tests {
         let mut c = cluster("dev", 100, 2);
         c.nodes[0].pod_cidrs = vec![net("10.99.0.0/24"), net("fd00:10:244:1::/64")];
         c.pod_subnets.push(net("fd00:10:244::/56"));
-        let p = plan(&[c], &config(true, true, &[]));
+        let p = plan(&[c], &config(true, true, &[]), &Limits::default());
         assert_eq!(
             routes(&p)
                 .iter()
@@ -653,7 +776,7 @@ mod tests {
         let mut c = cluster("v6", 100, 2);
         c.pod_subnets = vec![net("fd00:10:244::/56")];
         c.service_subnets = vec![net("fd00:10:96::/112")];
-        let p = plan(&[c], &config(true, true, &[]));
+        let p = plan(&[c], &config(true, true, &[]), &Limits::default());
         assert!(p.extra.is_empty() && p.candidates.is_empty());
         assert!(matches!(
             find(&p, "v6").pods.state,
@@ -663,7 +786,7 @@ mod tests {
 
     #[test]
     fn a_host_conflict_drops_the_vm_routes_and_says_why() {
-        let p = plan(&[cluster("dev", 100, 2)], &config(true, true, &[]));
+        let p = plan(&[cluster("dev", 100, 2)], &config(true, true, &[]), &Limits::default());
         let decisions = [
             SubnetDecision {
                 network: "kind/dev/pods".into(),

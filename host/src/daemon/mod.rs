@@ -1,0 +1,655 @@
+//! `connector run`: sets everything up, serves the control socket, and undoes
+//! its work on SIGINT/SIGTERM — at any moment, start-up included.
+//!
+//! Ownership: the tunnel tasks own the tun and the UDP socket; the [`Router`]
+//! owns the host routes; the [`AgentManager`] owns the agent container (and
+//! through the agent, the VM firewall rules and routes); the kind task owns
+//! discovery; the status board answers `status`. This task holds them and
+//! tears them down in reverse order.
+//!
+//! The decisions live in pure types: [`schedule::Scheduler`] says when each
+//! kind of work is due, [`health::Health`] what to do about a silent agent,
+//! the planners (`plan`, `kind::plan`) what routes should exist. This file
+//! only wires them to I/O.
+
+mod health;
+mod schedule;
+mod shutdown;
+mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use bollard::Docker;
+use connector_tunnel::keys::PublicKey;
+use connector_tunnel::{Tunnel, TunnelConfig};
+use ipnet::IpNet;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::agent::{Agent, AgentManager};
+use crate::agent_link::AgentLink;
+use crate::config::Config;
+use crate::control::{self, SocketFile};
+use crate::events::{self, Trigger};
+use crate::kind::{Kind, KindReport, KindWatch, Limits};
+use crate::os::{self, RouteTable, TunConfig};
+use crate::plan::{ConflictPolicy, SkipReason};
+use crate::protocol::{
+    AgentStatus, FirewallStatus, HealthStatus, NetworkStatus, Request, Response, StatusReport,
+    SyncReport, TunnelStatus,
+};
+use crate::router::Router;
+use health::{Action, Health, HealthConfig, Why};
+use schedule::{Job, Scheduler};
+use shutdown::Shutdown;
+use status::{StatusBoard, Verifier};
+
+/// On Linux we pick the name so routes and tests can refer to it; macOS
+/// assigns `utunN` itself.
+fn tun_name() -> Option<String> {
+    cfg!(target_os = "linux").then(|| "connector0".to_owned())
+}
+
+/// A full reconcile (agent, kind, routes) runs this often even without events.
+const SAFETY_NET: Duration = Duration::from_secs(30);
+/// Events arriving in a burst are handled together.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How often the data path is checked.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+/// Teardown must end well inside launchd's 20 s before SIGKILL.
+const TEARDOWN_BUDGET: Duration = Duration::from_secs(14);
+
+pub async fn run(config: Config) -> Result<()> {
+    // First: from here on no signal is lost.
+    let mut shutdown = Shutdown::install()?;
+    let started = Instant::now();
+    let mut made = Made::default();
+    let outcome = tokio::select! {
+        biased;
+        signal = shutdown.recv() => {
+            tracing::info!(signal, "stopped during start-up; undoing what was set up");
+            None
+        }
+        up = start(&config, started, &mut made) => Some(up),
+    };
+    let up = match outcome {
+        None => {
+            made.undo().await;
+            return Ok(());
+        }
+        Some(Err(e)) => {
+            made.undo().await;
+            return Err(e);
+        }
+        Some(Ok(up)) => up,
+    };
+    let (mut running, listener, socket) = up;
+    let result = running.serve(listener, &mut shutdown).await;
+    running.shutdown().await;
+    drop(socket);
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "daemon stopped on error");
+    }
+    result
+}
+
+/// What start-up has made so far, for undoing it when start-up stops (an
+/// error or a signal). The tun and the sockets close when dropped.
+#[derive(Default)]
+struct Made {
+    socket: Option<SocketFile>,
+    agents: Option<AgentManager>,
+}
+
+impl Made {
+    async fn undo(self) {
+        if let Some(agents) = self.agents {
+            match tokio::time::timeout(TEARDOWN_BUDGET, agents.remove()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "agent removal failed"),
+                Err(_) => tracing::warn!("agent removal did not finish in time"),
+            }
+        }
+        drop(self.socket);
+    }
+}
+
+/// Finds and connects to the engine, waiting (capped backoff, one log line)
+/// while it is not there yet — under launchd the daemon often starts before
+/// Docker Desktop. Misconfiguration (OrbStack, a broken context) is fatal.
+async fn wait_for_docker(config: &Config) -> Result<(String, Docker, String)> {
+    let mut backoff = Duration::from_millis(250);
+    let mut waiting = false;
+    loop {
+        match crate::docker::connect_configured(config.docker_host.as_deref()).await {
+            Ok(crate::docker::Engine {
+                resolved,
+                docker,
+                version: engine,
+            }) => {
+                tracing::info!(endpoint = %resolved.endpoint, why = %resolved.why, %engine, "connected to Docker");
+                return Ok((resolved.endpoint, docker, engine));
+            }
+            Err(e)
+                if e.downcast_ref::<crate::discovery::DiscoveryError>()
+                    .is_some_and(|d| {
+                        !matches!(d, crate::discovery::DiscoveryError::NotFound { .. })
+                    }) =>
+            {
+                return Err(e).context("cannot find the Docker engine")
+            }
+            Err(e) => {
+                if !waiting {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "Docker is not reachable yet; waiting for it"
+                    );
+                    waiting = true;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+type Up = (Running, tokio::net::UnixListener, SocketFile);
+
+/// Everything fallible happens before the agent exists, so an error leaves
+/// no container behind; what is made is recorded in `made`.
+async fn start(config: &Config, started: Instant, made: &mut Made) -> Result<Up> {
+    let (endpoint, docker, engine) = wait_for_docker(config).await?;
+    let host_key =
+        crate::state::load_or_create_host_key(&config.state_dir, &config.host_key_path())?;
+    let host_public = PublicKey::from(&host_key);
+    let (listener, socket) = control::bind(&config.control_socket).await?;
+    made.socket = Some(socket);
+    let agents = AgentManager::new(docker.clone(), config, &host_public);
+    // Fail before touching the network when the image is unusable.
+    agents.image_id().await?;
+
+    let device = os::create_tun(&TunConfig {
+        name: tun_name(),
+        address: config.host_tunnel_ip(),
+        peer: config.agent_tunnel_ip(),
+        prefix: config.tunnel.prefix_len(),
+        mtu: config.mtu,
+    })?;
+    let udp = UdpSocket::bind((config.listen_address, config.listen_port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind UDP {}:{}",
+                config.listen_address, config.listen_port
+            )
+        })?;
+    let interface = device.name().context("tun has no name")?;
+    let table = RouteTable::new().await?;
+    // The socket is bound before the agent starts, so its first handshake
+    // waits in the socket buffer; the tunnel starts below with whatever key
+    // the agent ends up with.
+    made.agents = Some(agents.clone());
+    let agent = agents.ensure(&|_| {}).await?;
+    if agent.adopted {
+        tracing::info!(container = %agent.container_id, "adopted the running agent container");
+    }
+    let agent_net = IpNet::V4(config.agent_tunnel_ip().into());
+    let tunnel = Tunnel::spawn(
+        device,
+        udp,
+        TunnelConfig {
+            private_key: host_key,
+            peer_public: agent.public_key,
+            keepalive: None,
+            endpoint: None,
+            // Widened to the routed subnets after the first route sync.
+            allowed_sources: vec![agent_net],
+        },
+    );
+    let agent_link = AgentLink::spawn(config.host_tunnel_ip(), config.agent_tunnel_ip());
+    let board = Arc::new(StatusBoard::new(
+        initial_report(config, &endpoint, &engine, &interface, &agents, &agent),
+        started,
+        tunnel.stats(),
+        Box::new(agent_link.status_reader()),
+    ));
+    let now = Instant::now();
+    let running = Running {
+        router: Router::new(
+            table,
+            interface,
+            config.tunnel,
+            config.networks.clone(),
+            ConflictPolicy::new(config.allow_conflicts.clone()),
+        ),
+        kind: Kind::new(config.kind.clone()),
+        kind_watch: KindWatch::spawn(docker.clone()),
+        verifier: Verifier::spawn(agents.clone(), board.clone()),
+        agent_link,
+        board,
+        health: Health::new(HealthConfig::default(), now),
+        schedule: Scheduler::new(now, &[(Job::Resync, SAFETY_NET), (Job::Health, HEALTH_EVERY)]),
+        config: config.clone(),
+        docker,
+        agents,
+        agent,
+        tunnel,
+        started,
+        docker_up: true,
+        agent_error: None,
+    };
+    made.agents = None; // owned by `running` now
+    let socket = made.socket.take().expect("bound above");
+    Ok((running, listener, socket))
+}
+
+fn initial_report(
+    config: &Config,
+    endpoint: &str,
+    engine: &str,
+    interface: &str,
+    agents: &AgentManager,
+    agent: &Agent,
+) -> StatusReport {
+    StatusReport {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_secs: 0,
+        docker_endpoint: endpoint.to_owned(),
+        docker_reachable: true,
+        engine_version: engine.to_owned(),
+        agent: AgentStatus {
+            name: agents.name().to_owned(),
+            container_id: agent.container_id.clone(),
+            image: agent.image.clone(),
+            adopted: agent.adopted,
+            error: None,
+        },
+        firewall: FirewallStatus {
+            backend: None,
+            all_present: false,
+            detail: vec!["not asked yet".into()],
+            checked_secs: None,
+        },
+        tunnel: TunnelStatus {
+            interface: interface.to_owned(),
+            address: format!("{}/{}", config.host_tunnel_ip(), config.tunnel.prefix_len()),
+            listen: format!("{}:{}", config.listen_address, config.listen_port),
+            endpoint: None,
+            last_handshake_secs: None,
+            last_received_secs: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            rx_packets: 0,
+            tx_packets: 0,
+            rx_dropped_source: 0,
+        },
+        networks: Vec::new(),
+        kind: KindReport::default(),
+        health: HealthStatus::default(),
+    }
+}
+
+struct Running {
+    config: Config,
+    docker: Docker,
+    agents: AgentManager,
+    agent: Agent,
+    tunnel: Tunnel,
+    router: Router,
+    started: Instant,
+    docker_up: bool,
+    /// The last agent error logged, so a persisting failure logs once.
+    agent_error: Option<String>,
+    /// kind clusters: planning and status; discovery runs in `kind_watch`.
+    kind: Kind,
+    kind_watch: KindWatch,
+    /// Delivers the VM routes (kind pods and Services) to the agent.
+    agent_link: AgentLink,
+    board: Arc<StatusBoard>,
+    verifier: Verifier,
+    health: Health,
+    schedule: Scheduler,
+}
+
+impl Running {
+    async fn serve(
+        &mut self,
+        listener: tokio::net::UnixListener,
+        shutdown: &mut Shutdown,
+    ) -> Result<()> {
+        // Subscribed before the first sync, so nothing between the two is missed.
+        let (trigger_tx, mut triggers) = mpsc::channel(256);
+        let follower = tokio::spawn(events::follow(self.docker.clone(), trigger_tx));
+        if self.agent.adopted {
+            // Our previous incarnation held the session; ask for a new one.
+            if let Err(e) = self.agents.nudge().await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not nudge the adopted agent"
+                );
+            }
+        }
+        let report = match self.sync_routes().await {
+            Ok(report) => report,
+            Err(e) => {
+                follower.abort();
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            routed = report.routed.len(),
+            skipped = report.skipped.len(),
+            interface = %self.router.interface(),
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "ready"
+        );
+        let board = self.board.clone();
+        let (mut inbox, server) =
+            control::serve(listener, Arc::new(move || board.report()), control::CAPS);
+        let result = loop {
+            let next = self.schedule.next();
+            tokio::select! {
+                signal = shutdown.recv() => {
+                    tracing::info!(signal, "shutting down");
+                    break Ok(());
+                }
+                error = self.tunnel.failed() => break Err(error).context("tunnel failed"),
+                Some((request, reply)) = inbox.recv() => {
+                    tokio::select! {
+                        biased;
+                        signal = shutdown.recv() => {
+                            tracing::info!(signal, "shutting down");
+                            break Ok(());
+                        }
+                        response = self.handle(request) => { let _ = reply.send(response); }
+                    }
+                }
+                Some(trigger) = triggers.recv() => self.on_trigger(trigger, Instant::now()),
+                () = self.kind_watch.scanned() => {
+                    self.schedule.soon(Job::Routes, Instant::now(), DEBOUNCE);
+                }
+                () = sleep_until(next) => {
+                    let due = self.schedule.take_due(Instant::now());
+                    // Work is idempotent: a signal may cut it short; the
+                    // teardown (or the next start) settles what it left.
+                    tokio::select! {
+                        biased;
+                        signal = shutdown.recv() => {
+                            tracing::info!(signal, "shutting down");
+                            break Ok(());
+                        }
+                        () = self.run_jobs(due) => {}
+                    }
+                }
+            }
+        };
+        follower.abort();
+        server.abort();
+        result
+    }
+
+    fn on_trigger(&mut self, trigger: Trigger, now: Instant) {
+        match trigger {
+            Trigger::Networks => self.schedule.soon(Job::Routes, now, DEBOUNCE),
+            Trigger::Agent { action } => {
+                // A container Docker is about to restart is judged
+                // "restarting" and left alone, so no grace period is needed.
+                tracing::debug!(%action, "agent container event");
+                self.schedule.soon(Job::Agent, now, DEBOUNCE);
+            }
+            Trigger::KindNode { .. } => self.kind_watch.rescan(),
+            Trigger::DockerDown { error } => {
+                self.set_docker_up(false);
+                tracing::warn!(%error, "Docker went away; routes stay until it returns");
+            }
+            Trigger::DockerUp | Trigger::Resync => {
+                self.set_docker_up(true);
+                self.schedule.soon(Job::Agent, now, DEBOUNCE);
+                self.schedule.soon(Job::Routes, now, DEBOUNCE);
+                self.kind_watch.rescan();
+            }
+        }
+    }
+
+    fn set_docker_up(&mut self, up: bool) {
+        self.docker_up = up;
+        self.board.update(|r| r.docker_reachable = up);
+    }
+
+    async fn run_jobs(&mut self, jobs: Vec<Job>) {
+        for job in jobs {
+            match job {
+                Job::Agent => {
+                    self.reconcile_agent().await;
+                    // Same container restarted by Docker, or a new one:
+                    // either way it needs the VM routes again.
+                    self.agent_link.resend();
+                }
+                Job::Routes => self.reconcile_routes().await,
+                Job::KindRescan => self.kind_watch.rescan(),
+                Job::Resync => {
+                    if self.docker_up {
+                        self.reconcile_agent().await;
+                        self.kind_watch.rescan();
+                        self.reconcile_routes().await;
+                    }
+                }
+                Job::Health => self.check_health().await,
+            }
+        }
+    }
+
+    /// Keeps exactly one agent running with our config; follows its key.
+    async fn reconcile_agent(&mut self) {
+        let tunnel = &self.tunnel;
+        match self.agents.ensure(&|key| tunnel.set_peer(*key)).await {
+            Ok(agent) => {
+                if self.agent_error.take().is_some() {
+                    tracing::info!("agent container is healthy again");
+                    self.board.update(|r| r.agent.error = None);
+                }
+                if agent.container_id != self.agent.container_id {
+                    tracing::info!(container = %agent.container_id, adopted = agent.adopted, "agent container changed");
+                    // A new agent's key was installed before it started;
+                    // an adopted one may still differ from what we had.
+                    if agent.adopted
+                        && agent.public_key.as_bytes() != self.agent.public_key.as_bytes()
+                    {
+                        self.tunnel.set_peer(agent.public_key);
+                    }
+                    self.health.agent_changed(Instant::now());
+                    self.board.update(|r| {
+                        r.agent.container_id = agent.container_id.clone();
+                        r.agent.image = agent.image.clone();
+                        r.agent.adopted = agent.adopted;
+                    });
+                    self.agent = agent;
+                    self.agent_link.resend();
+                    self.verifier.refresh();
+                }
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                if self.agent_error.as_deref() != Some(text.as_str()) {
+                    tracing::error!(error = %text, "cannot ensure the agent container");
+                    self.agent_error = Some(text.clone());
+                    self.board.update(|r| r.agent.error = Some(text));
+                }
+            }
+        }
+    }
+
+    /// Docker networks and the kind CIDRs of the latest scan on the host,
+    /// then the kind VM routes to the agent, then the tunnel's source filter.
+    /// Every route sync goes through here, so a plain sync never drops the
+    /// kind routes.
+    async fn sync_routes(&mut self) -> Result<SyncReport> {
+        let networks = crate::docker::bridge_networks(&self.docker).await?;
+        let limits = Limits {
+            docker: networks
+                .iter()
+                .flat_map(|n| n.subnets.iter().map(|s| (n.name.clone(), s.trunc())))
+                .collect(),
+            host: os::interface_networks(self.router.interface()),
+            tunnel: Some(IpNet::V4(self.config.tunnel)),
+        };
+        let kind = self.kind.plan(&self.kind_watch.latest(), &limits);
+        let report = self.router.sync(&networks, &kind.extra).await?;
+        let vm_routes = self.kind.settle(kind, self.router.decisions());
+        self.agent_link.push(vm_routes);
+        // WireGuard's allowed IPs: the agent may send from what we route to
+        // it (replies) and from its own tunnel address.
+        let mut sources: Vec<IpNet> = self.router.routed().collect();
+        sources.push(IpNet::V4(self.config.agent_tunnel_ip().into()));
+        self.tunnel.set_allowed_sources(sources);
+        self.publish_routes();
+        self.schedule_kind_retry();
+        Ok(report)
+    }
+
+    /// A kind cluster still starting is looked at again later, on its own
+    /// deadline (never delaying any other work).
+    fn schedule_kind_retry(&mut self) {
+        if !self.kind.pending() {
+            self.schedule.cancel(Job::KindRescan);
+        } else if self.schedule.deadline(Job::KindRescan).is_none() {
+            if let Some(after) = self.kind.next_retry() {
+                self.schedule.at(Job::KindRescan, Instant::now() + after);
+            }
+        }
+    }
+
+    fn publish_routes(&self) {
+        let networks = self
+            .router
+            .decisions()
+            .iter()
+            .map(|d| NetworkStatus {
+                name: d.network.clone(),
+                subnet: d.subnet,
+                state: match &d.skipped {
+                    None => "routed".into(),
+                    Some(SkipReason::Excluded { .. }) => "excluded".into(),
+                    Some(_) => "skipped".into(),
+                },
+                reason: d.skipped.as_ref().map(|r| r.to_string()),
+            })
+            .collect();
+        let clusters = self.kind.clusters().to_vec();
+        self.board.update(|r| {
+            r.networks = networks;
+            r.kind.clusters = clusters;
+        });
+    }
+
+    async fn reconcile_routes(&mut self) {
+        match self.sync_routes().await {
+            Ok(report) if !report.added.is_empty() || !report.removed.is_empty() => {
+                tracing::info!(
+                    added = report.added.len(),
+                    removed = report.removed.len(),
+                    routed = report.routed.len(),
+                    "routes reconciled"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "route reconcile failed"),
+        }
+    }
+
+    /// Notices a dead data path with a live Docker socket (VM paused by
+    /// Resource Saver, host sleep, lost UDP mapping) and acts on what the
+    /// health machine decides.
+    async fn check_health(&mut self) {
+        let last_heard = self.tunnel.stats().snapshot().last_received;
+        let action = self.health.tick(
+            Instant::now(),
+            SystemTime::now(),
+            last_heard,
+            self.docker_up,
+        );
+        match action {
+            Action::Nothing => {}
+            Action::Nudge(why) => {
+                match why {
+                    Why::Silent => tracing::warn!("agent silent; asking it to handshake again"),
+                    Why::Resumed => tracing::info!(
+                        "resumed after not running for a while (sleep?); asking the agent to handshake again"
+                    ),
+                }
+                if let Err(e) = self.agents.nudge().await {
+                    tracing::debug!(error = format!("{e:#}"), "nudge failed");
+                }
+            }
+            Action::Replace => {
+                let status = self.health.status(Instant::now(), last_heard);
+                tracing::warn!(
+                    silence_s = status.silence_secs,
+                    replacements = status.replacements,
+                    "no datagram from the agent; replacing it"
+                );
+                if let Err(e) = self.agents.remove().await {
+                    tracing::warn!(error = format!("{e:#}"), "cannot remove the silent agent");
+                }
+                self.agent.container_id.clear();
+                self.reconcile_agent().await;
+            }
+        }
+        self.board.set_health(&self.health);
+    }
+
+    async fn handle(&mut self, request: Request) -> Response {
+        match request {
+            Request::SyncNetworks => {
+                self.kind_watch.rescan();
+                match self.sync_routes().await {
+                    Ok(report) => Response::Sync(report),
+                    Err(e) => Response::Error {
+                        message: format!("{e:#}"),
+                    },
+                }
+            }
+            // Answered by the control task from the board.
+            Request::Status => Response::Status(Box::new(self.board.report())),
+        }
+    }
+
+    /// Routes first (so nothing points at a dead tunnel), then the agent
+    /// (which removes its VM firewall rules on SIGTERM), then the tun; all of
+    /// it within launchd's patience.
+    async fn shutdown(self) {
+        let Running {
+            mut router,
+            agents,
+            tunnel,
+            kind_watch,
+            verifier,
+            ..
+        } = self;
+        drop((kind_watch, verifier));
+        match router.teardown().await {
+            Ok(n) => tracing::info!(removed = n, "routes removed"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "route cleanup failed"),
+        }
+        match tokio::time::timeout(TEARDOWN_BUDGET, agents.remove()).await {
+            Ok(Ok(())) => tracing::info!(container = agents.name(), "agent container removed"),
+            Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "agent removal failed"),
+            Err(_) => tracing::warn!(
+                container = agents.name(),
+                "agent removal did not finish in time; the next start replaces it"
+            ),
+        }
+        tunnel.shutdown().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Sleeps until `deadline`, forever if there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
