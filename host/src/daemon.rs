@@ -6,7 +6,7 @@
 //! through the agent, the VM firewall rules). This task holds all three and
 //! tears them down in reverse order.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bollard::Docker;
@@ -388,9 +388,7 @@ impl Running {
             return;
         }
         let stats = self.tunnel.stats().snapshot();
-        let since_datagram = stats
-            .last_received
-            .and_then(|t| SystemTime::now().duration_since(t).ok());
+        let since_datagram = stats.received_age(Instant::now());
         let silence = match since_datagram {
             Some(d) => d.min(self.agent_since.elapsed()),
             None => self.agent_since.elapsed(),
@@ -468,13 +466,8 @@ impl Running {
                 ),
                 listen: format!("{}:{}", self.config.listen_address, self.config.listen_port),
                 endpoint: stats.endpoint.map(|e| e.to_string()),
-                last_handshake_secs: stats.handshake_age(SystemTime::now()).map(|d| d.as_secs()),
-                last_received_secs: stats.last_received.map(|t| {
-                    SystemTime::now()
-                        .duration_since(t)
-                        .unwrap_or_default()
-                        .as_secs()
-                }),
+                last_handshake_secs: stats.handshake_age(Instant::now()).map(|d| d.as_secs()),
+                last_received_secs: stats.received_age(Instant::now()).map(|d| d.as_secs()),
                 rx_bytes: stats.rx_bytes,
                 tx_bytes: stats.tx_bytes,
                 rx_packets: stats.rx_packets,
