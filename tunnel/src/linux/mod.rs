@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use tun_rs::AsyncDevice;
 
-use crate::worker::{is_fatal, report, FailSender, Shared, Step, HANDSHAKE_BUF};
+use crate::worker::{from_peer, is_fatal, report, FailSender, Shared, Step, HANDSHAKE_BUF};
 use offload::{Coalescer, FrameError, Segmenter, FRAME_LEN};
 use udp::{Caps, RxBatch, TxBatch};
 
@@ -440,12 +440,13 @@ fn decrypt_message(
     let Some(from) = rx.from(m) else {
         return Ok(());
     };
-    let (mut bytes, mut count, mut authentic) = (0, 0, false);
+    let (mut bytes, mut count, mut heard) = (0, 0, false);
     let mut result = Ok(());
     for datagram in rx.datagrams(m) {
-        match shared.decapsulate(from, datagram, merge.scratch()) {
+        let step = shared.decapsulate(from, datagram, merge.scratch());
+        heard |= from_peer(datagram, &step, merge.scratch());
+        match step {
             Step::Tunnel(len) => {
-                authentic = true;
                 bytes += len;
                 count += 1;
                 if let Err(error) = merge.push(len, write) {
@@ -456,7 +457,6 @@ fn decrypt_message(
             Step::Network(mut len) => {
                 // A handshake reply, then the packets boringtun queued while
                 // it waited for the session; it wants calls until Done.
-                authentic = true;
                 loop {
                     shared.io.send_to(&merge.scratch()[..len], from);
                     match shared.decapsulate(from, &[], merge.scratch()) {
@@ -465,13 +465,12 @@ fn decrypt_message(
                     }
                 }
             }
-            Step::Done => authentic = true,
+            Step::Done => {}
             Step::Rejected(error) => tracing::debug!(?error, %from, "datagram rejected"),
         }
     }
     shared.stats.add_rx(bytes, count);
-    if authentic {
-        // Only authenticated datagrams move the endpoint (roaming).
+    if heard {
         shared.heard_from(from);
     }
     result
