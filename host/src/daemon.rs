@@ -179,6 +179,7 @@ pub async fn run(config: Config) -> Result<()> {
             peer_public: agent.public_key,
             keepalive: None,
             endpoint: None,
+            allowed_sources: vec![ipnet::IpNet::V4(config.agent_tunnel_ip().into())],
         },
     );
     let mut running = Running {

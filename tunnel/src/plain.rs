@@ -104,6 +104,10 @@ async fn inbound(shared: Arc<Shared>, fail: FailSender) {
                     input = &[];
                 }
                 Step::Tunnel(len) => {
+                    if !shared.sources().allows(&packet[..len]) {
+                        shared.drop_for_source(from, &packet[..len]);
+                        break;
+                    }
                     if let Err(error) = shared.io.device.send(&packet[..len]).await {
                         if is_fatal(&error) {
                             return report(&fail, "tun write", &error);

@@ -18,6 +18,8 @@ pub struct Stats {
     /// Bytes/packets read from the tun and sent encrypted.
     tx_bytes: AtomicU64,
     tx_packets: AtomicU64,
+    /// Decrypted packets dropped: their source is not an allowed source.
+    rx_dropped_source: AtomicU64,
     /// The last completed handshake, as [`to_ticks`]; 0 = never.
     last_handshake: AtomicU64,
     /// The last authenticated datagram from the peer, as [`to_ticks`]; 0 = never.
@@ -32,6 +34,8 @@ pub struct StatsSnapshot {
     pub rx_packets: u64,
     pub tx_bytes: u64,
     pub tx_packets: u64,
+    /// Decrypted packets dropped because of their source address.
+    pub rx_dropped_source: u64,
     pub last_handshake: Option<Instant>,
     pub last_received: Option<Instant>,
     pub endpoint: Option<SocketAddr>,
@@ -83,6 +87,7 @@ impl Default for Stats {
             rx_packets: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
             tx_packets: AtomicU64::new(0),
+            rx_dropped_source: AtomicU64::new(0),
             last_handshake: AtomicU64::new(0),
             last_received: AtomicU64::new(0),
             endpoint: Mutex::new(None),
@@ -100,6 +105,11 @@ impl Stats {
     pub(crate) fn add_tx(&self, bytes: usize, packets: usize) {
         self.tx_bytes.fetch_add(bytes as u64, Relaxed);
         self.tx_packets.fetch_add(packets as u64, Relaxed);
+    }
+
+    /// Counts one packet dropped for its source; returns the total so far.
+    pub(crate) fn add_dropped_source(&self) -> u64 {
+        self.rx_dropped_source.fetch_add(1, Relaxed) + 1
     }
 
     pub(crate) fn mark_received(&self) {
@@ -120,6 +130,7 @@ impl Stats {
             rx_packets: self.rx_packets.load(Relaxed),
             tx_bytes: self.tx_bytes.load(Relaxed),
             tx_packets: self.tx_packets.load(Relaxed),
+            rx_dropped_source: self.rx_dropped_source.load(Relaxed),
             last_handshake: from_ticks(self.last_handshake.load(Relaxed)),
             last_received: from_ticks(self.last_received.load(Relaxed)),
             endpoint: *self.endpoint.lock().unwrap_or_else(|e| e.into_inner()),
@@ -138,10 +149,13 @@ mod tests {
         stats.add_rx(100, 1);
         stats.add_rx(50, 1);
         stats.add_tx(7, 1);
+        assert_eq!(stats.add_dropped_source(), 1);
+        assert_eq!(stats.add_dropped_source(), 2);
         stats.set_handshake_age(Some(Duration::from_millis(30)));
         let snap = stats.snapshot();
         assert_eq!((snap.rx_bytes, snap.rx_packets), (150, 2));
         assert_eq!((snap.tx_bytes, snap.tx_packets), (7, 1));
+        assert_eq!(snap.rx_dropped_source, 2);
         let age = snap.handshake_age(Instant::now()).unwrap();
         assert!(age >= Duration::from_millis(30) && age < Duration::from_secs(10));
     }

@@ -5,11 +5,12 @@
 //! and `plain` (tokio tasks, one packet per system call, every other platform).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use ipnet::IpNet;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -19,6 +20,7 @@ use tun_rs::AsyncDevice;
 use crate::linux as sys;
 #[cfg(not(target_os = "linux"))]
 use crate::plain as sys;
+use crate::sources::{self, SourceFilter, Throttle};
 use crate::stats::Stats;
 use crate::TunnelError;
 
@@ -28,6 +30,8 @@ const TIMER_TICK: Duration = Duration::from_millis(250);
 const REINITIATE_AFTER: Duration = Duration::from_secs(5);
 /// Room for a handshake message (the largest, an initiation, is 148 bytes).
 pub(crate) const HANDSHAKE_BUF: usize = 256;
+/// At most one log line a second about packets dropped for their source.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// How one end of the tunnel is set up.
 pub struct TunnelConfig {
@@ -39,6 +43,10 @@ pub struct TunnelConfig {
     /// The peer's address when known up front. A tunnel with an endpoint is
     /// the initiator: it sends the first handshake and re-initiates forever.
     pub endpoint: Option<SocketAddr>,
+    /// Source addresses the peer may use inside the tunnel (WireGuard's
+    /// allowed IPs); other decrypted packets are dropped. Empty: none.
+    /// Changed later with [`Tunnel::set_allowed_sources`].
+    pub allowed_sources: Vec<IpNet>,
 }
 
 /// What the loops and the timer task share. The `Tunn` lock is taken per
@@ -50,6 +58,10 @@ pub(crate) struct Shared {
     keepalive: Option<u16>,
     initiator: bool,
     pub(crate) stats: Arc<Stats>,
+    /// Replaced as a whole. The Linux loop takes it once per receive round,
+    /// the plain loop once per packet; no lock is held while checking.
+    sources: RwLock<Arc<SourceFilter>>,
+    drop_log: Throttle,
     /// The tun and the UDP socket, as the platform's loops want them.
     pub(crate) io: sys::Io,
 }
@@ -90,6 +102,28 @@ impl Shared {
         self.io.send_to(datagram, to);
         #[cfg(not(target_os = "linux"))]
         self.io.send_to(datagram, to).await;
+    }
+
+    /// The allowed sources as they are now.
+    pub(crate) fn sources(&self) -> Arc<SourceFilter> {
+        self.sources
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counts a decrypted `packet` from `from` dropped for its source, and
+    /// logs it now and then.
+    pub(crate) fn drop_for_source(&self, from: SocketAddr, packet: &[u8]) {
+        let total = self.stats.add_dropped_source();
+        if self.drop_log.ready(Instant::now()) {
+            tracing::debug!(
+                source = ?sources::source(packet),
+                %from,
+                dropped_total = total,
+                "decrypted packet from a source the peer may not use; dropped"
+            );
+        }
     }
 
     /// After datagrams from `from` that [`from_peer`] vouches for: roaming,
@@ -207,6 +241,8 @@ impl Tunnel {
             keepalive: config.keepalive,
             initiator: config.endpoint.is_some(),
             stats,
+            sources: RwLock::new(Arc::new(SourceFilter::new(&config.allowed_sources))),
+            drop_log: Throttle::new(DROP_LOG_EVERY),
             io: sys::Io::new(device, socket),
         });
         let (fail_tx, failed) = watch::channel(None);
@@ -229,6 +265,18 @@ impl Tunnel {
     /// `host.docker.internal`.
     pub fn set_endpoint(&self, addr: SocketAddr) {
         self.shared.set_endpoint(addr);
+    }
+
+    /// Replaces the source addresses the peer may use inside the tunnel
+    /// (see [`TunnelConfig::allowed_sources`]).
+    pub fn set_allowed_sources(&self, nets: Vec<IpNet>) {
+        tracing::debug!(sources = ?nets, "allowed sources");
+        let filter = Arc::new(SourceFilter::new(&nets));
+        *self
+            .shared
+            .sources
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = filter;
     }
 
     /// Replaces the peer (a recreated agent has a new key); drops all sessions.

@@ -65,6 +65,15 @@ impl Namespaces {
         }
         ns
     }
+
+    /// Interfaces made from now on get no IPv6: their link-local router
+    /// solicitations would cross the tunnel from a source no filter allows.
+    fn without_ipv6(&self) {
+        for name in [&self.a, &self.b] {
+            let args = ["netns", "exec", name, "sysctl", "-qw"];
+            ip(&[&args[..], &["net.ipv6.conf.default.disable_ipv6=1"]].concat());
+        }
+    }
 }
 
 impl Drop for Namespaces {
@@ -205,6 +214,7 @@ fn start_pair(
             peer_public: pub_a,
             keepalive: None,
             endpoint: None,
+            allowed_sources: vec![ipnet::IpNet::V4(TUN_A.into())],
         },
     );
     let tunnel_a = start_end(
@@ -218,6 +228,7 @@ fn start_pair(
             peer_public: pub_b,
             keepalive: Some(20),
             endpoint: Some(SocketAddr::from((VETH_B, PORT_B))),
+            allowed_sources: vec![ipnet::IpNet::V4(TUN_B.into())],
         },
     );
     (tunnel_a, tunnel_b, pub_b)
@@ -445,6 +456,58 @@ fn forged_initiations_do_not_move_the_endpoint() {
         "echoes lost under the flood: {answered}/{asked}"
     );
     assert_eq!(tunnel_b.stats().snapshot().endpoint, Some(endpoint));
+
+    client.send_to(b"done", (TUN_B, 7001)).unwrap();
+    echo.join().unwrap();
+    rt.block_on(async {
+        tunnel_a.shutdown().await;
+        tunnel_b.shutdown().await;
+    });
+    drop(ns);
+}
+
+/// A decrypted packet reaches the tun only if its source is one the peer may
+/// use (WireGuard's allowed IPs); the set can change while the tunnel runs.
+#[test]
+fn packets_from_sources_outside_the_allowed_set_are_dropped() {
+    if !can_run() {
+        return;
+    }
+    let ns = Namespaces::create('s');
+    ns.without_ipv6();
+    let rt = runtime();
+    let (tunnel_a, tunnel_b, _) = start_pair(rt.handle(), &ns, 's');
+    let echo = spawn_udp_echo(
+        in_netns(&ns.b, || UdpSocket::bind((TUN_B, 7001)).unwrap())
+            .join()
+            .unwrap(),
+    );
+    let client = in_netns(&ns.a, || UdpSocket::bind((TUN_A, 0)).unwrap())
+        .join()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !echoed(&client, b"up?", Duration::from_millis(500)) {
+        assert!(Instant::now() < deadline, "no echo through the tunnel");
+    }
+    let wait = Duration::from_millis(300);
+    let dropped = |t: &Tunnel| t.stats().snapshot().rx_dropped_source;
+    assert_eq!((dropped(&tunnel_a), dropped(&tunnel_b)), (0, 0));
+
+    // B no longer accepts A's address: the request dies at B.
+    tunnel_b.set_allowed_sources(vec!["10.254.250.0/24".parse().unwrap()]);
+    assert!(!echoed(&client, b"to B", wait));
+    assert!(dropped(&tunnel_b) >= 1);
+    // A's own packets still count as A's: the endpoint stays.
+    assert!(tunnel_b.stats().snapshot().endpoint.is_some());
+
+    // A accepts nothing: the answer dies at A.
+    tunnel_b.set_allowed_sources(vec!["0.0.0.0/0".parse().unwrap()]);
+    tunnel_a.set_allowed_sources(Vec::new());
+    assert!(!echoed(&client, b"back to A", wait));
+    assert!(dropped(&tunnel_a) >= 1);
+
+    tunnel_a.set_allowed_sources(vec![ipnet::IpNet::V4(TUN_B.into())]);
+    assert!(echoed(&client, b"again", Duration::from_secs(2)));
 
     client.send_to(b"done", (TUN_B, 7001)).unwrap();
     echo.join().unwrap();
