@@ -21,6 +21,7 @@ pub mod keys;
 mod linux;
 #[cfg(not(target_os = "linux"))]
 mod plain;
+mod sources;
 mod stats;
 pub mod tun;
 mod worker;

@@ -13,7 +13,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tun_rs::AsyncDevice;
 
-use crate::worker::{is_fatal, report, FailSender, Shared, Step};
+use crate::worker::{from_peer, is_fatal, report, FailSender, Shared, Step};
 
 /// Largest datagram or IP packet a loop handles; buffers are this size once.
 const BUF_SIZE: usize = 65_536 + 256;
@@ -93,8 +93,7 @@ async fn inbound(shared: Arc<Shared>, fail: FailSender) {
         let mut input: &[u8] = &datagram[..n];
         loop {
             let step = shared.decapsulate(from, input, &mut packet);
-            if !matches!(step, Step::Rejected(_)) {
-                // Only authenticated datagrams move the endpoint (roaming).
+            if from_peer(input, &step, &packet) {
                 shared.heard_from(from);
             }
             match step {
@@ -105,6 +104,10 @@ async fn inbound(shared: Arc<Shared>, fail: FailSender) {
                     input = &[];
                 }
                 Step::Tunnel(len) => {
+                    if !shared.sources().allows(&packet[..len]) {
+                        shared.drop_for_source(from, &packet[..len]);
+                        break;
+                    }
                     if let Err(error) = shared.io.device.send(&packet[..len]).await {
                         if is_fatal(&error) {
                             return report(&fail, "tun write", &error);

@@ -37,13 +37,14 @@ struct Namespaces {
 }
 
 impl Namespaces {
-    fn create() -> Namespaces {
+    /// `tag` tells apart the namespaces (and veths) of tests running at once.
+    fn create(tag: char) -> Namespaces {
         let id = std::process::id();
         let ns = Namespaces {
-            a: format!("ctun{id}a"),
-            b: format!("ctun{id}b"),
+            a: format!("ctun{id}{tag}a"),
+            b: format!("ctun{id}{tag}b"),
         };
-        let (va, vb) = (format!("ctv{id}a"), format!("ctv{id}b"));
+        let (va, vb) = (format!("ctv{id}{tag}a"), format!("ctv{id}{tag}b"));
         for name in [&ns.a, &ns.b] {
             ip(&["netns", "add", name]);
         }
@@ -63,6 +64,15 @@ impl Namespaces {
             ip(&["-n", name, "link", "set", "lo", "up"]);
         }
         ns
+    }
+
+    /// Interfaces made from now on get no IPv6: their link-local router
+    /// solicitations would cross the tunnel from a source no filter allows.
+    fn without_ipv6(&self) {
+        for name in [&self.a, &self.b] {
+            let args = ["netns", "exec", name, "sysctl", "-qw"];
+            ip(&[&args[..], &["net.ipv6.conf.default.disable_ipv6=1"]].concat());
+        }
     }
 }
 
@@ -183,25 +193,20 @@ fn start_end(
     Tunnel::spawn(device, socket, config)
 }
 
-#[test]
-fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
-    if !can_run() {
-        return;
-    }
-    let ns = Namespaces::create();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+/// Initiator A (keepalive, knows B's address, as the agent) and responder B
+/// (learns A's address, as the daemon); also returns B's public key.
+fn start_pair(
+    rt: &tokio::runtime::Handle,
+    ns: &Namespaces,
+    tag: char,
+) -> (Tunnel, Tunnel, PublicKey) {
     let (key_a, key_b) = (keys::generate(), keys::generate());
     let (pub_a, pub_b) = (PublicKey::from(&key_a), PublicKey::from(&key_b));
     let id = std::process::id();
-
     let tunnel_b = start_end(
-        rt.handle(),
+        rt,
         &ns.b,
-        format!("ctt{id}b"),
+        format!("ctt{id}{tag}b"),
         (TUN_B, TUN_A),
         SocketAddr::from((VETH_B, PORT_B)),
         TunnelConfig {
@@ -209,12 +214,13 @@ fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
             peer_public: pub_a,
             keepalive: None,
             endpoint: None,
+            allowed_sources: vec![ipnet::IpNet::V4(TUN_A.into())],
         },
     );
     let tunnel_a = start_end(
-        rt.handle(),
+        rt,
         &ns.a,
-        format!("ctt{id}a"),
+        format!("ctt{id}{tag}a"),
         (TUN_A, TUN_B),
         SocketAddr::from((VETH_A, 0)),
         TunnelConfig {
@@ -222,8 +228,28 @@ fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
             peer_public: pub_b,
             keepalive: Some(20),
             endpoint: Some(SocketAddr::from((VETH_B, PORT_B))),
+            allowed_sources: vec![ipnet::IpNet::V4(TUN_B.into())],
         },
     );
+    (tunnel_a, tunnel_b, pub_b)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
+    if !can_run() {
+        return;
+    }
+    let ns = Namespaces::create('t');
+    let rt = runtime();
+    let (tunnel_a, tunnel_b, _) = start_pair(rt.handle(), &ns, 't');
 
     // Server in B: echoes every TCP byte, and UDP datagrams until "done".
     let listener = in_netns(&ns.b, || TcpListener::bind((TUN_B, 7000)).unwrap())
@@ -328,6 +354,163 @@ fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
         "{a:?} {b:?}"
     );
     assert!(a.last_handshake.is_some() && b.endpoint.is_some());
+    rt.block_on(async {
+        tunnel_a.shutdown().await;
+        tunnel_b.shutdown().await;
+    });
+    drop(ns);
+}
+
+/// Sends `message` through the tunnel to the echo server and waits up to
+/// `wait` for it to come back.
+fn echoed(socket: &UdpSocket, message: &[u8], wait: Duration) -> bool {
+    socket.set_read_timeout(Some(wait)).unwrap();
+    socket.send_to(message, (TUN_B, 7001)).unwrap();
+    let mut buf = [0u8; 256];
+    let deadline = Instant::now() + wait;
+    while let Ok((n, _)) = socket.recv_from(&mut buf) {
+        if buf[..n] == *message {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    false
+}
+
+/// Anyone who knows B's public key can send handshake initiations with a
+/// valid mac1; past boringtun's rate limit B answers them with cookie
+/// replies. Neither may move B's endpoint away from A (it once did: pings
+/// then went to the attacker).
+#[test]
+fn forged_initiations_do_not_move_the_endpoint() {
+    if !can_run() {
+        return;
+    }
+    let ns = Namespaces::create('f');
+    let rt = runtime();
+    let (tunnel_a, tunnel_b, pub_b) = start_pair(rt.handle(), &ns, 'f');
+    let echo = spawn_udp_echo(
+        in_netns(&ns.b, || UdpSocket::bind((TUN_B, 7001)).unwrap())
+            .join()
+            .unwrap(),
+    );
+    let client = in_netns(&ns.a, || UdpSocket::bind((TUN_A, 0)).unwrap())
+        .join()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !echoed(&client, b"up?", Duration::from_millis(500)) {
+        assert!(Instant::now() < deadline, "no echo through the tunnel");
+    }
+    let endpoint = tunnel_b.stats().snapshot().endpoint.expect("B knows A");
+
+    // The attacker: on A's side of the veth, another port, its own key.
+    let attacker = in_netns(&ns.a, || UdpSocket::bind((VETH_A, 0)).unwrap())
+        .join()
+        .unwrap();
+    let attacker_addr = attacker.local_addr().unwrap();
+    let mut forger = boringtun::noise::Tunn::new(keys::generate(), pub_b, None, None, 1, None);
+    let flooding = thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        let until = Instant::now() + Duration::from_secs(2);
+        let mut sent = 0u32;
+        while Instant::now() < until {
+            if let boringtun::noise::TunnResult::WriteToNetwork(init) =
+                forger.format_handshake_initiation(&mut buf, true)
+            {
+                attacker.send_to(init, (VETH_B, PORT_B)).unwrap();
+                sent += 1;
+            }
+            thread::sleep(Duration::from_micros(1000));
+        }
+        // What B answered: cookie replies (type 3) once over its rate limit.
+        attacker.set_nonblocking(true).unwrap();
+        let mut cookies = 0u32;
+        while let Ok((n, _)) = attacker.recv_from(&mut buf) {
+            if n > 0 && buf[0] == 3 {
+                cookies += 1;
+            }
+        }
+        (sent, cookies)
+    });
+    let (mut asked, mut answered) = (0u32, 0u32);
+    while !flooding.is_finished() {
+        asked += 1;
+        if echoed(&client, &asked.to_be_bytes(), Duration::from_millis(200)) {
+            answered += 1;
+        }
+        let now = tunnel_b.stats().snapshot().endpoint;
+        assert_eq!(
+            now,
+            Some(endpoint),
+            "B's endpoint moved to {now:?} (attacker {attacker_addr})"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    let (sent, cookies) = flooding.join().unwrap();
+    eprintln!("{sent} forged initiations, {cookies} cookie replies; {answered}/{asked} echoes");
+    assert!(cookies > 0, "the flood got B over its rate limit");
+    assert!(
+        answered * 10 >= asked * 9,
+        "echoes lost under the flood: {answered}/{asked}"
+    );
+    assert_eq!(tunnel_b.stats().snapshot().endpoint, Some(endpoint));
+
+    client.send_to(b"done", (TUN_B, 7001)).unwrap();
+    echo.join().unwrap();
+    rt.block_on(async {
+        tunnel_a.shutdown().await;
+        tunnel_b.shutdown().await;
+    });
+    drop(ns);
+}
+
+/// A decrypted packet reaches the tun only if its source is one the peer may
+/// use (WireGuard's allowed IPs); the set can change while the tunnel runs.
+#[test]
+fn packets_from_sources_outside_the_allowed_set_are_dropped() {
+    if !can_run() {
+        return;
+    }
+    let ns = Namespaces::create('s');
+    ns.without_ipv6();
+    let rt = runtime();
+    let (tunnel_a, tunnel_b, _) = start_pair(rt.handle(), &ns, 's');
+    let echo = spawn_udp_echo(
+        in_netns(&ns.b, || UdpSocket::bind((TUN_B, 7001)).unwrap())
+            .join()
+            .unwrap(),
+    );
+    let client = in_netns(&ns.a, || UdpSocket::bind((TUN_A, 0)).unwrap())
+        .join()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !echoed(&client, b"up?", Duration::from_millis(500)) {
+        assert!(Instant::now() < deadline, "no echo through the tunnel");
+    }
+    let wait = Duration::from_millis(300);
+    let dropped = |t: &Tunnel| t.stats().snapshot().rx_dropped_source;
+    assert_eq!((dropped(&tunnel_a), dropped(&tunnel_b)), (0, 0));
+
+    // B no longer accepts A's address: the request dies at B.
+    tunnel_b.set_allowed_sources(vec!["10.254.250.0/24".parse().unwrap()]);
+    assert!(!echoed(&client, b"to B", wait));
+    assert!(dropped(&tunnel_b) >= 1);
+    // A's own packets still count as A's: the endpoint stays.
+    assert!(tunnel_b.stats().snapshot().endpoint.is_some());
+
+    // A accepts nothing: the answer dies at A.
+    tunnel_b.set_allowed_sources(vec!["0.0.0.0/0".parse().unwrap()]);
+    tunnel_a.set_allowed_sources(Vec::new());
+    assert!(!echoed(&client, b"back to A", wait));
+    assert!(dropped(&tunnel_a) >= 1);
+
+    tunnel_a.set_allowed_sources(vec![ipnet::IpNet::V4(TUN_B.into())]);
+    assert!(echoed(&client, b"again", Duration::from_secs(2)));
+
+    client.send_to(b"done", (TUN_B, 7001)).unwrap();
+    echo.join().unwrap();
     rt.block_on(async {
         tunnel_a.shutdown().await;
         tunnel_b.shutdown().await;

@@ -469,6 +469,8 @@ async fn serve(
             peer_public,
             keepalive: (args.keepalive > 0).then_some(args.keepalive),
             endpoint: Some(endpoint),
+            // Inside the tunnel only the host speaks to the agent.
+            allowed_sources: vec![ipnet::IpNet::V4(args.peer_address.into())],
         },
     );
     tracing::info!(endpoint = %endpoint, name = %args.endpoint, local = ?local, keepalive_s = args.keepalive, "tunnel started");

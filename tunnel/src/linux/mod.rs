@@ -44,7 +44,8 @@ use std::time::{Duration, Instant};
 
 use tun_rs::AsyncDevice;
 
-use crate::worker::{is_fatal, report, FailSender, Shared, Step, HANDSHAKE_BUF};
+use crate::sources::SourceFilter;
+use crate::worker::{from_peer, is_fatal, report, FailSender, Shared, Step, HANDSHAKE_BUF};
 use offload::{Coalescer, FrameError, Segmenter, FRAME_LEN};
 use udp::{Caps, RxBatch, TxBatch};
 
@@ -386,6 +387,7 @@ impl Data<'_> {
     fn inbound(&mut self) -> Result<(), (&'static str, io::Error)> {
         let tun = self.fds.tun;
         let mut write = |frame: &[u8]| write_tun(tun, frame);
+        let sources = self.shared.sources();
         let mut result = Ok(());
         let streaming = self.last_recv.is_some_and(|t| t.elapsed() < STREAM_GAP);
         let (calls, messages) = if streaming {
@@ -401,9 +403,14 @@ impl Data<'_> {
                 Err(_) => break,
             }
             for m in 0..self.rx.len() {
-                if let Err(error) =
-                    decrypt_message(self.shared, &self.rx, m, &mut self.merge, &mut write)
-                {
+                if let Err(error) = decrypt_message(
+                    self.shared,
+                    &sources,
+                    &self.rx,
+                    m,
+                    &mut self.merge,
+                    &mut write,
+                ) {
                     result = Err(("tun write", error));
                 }
             }
@@ -429,9 +436,11 @@ fn flush(shared: &Shared, fds: Fds, tx: &mut TxBatch) {
     }
 }
 
-/// Decrypts the datagrams of message `m` into `merge`.
+/// Decrypts the datagrams of message `m` into `merge`, the packets from
+/// allowed `sources` only.
 fn decrypt_message(
     shared: &Shared,
+    sources: &SourceFilter,
     rx: &RxBatch,
     m: usize,
     merge: &mut Coalescer,
@@ -440,12 +449,17 @@ fn decrypt_message(
     let Some(from) = rx.from(m) else {
         return Ok(());
     };
-    let (mut bytes, mut count, mut authentic) = (0, 0, false);
+    let (mut bytes, mut count, mut heard) = (0, 0, false);
     let mut result = Ok(());
     for datagram in rx.datagrams(m) {
-        match shared.decapsulate(from, datagram, merge.scratch()) {
+        let step = shared.decapsulate(from, datagram, merge.scratch());
+        heard |= from_peer(datagram, &step, merge.scratch());
+        match step {
             Step::Tunnel(len) => {
-                authentic = true;
+                if !sources.allows(&merge.scratch()[..len]) {
+                    shared.drop_for_source(from, &merge.scratch()[..len]);
+                    continue;
+                }
                 bytes += len;
                 count += 1;
                 if let Err(error) = merge.push(len, write) {
@@ -456,7 +470,6 @@ fn decrypt_message(
             Step::Network(mut len) => {
                 // A handshake reply, then the packets boringtun queued while
                 // it waited for the session; it wants calls until Done.
-                authentic = true;
                 loop {
                     shared.io.send_to(&merge.scratch()[..len], from);
                     match shared.decapsulate(from, &[], merge.scratch()) {
@@ -465,13 +478,12 @@ fn decrypt_message(
                     }
                 }
             }
-            Step::Done => authentic = true,
+            Step::Done => {}
             Step::Rejected(error) => tracing::debug!(?error, %from, "datagram rejected"),
         }
     }
     shared.stats.add_rx(bytes, count);
-    if authentic {
-        // Only authenticated datagrams move the endpoint (roaming).
+    if heard {
         shared.heard_from(from);
     }
     result

@@ -272,12 +272,34 @@ impl TxBatch {
     /// Sends everything to `to` through the non-blocking socket `fd`; when
     /// the socket buffer is full, `wait_writable` blocks until it is not (or
     /// returns false: give up). Send errors drop the datagrams concerned, as
-    /// UDP does.
-    pub fn flush(&mut self, fd: c_int, to: SocketAddr, mut wait_writable: impl FnMut() -> bool) {
+    /// UDP does, except that a GSO message that may have failed for being
+    /// one is resent one datagram at a time (see [`GsoFailure`]).
+    pub fn flush(&mut self, fd: c_int, to: SocketAddr, wait_writable: impl FnMut() -> bool) {
         let addr = RawAddr::new(to);
+        self.send_all(
+            |buf, groups| send_groups(fd, &addr, buf, groups),
+            wait_writable,
+            to,
+        );
+    }
+
+    /// [`TxBatch::flush`] with the system call as `send` (as `sendmmsg`:
+    /// sends a prefix of the messages it is given and says how many, or
+    /// fails on the first).
+    fn send_all(
+        &mut self,
+        mut send: impl FnMut(&[u8], &[Group]) -> io::Result<usize>,
+        mut wait_writable: impl FnMut() -> bool,
+        to: SocketAddr,
+    ) {
         let mut next = 0;
+        // Set while the datagrams of a GSO message that failed in a way GSO
+        // may be to blame for are resent one by one; only they go in those
+        // calls, so that what happens to them is the verdict on GSO.
+        let mut probe: Option<Probe> = None;
         while next < self.groups.len() {
-            match self.send_some(fd, &addr, next) {
+            let end = probe.map_or(self.groups.len(), |p| p.end);
+            match send(&self.buf, &self.groups[next..end.min(next + MAX_MESSAGES)]) {
                 Ok(sent) => next += sent,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     if !wait_writable() {
@@ -285,18 +307,37 @@ impl TxBatch {
                     }
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) if self.groups[next].count > 1 => {
-                    // EIO: the route's device cannot checksum a GSO send;
-                    // EINVAL: a segment is larger than the path MTU. Either
-                    // way, GSO is not for this path: send one by one from now on.
-                    tracing::info!(%error, "UDP GSO send failed; sending datagrams one by one");
+                Err(error) if self.groups[next].count > 1 => match gso_failure(&error) {
+                    GsoFailure::Suspect => {
+                        tracing::debug!(%error, endpoint = %to, "UDP GSO send failed; resending its datagrams one by one");
+                        let count = self.ungroup_one(next);
+                        probe = Some(Probe {
+                            end: next + count,
+                            all_sent: true,
+                        });
+                    }
+                    GsoFailure::Path => {
+                        tracing::debug!(%error, endpoint = %to, "udp send failed");
+                        next += 1;
+                    }
+                },
+                Err(error) => {
+                    tracing::debug!(%error, endpoint = %to, "udp send failed");
+                    if let Some(p) = &mut probe {
+                        p.all_sent = false;
+                    }
+                    next += 1;
+                }
+            }
+            if let Some(p) = probe.filter(|p| next >= p.end) {
+                if p.all_sent {
+                    tracing::info!(
+                        "UDP GSO does not work on this path; sending datagrams one by one"
+                    );
                     self.gso = false;
                     self.ungroup(next);
                 }
-                Err(error) => {
-                    tracing::debug!(%error, endpoint = %to, "udp send failed");
-                    next += 1;
-                }
+                probe = None;
             }
         }
         self.clear();
@@ -306,63 +347,108 @@ impl TxBatch {
     fn ungroup(&mut self, from: usize) {
         let rest: Vec<Group> = self.groups.drain(from..).collect();
         for g in rest {
-            let mut at = g.start;
-            while at < g.start + g.len {
-                let len = g.segment.min(g.start + g.len - at);
-                self.groups.push(Group {
+            self.groups.extend(g.singles());
+        }
+    }
+
+    /// Replaces group `i` by its single datagrams; returns how many.
+    fn ungroup_one(&mut self, i: usize) -> usize {
+        let g = self.groups[i];
+        self.groups.splice(i..=i, g.singles());
+        g.count
+    }
+}
+
+impl Group {
+    /// Its datagrams, each a group of its own.
+    fn singles(self) -> impl Iterator<Item = Group> {
+        let end = self.start + self.len;
+        (self.start..end)
+            .step_by(self.segment.max(1))
+            .map(move |at| {
+                let len = self.segment.min(end - at);
+                Group {
                     start: at,
                     len,
                     segment: len,
                     count: 1,
                     closed: true,
-                });
-                at += len;
+                }
+            })
+    }
+}
+
+/// A GSO message that failed, resent one datagram at a time.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    /// Index of the first group after its datagrams.
+    end: usize,
+    all_sent: bool,
+}
+
+/// What the failed send of a GSO message says about GSO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GsoFailure {
+    /// Perhaps GSO does not work on this path: EIO (the route's device
+    /// cannot checksum a GSO send, or IPsec), EINVAL (a segment is larger
+    /// than the path MTU). If the same datagrams then go one by one, it was
+    /// GSO: it is turned off for good.
+    Suspect,
+    /// The path failed (unreachable, refused, no buffer space, …) and would
+    /// have for single datagrams too: they are dropped, as UDP does, and GSO
+    /// stays.
+    Path,
+}
+
+fn gso_failure(error: &io::Error) -> GsoFailure {
+    match error.raw_os_error() {
+        Some(libc::EIO | libc::EINVAL) => GsoFailure::Suspect,
+        _ => GsoFailure::Path,
+    }
+}
+
+/// One `sendmmsg` of (up to [`MAX_MESSAGES`] of) `groups`, laid out in
+/// `buf`, to `addr`; returns how many went.
+fn send_groups(fd: c_int, addr: &RawAddr, buf: &[u8], groups: &[Group]) -> io::Result<usize> {
+    let groups = &groups[..groups.len().min(MAX_MESSAGES)];
+    // Only the entries used are initialised: zeroing all of them was a
+    // visible share of a one-packet send.
+    let mut iovs = [MaybeUninit::<libc::iovec>::uninit(); MAX_MESSAGES];
+    let mut msgs = [MaybeUninit::<libc::mmsghdr>::uninit(); MAX_MESSAGES];
+    let mut cmsgs = [MaybeUninit::<Cmsg>::uninit(); MAX_MESSAGES];
+    for (i, g) in groups.iter().enumerate() {
+        let iov: *mut libc::iovec = iovs[i].write(libc::iovec {
+            iov_base: buf[g.start..].as_ptr() as *mut libc::c_void,
+            iov_len: g.len,
+        });
+        // SAFETY: all-zero is valid for this plain C struct, and zeroes
+        // musl's padding (see `sendmmsg`).
+        let hdr = &mut msgs[i].write(unsafe { zeroed() }).msg_hdr;
+        hdr.msg_name = (&addr.storage as *const libc::sockaddr_storage) as *mut libc::c_void;
+        hdr.msg_namelen = addr.len;
+        hdr.msg_iov = iov;
+        hdr.msg_iovlen = 1;
+        if g.count > 1 {
+            hdr.msg_control = cmsgs[i].write(Cmsg([0; 32])).0.as_mut_ptr().cast();
+            // SAFETY: CMSG_* only compute sizes and offsets within the
+            // 32-byte buffer, which holds CMSG_SPACE(2) = 24 bytes.
+            unsafe {
+                hdr.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
+                let c = libc::CMSG_FIRSTHDR(hdr);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), g.segment as u16);
             }
         }
     }
-
-    /// One `sendmmsg` of the groups from `first` on; returns how many went.
-    fn send_some(&self, fd: c_int, addr: &RawAddr, first: usize) -> io::Result<usize> {
-        let groups = &self.groups[first..self.groups.len().min(first + MAX_MESSAGES)];
-        // Only the entries used are initialised: zeroing all of them was a
-        // visible share of a one-packet send.
-        let mut iovs = [MaybeUninit::<libc::iovec>::uninit(); MAX_MESSAGES];
-        let mut msgs = [MaybeUninit::<libc::mmsghdr>::uninit(); MAX_MESSAGES];
-        let mut cmsgs = [MaybeUninit::<Cmsg>::uninit(); MAX_MESSAGES];
-        for (i, g) in groups.iter().enumerate() {
-            let iov: *mut libc::iovec = iovs[i].write(libc::iovec {
-                iov_base: self.buf[g.start..].as_ptr() as *mut libc::c_void,
-                iov_len: g.len,
-            });
-            // SAFETY: all-zero is valid for this plain C struct, and zeroes
-            // musl's padding (see `sendmmsg`).
-            let hdr = &mut msgs[i].write(unsafe { zeroed() }).msg_hdr;
-            hdr.msg_name = (&addr.storage as *const libc::sockaddr_storage) as *mut libc::c_void;
-            hdr.msg_namelen = addr.len;
-            hdr.msg_iov = iov;
-            hdr.msg_iovlen = 1;
-            if g.count > 1 {
-                hdr.msg_control = cmsgs[i].write(Cmsg([0; 32])).0.as_mut_ptr().cast();
-                // SAFETY: CMSG_* only compute sizes and offsets within the
-                // 32-byte buffer, which holds CMSG_SPACE(2) = 24 bytes.
-                unsafe {
-                    hdr.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
-                    let c = libc::CMSG_FIRSTHDR(hdr);
-                    (*c).cmsg_level = libc::SOL_UDP;
-                    (*c).cmsg_type = UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), g.segment as u16);
-                }
-            }
-        }
-        // SAFETY: the first `groups.len()` entries were initialised above.
-        let msgs = unsafe { initialised(&mut msgs, groups.len()) };
-        let sent = sendmmsg(fd, msgs);
-        if sent < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(sent as usize)
-        }
+    // SAFETY: the first `groups.len()` entries were initialised above.
+    let msgs = unsafe { initialised(&mut msgs, groups.len()) };
+    let sent = sendmmsg(fd, msgs);
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
     }
 }
 
@@ -579,6 +665,141 @@ mod tests {
             ]
         );
         assert_eq!(g.groups[3].start, 3000);
+    }
+
+    /// A stand-in for `sendmmsg`: `fails` says which message fails with
+    /// which errno; messages before the first failure go (and are recorded
+    /// as (length, datagrams)), as the system call does.
+    fn fake_send<'a>(
+        sent: &'a mut Vec<(usize, usize)>,
+        mut fails: impl FnMut(&Group) -> Option<i32> + 'a,
+    ) -> impl FnMut(&[u8], &[Group]) -> io::Result<usize> + 'a {
+        move |_, groups| {
+            for (i, g) in groups.iter().enumerate() {
+                if let Some(errno) = fails(g) {
+                    return if i == 0 {
+                        Err(io::Error::from_raw_os_error(errno))
+                    } else {
+                        Ok(i)
+                    };
+                }
+                sent.push((g.len, g.count));
+            }
+            Ok(groups.len())
+        }
+    }
+
+    const TO: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9));
+
+    fn gso_batch() -> TxBatch {
+        let mut b = TxBatch::new(true);
+        for n in [1000, 1000, 1000, 400, 1000, 1000] {
+            add(&mut b, n);
+        }
+        assert_eq!(groups(&b), vec![(3400, 1000, 4), (2000, 1000, 2)]);
+        b
+    }
+
+    #[test]
+    fn only_eio_and_einval_suspect_gso() {
+        let failure = |errno| gso_failure(&io::Error::from_raw_os_error(errno));
+        assert_eq!(failure(libc::EIO), GsoFailure::Suspect);
+        assert_eq!(failure(libc::EINVAL), GsoFailure::Suspect);
+        for errno in [
+            libc::ENETUNREACH,
+            libc::EHOSTUNREACH,
+            libc::EPERM,
+            libc::ECONNREFUSED,
+            libc::ENOBUFS,
+            libc::EMSGSIZE,
+        ] {
+            assert_eq!(failure(errno), GsoFailure::Path, "errno {errno}");
+        }
+    }
+
+    #[test]
+    fn gso_goes_off_when_the_datagrams_then_go_one_by_one() {
+        for errno in [libc::EIO, libc::EINVAL] {
+            let mut b = gso_batch();
+            let mut sent = Vec::new();
+            let send = fake_send(&mut sent, |g| (g.count > 1).then_some(errno));
+            b.send_all(send, || true, TO);
+            // Every datagram went, singly, the second group's as well.
+            assert_eq!(
+                sent,
+                [1000, 1000, 1000, 400, 1000, 1000].map(|n| (n, 1)).to_vec()
+            );
+            assert!(!b.gso && b.is_empty());
+            add(&mut b, 1000);
+            add(&mut b, 1000);
+            assert_eq!(groups(&b), vec![(1000, 1000, 1), (1000, 1000, 1)]);
+        }
+    }
+
+    #[test]
+    fn gso_stays_when_single_datagrams_fail_as_well() {
+        let mut b = gso_batch();
+        let mut sent = Vec::new();
+        // The path refuses the first group's datagrams whichever way they go.
+        let send = fake_send(&mut sent, |g| (g.start < 3400).then_some(libc::EIO));
+        b.send_all(send, || true, TO);
+        assert_eq!(sent, vec![(2000, 2)], "the second group still as GSO");
+        assert!(b.gso);
+
+        // One datagram of four failing is no proof either.
+        let mut b = gso_batch();
+        let mut sent = Vec::new();
+        let send = fake_send(&mut sent, |g| {
+            (g.start == 0 && g.count > 1 || g.start == 1000).then_some(libc::EINVAL)
+        });
+        b.send_all(send, || true, TO);
+        assert!(b.gso);
+        assert_eq!(sent, vec![(1000, 1), (1000, 1), (400, 1), (2000, 2)]);
+    }
+
+    #[test]
+    fn other_errors_drop_the_message_and_keep_gso() {
+        for errno in [
+            libc::ENETUNREACH,
+            libc::EPERM,
+            libc::ECONNREFUSED,
+            libc::ENOBUFS,
+        ] {
+            let mut b = gso_batch();
+            let mut sent = Vec::new();
+            let send = fake_send(&mut sent, |g| (g.start == 0).then_some(errno));
+            b.send_all(send, || true, TO);
+            assert_eq!(sent, vec![(2000, 2)], "errno {errno}: no retry");
+            assert!(b.gso && b.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_full_socket_is_waited_for_and_a_refused_wait_gives_up() {
+        let mut b = gso_batch();
+        let mut sent = Vec::new();
+        let mut full = 2;
+        let send = fake_send(&mut sent, |_| {
+            full -= 1;
+            (full >= 0).then_some(libc::EAGAIN)
+        });
+        let mut waits = 0;
+        b.send_all(
+            send,
+            || {
+                waits += 1;
+                true
+            },
+            TO,
+        );
+        assert_eq!(waits, 2);
+        assert_eq!(sent, vec![(3400, 4), (2000, 2)]);
+
+        let mut b = gso_batch();
+        let mut sent = Vec::new();
+        let send = fake_send(&mut sent, |_| Some(libc::EAGAIN));
+        b.send_all(send, || false, TO);
+        assert!(sent.is_empty() && b.is_empty() && b.gso);
     }
 
     #[test]
