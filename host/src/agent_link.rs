@@ -196,10 +196,6 @@ impl AgentLink {
         }
     }
 
-    pub fn status(&self) -> LinkStatus {
-        read_status(&self.shared)
-    }
-
     /// The status, readable from any task (`connector status` is answered
     /// without the daemon's loop).
     pub fn status_reader(&self) -> impl Fn() -> LinkStatus + Send + Sync + 'static {
@@ -444,12 +440,12 @@ mod tests {
             route("10.244.0.0/24", "172.18.0.2"),
         ]);
         for _ in 0..100 {
-            if link.status().state == LinkState::Synced {
+            if read_status(&link.shared).state == LinkState::Synced {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let status = link.status();
+        let status = read_status(&link.shared);
         assert_eq!(status.state, LinkState::Synced);
         assert_eq!(
             status.applied,
@@ -481,12 +477,12 @@ mod tests {
         let link = AgentLink { tx, shared, task };
         link.push(vec![route("10.244.1.0/24", "172.18.0.3")]);
         for _ in 0..100 {
-            if link.status().state == LinkState::Failing {
+            if read_status(&link.shared).state == LinkState::Failing {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let status = link.status();
+        let status = read_status(&link.shared);
         assert_eq!(status.state, LinkState::Failing);
         assert!(
             status

@@ -116,22 +116,24 @@ struct Slots {
 }
 
 impl Slots {
-    /// Takes a slot for `uid`, or says why not. Root is always let in.
+    /// Takes a slot for `uid`, or says why not. Root is always let in and
+    /// takes no slot.
     fn admit(&mut self, uid: Option<u32>, caps: Caps) -> Result<(), String> {
         let uid = uid.unwrap_or(u32::MAX);
-        if uid != 0 {
-            if self.total >= caps.total {
-                return Err(format!(
-                    "the daemon has {} connections open; try again",
-                    self.total
-                ));
-            }
-            if self.per_user.get(&uid).copied().unwrap_or(0) >= caps.per_user {
-                return Err(format!(
-                    "too many connections from uid {uid} ({} open); try again",
-                    caps.per_user
-                ));
-            }
+        if uid == 0 {
+            return Ok(());
+        }
+        if self.total >= caps.total {
+            return Err(format!(
+                "the daemon has {} connections open; try again",
+                self.total
+            ));
+        }
+        if self.per_user.get(&uid).copied().unwrap_or(0) >= caps.per_user {
+            return Err(format!(
+                "too many connections from uid {uid} ({} open); try again",
+                caps.per_user
+            ));
         }
         self.total += 1;
         *self.per_user.entry(uid).or_default() += 1;
@@ -140,6 +142,9 @@ impl Slots {
 
     fn release(&mut self, uid: Option<u32>) {
         let uid = uid.unwrap_or(u32::MAX);
+        if uid == 0 {
+            return;
+        }
         self.total = self.total.saturating_sub(1);
         if let Some(n) = self.per_user.get_mut(&uid) {
             *n -= 1;

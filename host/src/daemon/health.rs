@@ -201,7 +201,6 @@ impl Health {
 mod tests {
     use super::*;
 
-    const S: Duration = Duration::from_secs(1);
 
     /// A fake clock: both clocks start together, in seconds after t0.
     struct Clock {
@@ -217,10 +216,10 @@ mod tests {
             }
         }
         fn mono(&self, s: u64) -> Instant {
-            self.t0 + s * S
+            self.t0 + Duration::from_secs(s)
         }
         fn wall(&self, s: u64) -> SystemTime {
-            self.w0 + s * S
+            self.w0 + Duration::from_secs(s)
         }
         /// Ticks every 2 s on both clocks from `from` to `to`, with the agent
         /// last heard at `heard`; the actions, with the second they happened.

@@ -606,6 +606,7 @@ mod tests {
         let p = plan(
             &[cluster("old", 100, 2), cluster("new", 200, 4)],
             &config(true, true, &[]),
+            &Limits::default(),
         );
         assert_eq!(
             routes(&p),
@@ -694,6 +695,7 @@ mod tests {
         let p = plan(
             &[cluster("old", 100, 2), cluster("new", 200, 4)],
             &config(false, true, &[]),
+            &Limits::default(),
         );
         assert!(matches!(
             find(&p, "old").pods.state,
@@ -736,6 +738,7 @@ mod tests {
         let p = plan(
             &[starting, cluster("dev", 100, 2)],
             &config(true, true, &[]),
+            &Limits::default(),
         );
         assert_eq!(
             find(&p, "starting").pods.state,
@@ -817,6 +820,7 @@ mod tests {
         let p = plan(
             &[cluster("old", 100, 2), cluster("new", 200, 4)],
             &config(true, true, &[]),
+            &Limits::default(),
         );
         let json = serde_json::to_value(find(&p, "old")).unwrap();
         assert_eq!(json["pods"]["state"], "conflict");
