@@ -148,6 +148,11 @@ struct RunArgs {
     /// Comment that marks the agent's firewall rules.
     #[arg(long, env = "CONNECTOR_AGENT_TAG", default_value = "connector")]
     tag: String,
+    /// Let containers open connections to the host through the tunnel. By
+    /// default only replies to the host's own connections go back.
+    #[arg(long, env = "CONNECTOR_AGENT_ALLOW_CONTAINER_CONNECTIONS",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    allow_container_connections: bool,
     /// Persistent keepalive in seconds (0 = off); keeps Docker Desktop's UDP mapping alive.
     #[arg(long, env = "CONNECTOR_AGENT_KEEPALIVE", default_value_t = 20)]
     keepalive: u16,
@@ -345,7 +350,10 @@ async fn install_rules(fw: &Firewall) -> Result<()> {
             missing.len()
         );
     }
-    tracing::info!(nat = fw.spec().nat.as_str(), tag = %fw.spec().tag, "firewall rules in place");
+    let spec = fw.spec();
+    tracing::info!(nat = spec.nat.as_str(), tag = %spec.tag,
+                   allow_container_connections = spec.allow_container_connections,
+                   "firewall rules in place");
     Ok(())
 }
 
@@ -542,6 +550,7 @@ async fn detect_firewall(args: &RunArgs) -> Result<Firewall> {
         host_tunnel_ip: args.peer_address,
         nat: args.nat.into(),
         tag: args.tag.clone(),
+        allow_container_connections: args.allow_container_connections,
     };
     Firewall::detect(spec, &args.iptables.binaries()?)
         .await
@@ -717,6 +726,27 @@ mod tests {
             "snat"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn container_connections_are_off_unless_asked_for_in_run_and_verify() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            match cli.command {
+                Command::Run(a) | Command::Verify(a) => a.allow_container_connections,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        for sub in ["run", "verify"] {
+            assert!(!parse(&["connector-agent", sub, "--peer-public-key", "A"]));
+            assert!(parse(&[
+                "connector-agent",
+                sub,
+                "--peer-public-key",
+                "A",
+                "--allow-container-connections"
+            ]));
+        }
     }
 
     #[test]
