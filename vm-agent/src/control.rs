@@ -1,7 +1,7 @@
 //! The agent's control channel: JSON lines over TCP on
-//! `<agent tunnel address>:51872`, bound to the tunnel address so only
-//! traffic that came through the tun (which WireGuard authenticated) can
-//! reach it, and answering only the host's tunnel address.
+//! `<agent tunnel address>:51872`, bound to that address and to the tun
+//! device so only traffic that came through the tun (which WireGuard
+//! authenticated) can reach it, and answering only the host's tunnel address.
 //!
 //! Requests, one per line:
 //! - `{"op":"set-routes","routes":[{"destination":"10.244.1.0/24","via":"172.18.0.3"}]}`:
@@ -13,7 +13,8 @@
 //! A request that cannot be carried out at all gets `{"ok":false,"error":"…"}`.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,6 +113,36 @@ pub async fn handle<S: RouteService>(line: &str, service: &S) -> Reply {
             Err(e) => Reply::error(e),
         },
     }
+}
+
+/// The control listener on `address`, also bound to `device`: bound to an
+/// address alone, Linux (weak host model) accepts connections to it arriving
+/// on any interface, from a container or the VM's own network.
+pub fn listen(address: SocketAddrV4, device: &str) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    // As tokio's own bind does: a restarted agent need not wait out TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    bind_device(&socket, device)
+        .map_err(|e| io::Error::new(e.kind(), format!("binding to device {device}: {e}")))?;
+    socket.bind(&SocketAddr::V4(address).into())?;
+    socket.listen(128)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+#[cfg(target_os = "linux")]
+fn bind_device(socket: &socket2::Socket, device: &str) -> io::Result<()> {
+    socket.bind_device(Some(device.as_bytes()))
+}
+
+/// Elsewhere the agent is only type-checked; refusing beats listening unbound.
+#[cfg(not(target_os = "linux"))]
+fn bind_device(_socket: &socket2::Socket, _device: &str) -> io::Result<()> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "SO_BINDTODEVICE needs Linux",
+    ))
 }
 
 /// Only the host end of the tunnel may talk to the agent.
@@ -251,6 +282,22 @@ mod tests {
             .error
             .unwrap()
             .contains("at most 4096"));
+    }
+
+    #[tokio::test]
+    async fn the_listener_is_bound_to_its_device() {
+        let any_port = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+        let listener = listen(any_port, "lo").unwrap();
+        let sock = socket2::SockRef::from(&listener);
+        assert_eq!(sock.device().unwrap().as_deref(), Some(&b"lo"[..]));
+        // Loopback traffic arrives on lo: still accepted.
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        client.unwrap();
+        accepted.unwrap();
+
+        let err = listen(any_port, "no-such-tun").unwrap_err().to_string();
+        assert!(err.contains("binding to device no-such-tun"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod firewall;
 mod routes;
 
 use std::io::IsTerminal;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -445,11 +445,11 @@ async fn serve(
     tracing::info!(tun = %args.tun_name, address = %args.address, peer = %args.peer_address,
                    prefix = args.prefix, mtu = args.mtu, "tun up");
     // The daemon's control channel rides inside the tunnel: bound to the
-    // tun's address, answering the host's tunnel address only.
-    let _control = match tokio::net::TcpListener::bind((args.address, control::CONTROL_PORT)).await
-    {
+    // tun and its address, answering the host's tunnel address only.
+    let listen = SocketAddrV4::new(args.address, control::CONTROL_PORT);
+    let _control = match control::listen(listen, &args.tun_name) {
         Ok(listener) => {
-            tracing::info!(listen = %format!("{}:{}", args.address, control::CONTROL_PORT), "control channel up");
+            tracing::info!(%listen, tun = %args.tun_name, "control channel up");
             Some(AbortOnDrop(tokio::spawn(control::serve(
                 listener,
                 args.peer_address,
@@ -457,7 +457,7 @@ async fn serve(
             ))))
         }
         Err(e) => {
-            tracing::error!(error = %e, port = control::CONTROL_PORT, "cannot listen for the daemon's control channel; VM routes (kind pods and Services) will not be managed");
+            tracing::error!(error = %e, %listen, tun = %args.tun_name, "cannot listen for the daemon's control channel; VM routes (kind pods and Services) will not be managed");
             None
         }
     };
