@@ -367,4 +367,56 @@ mod tests {
             }
         ));
     }
+
+    #[test]
+    fn a_huge_listing_is_refused_by_name() {
+        let huge = "-N X\n".repeat(crate::firewall::rules::MAX_LISTING / 5 + 1);
+        let err = assess_filter_listing(&huge).unwrap_err().to_string();
+        assert!(err.contains("more than the 16777216"), "{err}");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Listings made of the words the assessment looks at, in any order.
+        fn listing() -> impl Strategy<Value = String> {
+            let words = vec![
+                "-A",
+                "-N",
+                "-P",
+                "FORWARD",
+                "DOCKER",
+                "DOCKER-USER",
+                "-j",
+                "ACCEPT",
+                "\"",
+                "!",
+                "-i",
+                "x",
+                " ",
+                "\n",
+            ];
+            prop::collection::vec(prop::sample::select(words), 0..80).prop_map(|w| w.concat())
+        }
+
+        proptest! {
+            #![proptest_config(crate::proptest_config(2000))]
+
+            #[test]
+            fn any_text_is_assessed_without_panicking(
+                text in prop_oneof![any::<String>(), listing()],
+            ) {
+                let ev = assess_filter_listing(&text).unwrap();
+                // Evidence only comes from what the text names.
+                if !text.contains("DOCKER") {
+                    prop_assert_eq!(&ev, &Evidence::default());
+                }
+                if ev.has_docker_user || ev.forward_to_docker_user {
+                    prop_assert!(text.contains("DOCKER-USER"));
+                }
+                prop_assert!(ev.docker_rules <= text.matches("-A").count());
+            }
+        }
+    }
 }

@@ -346,8 +346,9 @@ pub fn check_listing_size(table: Table, text: &str) -> Result<(), ParseError> {
 /// `text` it spans (its newline included). iptables double-quotes arguments
 /// holding anything but `A-Za-z0-9_-` (comments) and backslash-escapes `"`,
 /// `\` and `'` inside; a comment with a newline spans lines. Other words are
-/// printed raw and may contain `"` (interface names can), so only a `"` that
-/// starts a word opens a quote.
+/// printed raw, separated by spaces, and may contain `"` or non-ASCII spaces
+/// (interface names can), so only a `"` that starts a word opens a quote and
+/// only ASCII whitespace separates words.
 fn split_words(text: &str) -> (Result<Vec<String>, &'static str>, usize) {
     let mut words = Vec::new();
     let mut cur: Option<String> = None;
@@ -358,7 +359,7 @@ fn split_words(text: &str) -> (Result<Vec<String>, &'static str>, usize) {
                 words.extend(cur.take());
                 return (Ok(words), i + 1);
             }
-            c if c.is_whitespace() => words.extend(cur.take()),
+            c if c.is_ascii_whitespace() => words.extend(cur.take()),
             '"' if cur.is_none() => {
                 let mut word = String::new();
                 loop {
@@ -396,7 +397,7 @@ pub fn parse_listing(table: Table, text: &str) -> Result<Vec<Rule>, ParseError> 
     let mut rest = text;
     let mut line_no = 1;
     while !rest.is_empty() {
-        let head = rest.trim_start_matches(|c: char| c != '\n' && c.is_whitespace());
+        let head = rest.trim_start_matches(|c: char| c != '\n' && c.is_ascii_whitespace());
         // Skipped as text: a warning is prose and a chain name may hold a `"`.
         let (words, used) =
             if head.starts_with('#') || head.starts_with("-P ") || head.starts_with("-N ") {
@@ -869,5 +870,209 @@ x\" -j ACCEPT
         assert!(d.misplaced.is_empty());
         assert_eq!(d.missing.len(), 3);
         assert!(!d.missing.contains(&desired[1]));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// How iptables prints a string option such as a comment
+        /// (`xtables_save_string`): bare when only `A-Za-z0-9_-`, else
+        /// double-quoted with `"`, `\` and `'` backslash-escaped.
+        fn save_string(s: &str) -> String {
+            if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+            {
+                return s.to_owned();
+            }
+            let mut out = String::from('"');
+            for c in s.chars() {
+                if "\"\\'".contains(c) {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+            out
+        }
+
+        /// One `-S` line for a rule whose words are printed raw or, where
+        /// `saved`, as a string option.
+        fn save_line(chain: &str, words: &[(bool, String)]) -> String {
+            let mut line = format!("-A {chain}");
+            for (saved, w) in words {
+                line.push(' ');
+                line.push_str(&if *saved { save_string(w) } else { w.clone() });
+            }
+            line
+        }
+
+        /// `-S` spelling of one of our rules: only the comment is a string option.
+        fn save_rule(rule: &Rule) -> String {
+            let words: Vec<(bool, String)> = rule
+                .args
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (i > 0 && rule.args[i - 1] == "--comment", a.clone()))
+                .collect();
+            save_line(&rule.chain, &words)
+        }
+
+        fn table() -> impl Strategy<Value = Table> {
+            prop::sample::select(Table::ALL.to_vec())
+        }
+
+        /// Characters that matter to the parser first, then any.
+        fn tricky_char() -> impl Strategy<Value = char> {
+            prop_oneof![
+                3 => prop::sample::select(vec!['"', '\\', '\'', '\n', '\t', ' ', '#', '-', '!', '\u{a0}']),
+                3 => prop::char::range('a', 'z'),
+                1 => any::<char>(),
+            ]
+        }
+
+        fn text(max: usize) -> impl Strategy<Value = String> {
+            prop::collection::vec(tricky_char(), 0..max).prop_map(String::from_iter)
+        }
+
+        fn word() -> impl Strategy<Value = (bool, String)> {
+            prop_oneof![
+                // Printed raw (addresses, interfaces, numbers): no ASCII
+                // whitespace, and a leading `"` would read as a quote.
+                text(16).prop_map(|t| {
+                    let w: String = t.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+                    match w.starts_with('"') || w.is_empty() {
+                        true => (false, format!("x{w}")),
+                        false => (false, w),
+                    }
+                }),
+                // Comments: anything but NUL, newlines and quotes included.
+                text(40).prop_map(|t| (true, t.replace('\0', ""))),
+                prop::sample::select(vec!["!", "-i", "-o", "-j", "DROP", "--comment"])
+                    .prop_map(|w| (false, w.to_owned())),
+            ]
+        }
+
+        /// A rule line or a line the parser must skip.
+        fn listing_line() -> impl Strategy<Value = (Option<Vec<String>>, String)> {
+            let chain = "[A-Za-z0-9_-]{1,28}";
+            prop_oneof![
+                4 => (chain, prop::collection::vec(word(), 0..10)).prop_map(|(c, words)| {
+                    let line = save_line(&c, &words);
+                    let mut all = vec![c];
+                    all.extend(words.into_iter().map(|(_, w)| w));
+                    (Some(all), line)
+                }),
+                1 => chain.prop_map(|c| (None, format!("-N {c}"))),
+                1 => chain.prop_map(|c| (None, format!("-P {c} ACCEPT"))),
+                1 => text(60).prop_map(|t| (None, format!("# {}", t.replace('\n', "")))),
+                1 => Just((None, String::new())),
+            ]
+        }
+
+        fn spec() -> impl Strategy<Value = FirewallSpec> {
+            (
+                "[A-Za-z0-9_][A-Za-z0-9._-]{0,14}",
+                "[A-Za-z0-9_:][A-Za-z0-9._:-]{0,63}",
+                any::<u32>(),
+                any::<bool>(),
+                any::<bool>(),
+            )
+                .prop_map(|(tun, tag, ip, routed, allow)| FirewallSpec {
+                    tun,
+                    host_tunnel_ip: ip.into(),
+                    nat: if routed {
+                        NatMode::Routed
+                    } else {
+                        NatMode::Masquerade
+                    },
+                    tag,
+                    allow_container_connections: allow,
+                })
+        }
+
+        proptest! {
+            #![proptest_config(crate::proptest_config(2000))]
+
+            #[test]
+            fn any_text_parses_or_fails_without_panicking(
+                table in table(),
+                text in prop_oneof![
+                    text(300),
+                    prop::collection::vec(
+                        prop::sample::select(vec!["-A", "-N", "-P", "X", "\"", "\\", "!", "#", " ", "\n"]),
+                        0..60,
+                    )
+                    .prop_map(|w| w.concat()),
+                ],
+            ) {
+                match parse_listing(table, &text) {
+                    Ok(rules) => prop_assert!(rules.iter().all(|r| r.table == table)),
+                    Err(ParseError::Line { line_no, line, .. }) => {
+                        prop_assert!(line_no >= 1 && line_no <= text.split('\n').count());
+                        prop_assert!(line.chars().count() <= QUOTED_LINE + 1);
+                    }
+                    Err(e) => prop_assert!(false, "{e}"),
+                }
+            }
+
+        }
+
+        proptest! {
+            #![proptest_config(crate::proptest_config(1000))]
+
+            #[test]
+            fn printed_listings_parse_back(
+                table in table(),
+                lines in prop::collection::vec(listing_line(), 0..8),
+            ) {
+                let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+                let want: Vec<Rule> = lines
+                    .into_iter()
+                    .filter_map(|(words, _)| words)
+                    .map(|mut w| {
+                        let args = w.split_off(1);
+                        Rule { table, chain: w.remove(0), args }
+                    })
+                    .collect();
+                prop_assert_eq!(parse_listing(table, &text), Ok(want), "{}", text);
+            }
+
+            #[test]
+            fn display_of_plain_rules_parses_back(
+                table in table(),
+                chain in "[A-Za-z0-9_-]{1,28}",
+                args in prop::collection::vec("[A-Za-z0-9._/:=,+!@%-]{1,12}", 0..10),
+            ) {
+                let rule = Rule { table, chain, args };
+                let shown = rule.to_string();
+                let listed = shown.strip_prefix(&format!("-t {table} ")).unwrap();
+                prop_assert_eq!(parse_listing(table, listed), Ok(vec![rule]));
+            }
+
+            #[test]
+            fn our_rules_as_listed_are_converged_in_any_order(
+                spec in spec(),
+                order in prop::collection::vec(any::<u32>(), 5),
+            ) {
+                prop_assume!(spec.validate().is_ok());
+                let desired = desired_rules(&spec);
+                let mut present = Vec::new();
+                for table in Table::MANAGED {
+                    let mut ours: Vec<(u32, &Rule)> = desired
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.table == table)
+                        .map(|(i, r)| (order[i], r))
+                        .collect();
+                    ours.sort_by_key(|(k, _)| *k);
+                    let text: String = ours.iter().map(|(_, r)| save_rule(r) + "\n").collect();
+                    present.extend(parse_listing(table, &text).unwrap());
+                }
+                let d = diff(&desired, &present, &spec.tag);
+                prop_assert!(d.is_empty(), "{:?}", d);
+            }
+        }
     }
 }
