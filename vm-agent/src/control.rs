@@ -323,6 +323,7 @@ mod tests {
             .contains("at most 4096"));
     }
 
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn the_listener_is_bound_to_its_device() {
         let any_port = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
