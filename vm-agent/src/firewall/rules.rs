@@ -468,11 +468,11 @@ impl RuleDiff {
 /// `-S` prints interfaces before any `-p`, `-m` or target, so only that head
 /// is searched (a comment's text may well be `-o`).
 fn interface<'a>(rule: &'a Rule, opt: &str) -> Option<(bool, &'a str)> {
-    let head = rule
+    let i = rule
         .args
         .iter()
-        .take_while(|a| !matches!(a.as_str(), "-p" | "-m" | "-j" | "-g"));
-    let i = head.clone().position(|a| a == opt)?;
+        .take_while(|a| !matches!(a.as_str(), "-p" | "-m" | "-j" | "-g"))
+        .position(|a| a == opt)?;
     let negated = i > 0 && rule.args[i - 1] == "!";
     Some((negated, rule.args.get(i + 1)?.as_str()))
 }
@@ -490,16 +490,17 @@ fn interface_matches(pattern: &str, name: &str) -> bool {
 /// VM would each see its rules behind the other's DROP and keep moving them.
 fn shadows(blocker: &Rule, rule: &Rule) -> bool {
     let blocks = matches!(blocker.target(), Some("DROP" | "REJECT"));
-    let disjoint =
-        ["-i", "-o"].iter().any(
-            |opt| match (interface(rule, opt), interface(blocker, opt)) {
-                (Some((false, ours)), Some((negated, theirs))) if !ours.ends_with('+') => {
-                    interface_matches(theirs, ours) == negated
-                }
-                _ => false,
-            },
-        );
-    blocks && !disjoint
+    blocks && !["-i", "-o"].iter().any(|opt| excludes(blocker, rule, opt))
+}
+
+/// `blocker`'s `opt` interface match never holds for `rule`'s interface.
+fn excludes(blocker: &Rule, rule: &Rule, opt: &str) -> bool {
+    match (interface(rule, opt), interface(blocker, opt)) {
+        (Some((false, ours)), Some((negated, theirs))) if !ours.ends_with('+') => {
+            interface_matches(theirs, ours) == negated
+        }
+        _ => false,
+    }
 }
 
 /// Compare desired rules with what a listing of the managed tables shows.
