@@ -201,7 +201,10 @@ impl IptablesCmd {
     pub async fn probe(&self) -> Probe {
         let args = ["-t".to_owned(), "filter".to_owned(), "-S".to_owned()];
         match self.run(&args).await {
-            Ok(text) => Probe::Listed(assess_filter_listing(&text)),
+            Ok(text) => match assess_filter_listing(&text) {
+                Ok(evidence) => Probe::Listed(evidence),
+                Err(e) => Probe::Unavailable(e.to_string()),
+            },
             Err(e) if e.is_not_found() => {
                 Probe::Unavailable(format!("{} not found", self.program.display()))
             }

@@ -7,7 +7,7 @@ mod firewall;
 mod routes;
 
 use std::io::IsTerminal;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,6 +148,11 @@ struct RunArgs {
     /// Comment that marks the agent's firewall rules.
     #[arg(long, env = "CONNECTOR_AGENT_TAG", default_value = "connector")]
     tag: String,
+    /// Let containers open connections to the host through the tunnel. By
+    /// default only replies to the host's own connections go back.
+    #[arg(long, env = "CONNECTOR_AGENT_ALLOW_CONTAINER_CONNECTIONS",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    allow_container_connections: bool,
     /// Persistent keepalive in seconds (0 = off); keeps Docker Desktop's UDP mapping alive.
     #[arg(long, env = "CONNECTOR_AGENT_KEEPALIVE", default_value_t = 20)]
     keepalive: u16,
@@ -234,12 +239,37 @@ impl Shutdown {
     }
 }
 
-/// `host:port` with a numeric port; the host part is resolved later.
+/// Longest DNS name (RFC 1035).
+const MAX_HOST: usize = 253;
+
+/// `host:port`: a host name, an IPv4 address or a bracketed IPv6 address
+/// (resolved later), and a port in 1-65535.
 fn check_endpoint(endpoint: &str) -> Result<()> {
+    // First, so that no message below quotes a huge argument.
+    if endpoint.len() > MAX_HOST + ":65535".len() {
+        bail!(
+            "--endpoint is {} bytes long; a host name has at most {MAX_HOST}",
+            endpoint.len()
+        );
+    }
     let (host, port) = endpoint
         .rsplit_once(':')
         .ok_or_else(|| anyhow!("--endpoint {endpoint:?} must be host:port"))?;
-    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= MAX_HOST
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    };
+    if !host_ok {
+        bail!("--endpoint {endpoint:?}: the host must be a host name (A-Z a-z 0-9 . - _), an IPv4 address or [an IPv6 address]");
+    }
+    // Digits only: `parse` would also take a sign.
+    if !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().map_or(true, |p| p == 0) {
         bail!("--endpoint {endpoint:?} must be host:port with a port in 1-65535");
     }
     Ok(())
@@ -345,7 +375,10 @@ async fn install_rules(fw: &Firewall) -> Result<()> {
             missing.len()
         );
     }
-    tracing::info!(nat = fw.spec().nat.as_str(), tag = %fw.spec().tag, "firewall rules in place");
+    let spec = fw.spec();
+    tracing::info!(nat = spec.nat.as_str(), tag = %spec.tag,
+                   allow_container_connections = spec.allow_container_connections,
+                   "firewall rules in place");
     Ok(())
 }
 
@@ -437,11 +470,11 @@ async fn serve(
     tracing::info!(tun = %args.tun_name, address = %args.address, peer = %args.peer_address,
                    prefix = args.prefix, mtu = args.mtu, "tun up");
     // The daemon's control channel rides inside the tunnel: bound to the
-    // tun's address, answering the host's tunnel address only.
-    let _control = match tokio::net::TcpListener::bind((args.address, control::CONTROL_PORT)).await
-    {
+    // tun and its address, answering the host's tunnel address only.
+    let listen = SocketAddrV4::new(args.address, control::CONTROL_PORT);
+    let _control = match control::listen(listen, &args.tun_name) {
         Ok(listener) => {
-            tracing::info!(listen = %format!("{}:{}", args.address, control::CONTROL_PORT), "control channel up");
+            tracing::info!(%listen, tun = %args.tun_name, "control channel up");
             Some(AbortOnDrop(tokio::spawn(control::serve(
                 listener,
                 args.peer_address,
@@ -449,7 +482,7 @@ async fn serve(
             ))))
         }
         Err(e) => {
-            tracing::error!(error = %e, port = control::CONTROL_PORT, "cannot listen for the daemon's control channel; VM routes (kind pods and Services) will not be managed");
+            tracing::error!(error = %e, %listen, tun = %args.tun_name, "cannot listen for the daemon's control channel; VM routes (kind pods and Services) will not be managed");
             None
         }
     };
@@ -544,6 +577,7 @@ async fn detect_firewall(args: &RunArgs) -> Result<Firewall> {
         host_tunnel_ip: args.peer_address,
         nat: args.nat.into(),
         tag: args.tag.clone(),
+        allow_container_connections: args.allow_container_connections,
     };
     Firewall::detect(spec, &args.iptables.binaries()?)
         .await
@@ -625,6 +659,17 @@ async fn cleanup(args: CleanupArgs) -> Result<()> {
         Err(e) => eprintln!("skipped routes: {e}"),
     }
     Ok(())
+}
+
+/// Settings of the property tests: XorShift, as the default ChaCha generator
+/// takes most of their time in unoptimised test builds.
+#[cfg(test)]
+fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases,
+        rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -722,6 +767,27 @@ mod tests {
     }
 
     #[test]
+    fn container_connections_are_off_unless_asked_for_in_run_and_verify() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            match cli.command {
+                Command::Run(a) | Command::Verify(a) => a.allow_container_connections,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        for sub in ["run", "verify"] {
+            assert!(!parse(&["connector-agent", sub, "--peer-public-key", "A"]));
+            assert!(parse(&[
+                "connector-agent",
+                sub,
+                "--peer-public-key",
+                "A",
+                "--allow-container-connections"
+            ]));
+        }
+    }
+
+    #[test]
     fn cleanup_and_version_parse() {
         let cli =
             Cli::try_parse_from(["connector-agent", "cleanup", "--tag", "fwtest-tag"]).unwrap();
@@ -741,8 +807,85 @@ mod tests {
     fn endpoint_syntax() {
         assert!(check_endpoint("host.docker.internal:51871").is_ok());
         assert!(check_endpoint("192.168.65.254:1").is_ok());
-        for bad in ["host.docker.internal", ":51871", "h:0", "h:70000", "h:x"] {
+        assert!(check_endpoint("[fd00::1]:51871").is_ok());
+        for bad in [
+            "host.docker.internal",
+            ":51871",
+            "h:0",
+            "h:70000",
+            "h:x",
+            "h:+80",
+            "h:",
+            "a b:1",
+            "h\n:1",
+            "[fd00::1:51871",
+            "[nope]:1",
+        ] {
             assert!(check_endpoint(bad).is_err(), "{bad}");
+        }
+        let long = format!("{}:1", "h".repeat(300));
+        let err = check_endpoint(&long).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--endpoint is 302 bytes long; a host name has at most 253"
+        );
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn port() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (1u16..).prop_map(|p| p.to_string()),
+                Just("0".to_owned()),
+                "[+-]?[0-9]{0,7}",
+                "\\PC{0,6}",
+            ]
+        }
+
+        fn host() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z0-9]{1,10}){0,4}",
+                any::<u32>().prop_map(|a| Ipv4Addr::from(a).to_string()),
+                any::<u128>().prop_map(|a| format!("[{}]", std::net::Ipv6Addr::from(a))),
+                "\\PC{0,30}",
+                (0usize..400).prop_map(|n| "h".repeat(n)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(crate::proptest_config(2000))]
+
+            #[test]
+            fn endpoints_are_checked_without_panicking(
+                endpoint in prop_oneof![
+                    (host(), port()).prop_map(|(h, p)| format!("{h}:{p}")),
+                    any::<String>(),
+                ],
+            ) {
+                let Ok(()) = check_endpoint(&endpoint) else {
+                    return Ok(());
+                };
+                // Accepted: what `resolve` can look up.
+                prop_assert!(endpoint.len() <= MAX_HOST + 6);
+                let (host, port) = endpoint.rsplit_once(':').unwrap();
+                prop_assert!(port.parse::<u16>().is_ok_and(|p| p > 0));
+                prop_assert!(!host.is_empty() && !host.contains(char::is_whitespace));
+            }
+
+            #[test]
+            fn names_and_addresses_with_a_port_are_accepted(
+                host in prop_oneof![
+                    "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z0-9]{1,10}){0,4}",
+                    any::<u32>().prop_map(|a| Ipv4Addr::from(a).to_string()),
+                    any::<u128>().prop_map(|a| format!("[{}]", std::net::Ipv6Addr::from(a))),
+                ],
+                port in 1u16..,
+            ) {
+                let endpoint = format!("{host}:{port}");
+                prop_assert!(check_endpoint(&endpoint).is_ok(), "{}", endpoint);
+            }
         }
     }
 }

@@ -618,4 +618,103 @@ mod tests {
         );
         assert_eq!(r.to_string(), "10.244.1.0/24 via 172.18.0.3");
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Addresses near `base` (so containment happens often) or anywhere,
+        /// with the special ones a gateway must not be.
+        fn addr(base: u32) -> impl Strategy<Value = Ipv4Addr> {
+            prop_oneof![
+                4 => any::<u16>().prop_map(move |low| Ipv4Addr::from(base ^ u32::from(low))),
+                1 => any::<u32>().prop_map(Ipv4Addr::from),
+                1 => prop::sample::select(vec![
+                    Ipv4Addr::UNSPECIFIED,
+                    Ipv4Addr::LOCALHOST,
+                    Ipv4Addr::BROADCAST,
+                    Ipv4Addr::new(224, 0, 0, 1),
+                ]),
+            ]
+        }
+
+        fn route(base: u32) -> impl Strategy<Value = Route> {
+            (addr(base), 0u8..=32, any::<bool>(), addr(base)).prop_map(|(a, prefix, exact, via)| {
+                let net = Ipv4Net::new(a, prefix).unwrap();
+                Route {
+                    destination: if exact { net.trunc() } else { net },
+                    via,
+                }
+            })
+        }
+
+        fn case() -> impl Strategy<Value = (Route, Vec<Ipv4Addr>)> {
+            any::<u32>()
+                .prop_flat_map(|base| (route(base), prop::collection::vec(addr(base), 0..3)))
+        }
+
+        fn tables() -> impl Strategy<Value = (Vec<Route>, Vec<KernelRoute>, Vec<Ipv4Addr>)> {
+            any::<u32>().prop_flat_map(|base| {
+                let kernel = (
+                    route(base),
+                    prop::sample::select(vec![P, P + 1, 2]),
+                    0u32..2,
+                )
+                    .prop_map(|(r, protocol, priority)| KernelRoute {
+                        destination: r.destination.trunc(),
+                        gateway: (!r.via.is_unspecified()).then_some(r.via),
+                        protocol,
+                        priority,
+                        device: None,
+                    });
+                (
+                    prop::collection::vec(route(base), 0..8),
+                    prop::collection::vec(kernel, 0..8),
+                    prop::collection::vec(addr(base), 0..3),
+                )
+            })
+        }
+
+        proptest! {
+            #![proptest_config(crate::proptest_config(4000))]
+
+            #[test]
+            fn validate_accepts_exactly_the_safe_routes((route, protected) in case()) {
+                let d = route.destination;
+                let via = route.via;
+                let safe = d.prefix_len() > 0
+                    && d.trunc() == d
+                    && !(via.is_unspecified() || via.is_loopback() || via.is_multicast() || via.is_broadcast())
+                    && !d.contains(&via)
+                    && !protected.iter().any(|a| d.contains(a));
+                let verdict = validate(&route, &protected);
+                prop_assert_eq!(verdict.is_ok(), safe, "{} {:?}: {:?}", route, protected, verdict);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(crate::proptest_config(2000))]
+
+            #[test]
+            fn diff_only_adds_safe_routes_and_only_removes_ours(
+                (desired, kernel, protected) in tables(),
+            ) {
+                let c = diff(&desired, &kernel, P, &protected);
+                let placed: Vec<&Route> = c.keep.iter().chain(&c.add).collect();
+                for r in &placed {
+                    prop_assert!(validate(r, &protected).is_ok(), "{}", r);
+                    prop_assert_eq!(placed.iter().filter(|o| o.destination == r.destination).count(), 1);
+                }
+                for r in &c.remove {
+                    prop_assert!(kernel.iter().any(|k| k.protocol == P && k.destination == r.destination));
+                }
+                for (i, r) in desired.iter().enumerate() {
+                    let answered = placed.contains(&r)
+                        || c.refused.iter().any(|f| f.destination == r.destination.to_string() && f.via == r.via.to_string())
+                        || desired[..i].contains(r);
+                    prop_assert!(answered, "{} neither placed nor refused", r);
+                }
+            }
+        }
+    }
 }

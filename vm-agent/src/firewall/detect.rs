@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::rules::{parse_listing, Table};
+use super::rules::{check_listing_size, parse_listing, ParseError, Table};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -75,7 +75,8 @@ impl fmt::Display for Evidence {
 
 /// Read the evidence out of `iptables -t filter -S`. Unparseable lines are
 /// ignored here: a variant we cannot read is judged by what we can.
-pub fn assess_filter_listing(text: &str) -> Evidence {
+pub fn assess_filter_listing(text: &str) -> Result<Evidence, ParseError> {
+    check_listing_size(Table::Filter, text)?;
     let mut ev = Evidence::default();
     for line in text.lines() {
         let mut w = line.split_whitespace();
@@ -103,7 +104,7 @@ pub fn assess_filter_listing(text: &str) -> Evidence {
             _ => {}
         }
     }
-    ev
+    Ok(ev)
 }
 
 /// Result of probing one variant.
@@ -246,12 +247,12 @@ mod tests {
     const LEFTOVER: &str = "-P FORWARD ACCEPT\n-N DOCKER\n-N DOCKER-USER\n";
 
     fn probe(s: &str) -> Probe {
-        Probe::Listed(assess_filter_listing(s))
+        Probe::Listed(assess_filter_listing(s).unwrap())
     }
 
     #[test]
     fn assess_docker_20() {
-        let ev = assess_filter_listing(DOCKER_20);
+        let ev = assess_filter_listing(DOCKER_20).unwrap();
         assert_eq!(
             ev,
             Evidence {
@@ -265,8 +266,11 @@ mod tests {
             ev.to_string(),
             "DOCKER with 1 rules, DOCKER-USER, FORWARD jumps to DOCKER-USER"
         );
-        assert_eq!(assess_filter_listing(EMPTY), Evidence::default());
-        assert_eq!(assess_filter_listing(EMPTY).to_string(), "no Docker chains");
+        assert_eq!(assess_filter_listing(EMPTY), Ok(Evidence::default()));
+        assert_eq!(
+            assess_filter_listing(EMPTY).unwrap().to_string(),
+            "no Docker chains"
+        );
     }
 
     #[test]
@@ -362,5 +366,57 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_huge_listing_is_refused_by_name() {
+        let huge = "-N X\n".repeat(crate::firewall::rules::MAX_LISTING / 5 + 1);
+        let err = assess_filter_listing(&huge).unwrap_err().to_string();
+        assert!(err.contains("more than the 16777216"), "{err}");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Listings made of the words the assessment looks at, in any order.
+        fn listing() -> impl Strategy<Value = String> {
+            let words = vec![
+                "-A",
+                "-N",
+                "-P",
+                "FORWARD",
+                "DOCKER",
+                "DOCKER-USER",
+                "-j",
+                "ACCEPT",
+                "\"",
+                "!",
+                "-i",
+                "x",
+                " ",
+                "\n",
+            ];
+            prop::collection::vec(prop::sample::select(words), 0..80).prop_map(|w| w.concat())
+        }
+
+        proptest! {
+            #![proptest_config(crate::proptest_config(2000))]
+
+            #[test]
+            fn any_text_is_assessed_without_panicking(
+                text in prop_oneof![any::<String>(), listing()],
+            ) {
+                let ev = assess_filter_listing(&text).unwrap();
+                // Evidence only comes from what the text names.
+                if !text.contains("DOCKER") {
+                    prop_assert_eq!(&ev, &Evidence::default());
+                }
+                if ev.has_docker_user || ev.forward_to_docker_user {
+                    prop_assert!(text.contains("DOCKER-USER"));
+                }
+                prop_assert!(ev.docker_rules <= text.matches("-A").count());
+            }
+        }
     }
 }

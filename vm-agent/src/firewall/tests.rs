@@ -128,6 +128,7 @@ fn spec(nat: NatMode) -> FirewallSpec {
         host_tunnel_ip: Ipv4Addr::new(10, 254, 253, 1),
         nat,
         tag: "connector".into(),
+        allow_container_connections: false,
     }
 }
 
@@ -149,15 +150,16 @@ async fn detect_ensure_idempotent_remove() {
         "{}",
         fw.reason()
     );
-    assert_eq!(fw.verify().await.unwrap().len(), 4);
+    assert_eq!(fw.verify().await.unwrap().len(), 5);
 
     let first = fw.ensure().await.unwrap();
-    assert_eq!(first.inserted.len(), 4);
+    assert_eq!(first.inserted.len(), 5);
     assert!(first.changed());
     assert_eq!(
         nft.rules("filter")[3..],
         [
-            "-A DOCKER-USER -o connector-vm -m comment --comment connector -j ACCEPT",
+            "-A DOCKER-USER -o connector-vm -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment connector -j DROP",
+            "-A DOCKER-USER -o connector-vm -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment connector -j ACCEPT",
             "-A DOCKER-USER -i connector-vm -m comment --comment connector -j ACCEPT",
             "-A DOCKER-USER -j RETURN",
         ]
@@ -178,10 +180,10 @@ async fn detect_ensure_idempotent_remove() {
     let second = fw.ensure().await.unwrap();
     assert!(!second.changed(), "{second:?}");
     assert!(fw.verify().await.unwrap().is_empty());
-    assert_eq!(nft.rules("filter").len(), 6);
+    assert_eq!(nft.rules("filter").len(), 7);
 
     let removed = fw.remove().await.unwrap();
-    assert_eq!(removed.len(), 4);
+    assert_eq!(removed.len(), 5);
     assert!(removed.iter().all(|r| r.copies == 1));
     assert_eq!(nft.table("filter"), DOCKER_FILTER);
     assert!(nft.rules("raw").is_empty());
@@ -216,15 +218,15 @@ async fn ensure_cleans_stale_duplicates_and_shadowed() {
     .await
     .unwrap();
     let missing = fw.verify().await.unwrap();
-    assert_eq!(missing.len(), 3);
-    assert_eq!(missing[2].reason, MissingReason::Shadowed);
+    assert_eq!(missing.len(), 4);
+    assert_eq!(missing[3].reason, MissingReason::Shadowed);
 
     let report = fw.ensure().await.unwrap();
     assert_eq!(report.removed_stale.len(), 1);
     assert_eq!(report.removed_stale[0].copies, 2);
     assert_eq!(report.removed_duplicates, 1);
     assert_eq!(report.reordered.len(), 1);
-    assert_eq!(report.inserted.len(), 2); // the two DOCKER-USER rules; routed: no nat
+    assert_eq!(report.inserted.len(), 3); // the DOCKER-USER rules; routed: no nat
     assert_eq!(
         nft.rules("raw"),
         [
@@ -371,4 +373,219 @@ fn ip_forward() {
     let err = check_ip_forward(&dir.join("absent")).unwrap_err();
     assert!(err.to_string().contains("absent"), "{err}");
     let _ = fs::remove_dir_all(&dir);
+}
+
+fn allowing(nat: NatMode) -> FirewallSpec {
+    FirewallSpec {
+        allow_container_connections: true,
+        ..spec(nat)
+    }
+}
+
+fn docker_user(rules: &[Rule]) -> Vec<String> {
+    rules
+        .iter()
+        .filter(|r| r.chain == "DOCKER-USER")
+        .map(|r| r.to_string())
+        .collect()
+}
+
+#[test]
+fn desired_rules_by_container_mode() {
+    let replies_only = desired_rules(&spec(NatMode::Masquerade));
+    assert_eq!(
+        docker_user(&replies_only),
+        [
+            "-t filter -A DOCKER-USER -i connector-vm -m comment --comment connector -j ACCEPT",
+            "-t filter -A DOCKER-USER -o connector-vm -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment connector -j ACCEPT",
+            "-t filter -A DOCKER-USER -o connector-vm -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment connector -j DROP",
+        ]
+    );
+    let allowed = desired_rules(&allowing(NatMode::Masquerade));
+    assert_eq!(
+        docker_user(&allowed),
+        [
+            "-t filter -A DOCKER-USER -i connector-vm -m comment --comment connector -j ACCEPT",
+            "-t filter -A DOCKER-USER -o connector-vm -m comment --comment connector -j ACCEPT",
+        ]
+    );
+    // raw and nat do not depend on the mode.
+    let others = |rules: &[Rule]| -> Vec<Rule> {
+        rules
+            .iter()
+            .filter(|r| r.chain != "DOCKER-USER")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(others(&replies_only), others(&allowed));
+    assert_eq!(desired_rules(&allowing(NatMode::Routed)).len(), 3);
+    // The two `-o` rules are each other's negation: one ACCEPT, one DROP.
+    let (accept, drop) = (&replies_only[2], &replies_only[3]);
+    assert_eq!(
+        (accept.target(), drop.target()),
+        (Some("ACCEPT"), Some("DROP"))
+    );
+    let without_bang: Vec<&String> = drop.args.iter().filter(|a| *a != "!").collect();
+    assert_eq!(
+        without_bang[..without_bang.len() - 1],
+        accept.args.iter().collect::<Vec<_>>()[..accept.args.len() - 1]
+    );
+}
+
+/// `iptables-nft -S DOCKER-USER` and `iptables-legacy -S DOCKER-USER` (both
+/// 1.8.9, identical output) after the agent's replies-only rules were inserted
+/// with `--ctstate ESTABLISHED,RELATED`: iptables prints the states in its own
+/// order and the negation before the option.
+const REAL_DOCKER_USER: &str = "\
+-N DOCKER-USER
+-A DOCKER-USER -o connector-vm -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment connector -j DROP
+-A DOCKER-USER -o connector-vm -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment connector -j ACCEPT
+-A DOCKER-USER -i connector-vm -m comment --comment connector -j ACCEPT
+-A DOCKER-USER -j RETURN
+";
+
+#[test]
+fn real_listing_round_trips() {
+    let desired = desired_rules(&spec(NatMode::Routed));
+    let listed = parse_listing(Table::Filter, REAL_DOCKER_USER).unwrap();
+    // Each listed rule has exactly the arguments the agent passes to -I/-C/-D.
+    for d in &desired[1..] {
+        assert!(listed.contains(d), "{d} not listed as such");
+    }
+    let mut present = parse_listing(
+        Table::Raw,
+        "-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT\n",
+    )
+    .unwrap();
+    present.extend(listed);
+    let d = diff(&desired, &present, "connector");
+    assert!(d.is_empty(), "{d:?}");
+}
+
+#[test]
+fn own_drop_shadows_nothing_but_foreign_drops_do() {
+    let desired = desired_rules(&spec(NatMode::Routed));
+    let with_first = |first: &str| {
+        let mut present =
+            parse_listing(Table::Filter, &format!("{first}\n{REAL_DOCKER_USER}")).unwrap();
+        present.extend(
+            parse_listing(
+                Table::Raw,
+                "-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT\n",
+            )
+            .unwrap(),
+        );
+        diff(&desired, &present, "connector")
+    };
+    // Our own DROP ahead of our ACCEPTs: converged.
+    assert!(with_first("").is_empty());
+    // Another agent's DROP for its own tun cannot catch our packets...
+    let other_agent = "-A DOCKER-USER -o cvm1234 -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment other -j DROP";
+    let d = with_first(other_agent);
+    // ...except tun-to-tun packets, which `-i connector-vm` also matches.
+    assert_eq!(d.misplaced, vec![desired[1].clone()]);
+    // Interfaces that exclude ours, by name, wildcard or negation.
+    for first in [
+        "-A DOCKER-USER -i eth0 -o docker0 -j DROP",
+        "-A DOCKER-USER ! -o connector-vm -i br-1 -j REJECT --reject-with icmp-port-unreachable",
+    ] {
+        assert!(with_first(first).is_empty(), "{first}");
+    }
+    // Ones that catch our packets.
+    for (first, shadowed) in [
+        ("-A DOCKER-USER -j DROP", 3),
+        ("-A DOCKER-USER -o connector+ -j DROP", 3),
+        ("-A DOCKER-USER -i connector-vm -j DROP", 3),
+        ("-A DOCKER-USER ! -o eth0 -j DROP", 3),
+        ("-A DOCKER-USER -o docker0 -j DROP", 1),
+        // Replies from containers come in from a bridge.
+        ("-A DOCKER-USER -i docker+ -j DROP", 2),
+        // A comment that reads like an interface option is not one.
+        ("-A DOCKER-USER -m comment --comment -o -j DROP", 3),
+    ] {
+        assert_eq!(with_first(first).misplaced.len(), shadowed, "{first}");
+    }
+}
+
+#[tokio::test]
+async fn upgrade_replaces_the_old_accept_and_back() {
+    let old = "-A DOCKER-USER -o connector-vm -m comment --comment connector -j ACCEPT";
+    let filter = DOCKER_FILTER.replace(
+        "-A DOCKER-USER -j RETURN\n",
+        &format!(
+            "-A DOCKER-USER -i connector-vm -m comment --comment connector -j ACCEPT\n{old}\n-A DOCKER-USER -j RETURN\n"
+        ),
+    );
+    let mut tables = docker_tables();
+    tables[0].1 = "-P PREROUTING ACCEPT\n-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT\n";
+    tables[2].1 = &filter;
+    let nft = Fake::new("upgrade-nft", &tables);
+    let legacy = Fake::new("upgrade-legacy", &[]);
+    let bins = Binaries {
+        legacy: legacy.cmd(),
+        nft: nft.cmd(),
+    };
+
+    let fw = Firewall::detect(spec(NatMode::Routed), &bins)
+        .await
+        .unwrap();
+    let report = fw.ensure().await.unwrap();
+    assert_eq!(report.removed_stale.len(), 1);
+    assert_eq!(
+        report.removed_stale[0].rule.to_string(),
+        format!("-t filter {old}")
+    );
+    assert_eq!(report.inserted.len(), 2);
+    assert_eq!(
+        nft.rules("filter")[3..],
+        REAL_DOCKER_USER.lines().skip(1).collect::<Vec<_>>()[..]
+    );
+    assert!(!fw.ensure().await.unwrap().changed());
+
+    // Allowing container connections again: back to the single ACCEPT.
+    let fw = Firewall::detect(allowing(NatMode::Routed), &bins)
+        .await
+        .unwrap();
+    let report = fw.ensure().await.unwrap();
+    assert_eq!(report.removed_stale.len(), 2);
+    assert_eq!(report.inserted.len(), 1);
+    assert!(nft.table("filter").contains(old));
+    assert!(!nft.table("filter").contains("ctstate"));
+    assert!(fw.verify().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn two_agents_in_one_vm_settle() {
+    let nft = Fake::new("two-nft", &docker_tables());
+    let legacy = Fake::new("two-legacy", &[]);
+    let bins = Binaries {
+        legacy: legacy.cmd(),
+        nft: nft.cmd(),
+    };
+    let a = Firewall::detect(spec(NatMode::Masquerade), &bins)
+        .await
+        .unwrap();
+    let b = Firewall::detect(
+        FirewallSpec {
+            tun: "cvm1234".into(),
+            host_tunnel_ip: Ipv4Addr::new(10, 254, 252, 1),
+            tag: "connector-lab".into(),
+            ..spec(NatMode::Masquerade)
+        },
+        &bins,
+    )
+    .await
+    .unwrap();
+    a.ensure().await.unwrap();
+    b.ensure().await.unwrap();
+    // A's `-i` ACCEPT is behind B's DROP for B's tun (that DROP does catch
+    // A-to-B tun traffic): moved once, after which both stay put.
+    let report = a.ensure().await.unwrap();
+    assert_eq!(report.reordered.len(), 1, "{report:?}");
+    for _ in 0..2 {
+        assert!(!a.ensure().await.unwrap().changed());
+        assert!(!b.ensure().await.unwrap().changed());
+    }
+    assert!(a.verify().await.unwrap().is_empty());
+    assert!(b.verify().await.unwrap().is_empty());
 }
