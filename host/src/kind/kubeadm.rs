@@ -648,7 +648,7 @@ iptables:
 
     /// Peak memory allowed for a parse: a few times the input (the parser
     /// holds a scalar while it grows) plus a constant.
-    const PEAK_PER_BYTE: usize = 8;
+    const PEAK_PER_BYTE: usize = 4;
     const PEAK_BASE: usize = 64 * 1024;
 
     /// Any characters. Short: proptest's generation, not the parse, is what
