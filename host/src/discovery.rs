@@ -1238,6 +1238,12 @@ mod tests {
             prop_assert!(peak <= 4 * text.len() + 4096, "{peak} for {} bytes", text.len());
         }
 
+    }
+
+    proptest! {
+        // Round trips of generated values: fewer cases than arbitrary input.
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
         #[test]
         fn current_context_is_read_back(
             name in prop::option::of(".{0,20}"),

@@ -395,6 +395,12 @@ mod tests {
             prop_assert!(peak <= 4 * line.len() + 4096, "{peak} for {} bytes", line.len());
         }
 
+    }
+
+    proptest! {
+        // Round trips of generated values: fewer cases than arbitrary input.
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
         #[test]
         fn responses_round_trip(response in response()) {
             let line = serde_json::to_string(&response).unwrap();

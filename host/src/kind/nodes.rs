@@ -498,6 +498,12 @@ mod tests {
             prop_assert!(peak <= PEAK_PER_BYTE * text.len() + PEAK_BASE, "{peak}");
         }
 
+    }
+
+    proptest! {
+        // Round trips of generated values: fewer cases than arbitrary input.
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
         #[test]
         fn generated_lists_round_trip(
             nodes in prop::collection::vec(

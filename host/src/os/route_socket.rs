@@ -1430,6 +1430,12 @@ mod tests {
             prop_assert!(peak <= bound(buf.len()), "{peak} for {}", buf.len());
         }
 
+    }
+
+    proptest! {
+        // Round trips of generated values: fewer cases than arbitrary input.
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
         #[test]
         fn sockaddrs_round_trip(sa in sockaddr()) {
             prop_assert_eq!(SockAddr::decode(&sa.encode()).unwrap(), sa);
