@@ -232,6 +232,7 @@ fn open(
         },
         Some(_) => Role::Other,
     };
+    // Only mappings hold the keys read here.
     let role = if mapping { role } else { Role::Other };
     stack.push(Frame {
         role,
