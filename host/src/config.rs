@@ -597,4 +597,314 @@ mod tests {
             .to_string();
         assert!(err.contains("/nonexistent/connector.toml"), "{err}");
     }
+
+    use proptest::prelude::*;
+
+    /// Every key of the file, with its table.
+    const KEYS: &[&str] = &[
+        "docker_host",
+        "agent_image",
+        "agent_name",
+        "host_address",
+        "listen_address",
+        "listen_port",
+        "tunnel",
+        "mtu",
+        "nat",
+        "state_dir",
+        "control_socket",
+        "networks.include",
+        "networks.exclude",
+        "kind.pods",
+        "kind.services",
+        "kind.clusters",
+    ];
+
+    /// A config error must point at the problem: a key, or a line.
+    fn points_somewhere(err: &ConfigError) -> bool {
+        match err {
+            ConfigError::Invalid { key, .. } => KEYS.contains(key),
+            ConfigError::Parse { message, .. } => message.starts_with("line "),
+            ConfigError::Read { .. } => false,
+        }
+    }
+
+    /// Text made of TOML's syntax and this file's keys.
+    fn tomlish() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "docker_host",
+            "agent_name",
+            "listen_port",
+            "mtu",
+            "tunnel",
+            "nat",
+            "state_dir",
+            "networks",
+            "include",
+            "kind",
+            "pods",
+            "clusters",
+            "x",
+            " = ",
+            "=",
+            " ",
+            "\n",
+            "\r\n",
+            "[",
+            "]",
+            "[[",
+            "]]",
+            "{",
+            "}",
+            ",",
+            ".",
+            "\"",
+            "'",
+            "\"\"\"",
+            "'''",
+            "\\",
+            "#",
+            "1",
+            "-1",
+            "1420",
+            "99999999999999999999",
+            "1e3",
+            "true",
+            "\"routed\"",
+            "\"/tmp\"",
+            "\"10.0.0.0/30\"",
+            "\"*\"",
+            "\"[\"",
+            "1979-05-27",
+            "inf",
+            "nan",
+            "é",
+            "\t",
+            "\0",
+        ]);
+        prop::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+    }
+
+    /// A valid value of every key, each set or not.
+    #[derive(Debug, Clone)]
+    struct Keys {
+        docker_host: Option<String>,
+        agent_image: Option<String>,
+        agent_name: Option<String>,
+        host_address: Option<String>,
+        listen_address: Option<IpAddr>,
+        listen_port: Option<u16>,
+        tunnel: Option<Ipv4Net>,
+        mtu: Option<u16>,
+        nat: Option<NatMode>,
+        state_dir: Option<String>,
+        control_socket: Option<String>,
+        include: Option<Vec<String>>,
+        exclude: Option<Vec<String>>,
+        pods: Option<bool>,
+        services: Option<bool>,
+        clusters: Option<Vec<String>>,
+    }
+
+    fn ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
+        ]
+    }
+
+    fn keys() -> impl Strategy<Value = Keys> {
+        let path = || "(/[a-zA-Z0-9 ._-]{1,12}){1,4}";
+        let names = || prop::collection::vec("[a-z][a-z0-9-]{0,10}", 0..4);
+        let servers = (
+            prop::option::of(prop_oneof![
+                path().prop_map(|p| format!("unix://{p}")),
+                (ip(), any::<u16>()).prop_map(|(ip, port)| format!(
+                    "tcp://{}",
+                    std::net::SocketAddr::new(ip, port)
+                )),
+                path(),
+            ]),
+            prop::option::of("[a-z0-9./:@_-]{1,40}"),
+            prop::option::of("[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}"),
+            prop::option::of(prop_oneof![
+                "[a-z][a-z0-9-]{0,20}(\\.[a-z][a-z0-9-]{0,20}){0,3}",
+                ip().prop_map(|ip| ip.to_string()),
+            ]),
+            prop::option::of(ip()),
+            prop::option::of(1u16..),
+        );
+        let tunnel = (
+            prop::option::of(
+                (any::<[u8; 4]>(), 0u8..=30)
+                    .prop_map(|(a, p)| Ipv4Net::new(Ipv4Addr::from(a), p).unwrap().trunc()),
+            ),
+            prop::option::of(MIN_MTU..=MAX_MTU),
+            prop::option::of(prop_oneof![
+                Just(NatMode::Masquerade),
+                Just(NatMode::Routed)
+            ]),
+            prop::option::of(path()),
+            prop::option::of(path()),
+        );
+        let rest = (
+            prop::option::of(names()),
+            prop::option::of(names()),
+            prop::option::of(any::<bool>()),
+            prop::option::of(any::<bool>()),
+            prop::option::of(
+                prop::collection::hash_set("[a-z0-9][a-z0-9.-]{0,62}", 0..4)
+                    .prop_map(|s| s.into_iter().collect::<Vec<_>>()),
+            ),
+        );
+        (servers, tunnel, rest).prop_map(
+            |(
+                (docker_host, agent_image, agent_name, host_address, listen_address, listen_port),
+                (tunnel, mtu, nat, state_dir, control_socket),
+                (include, exclude, pods, services, clusters),
+            )| Keys {
+                docker_host,
+                agent_image,
+                agent_name,
+                host_address,
+                listen_address,
+                listen_port,
+                tunnel,
+                mtu,
+                nat,
+                state_dir,
+                control_socket,
+                include,
+                exclude,
+                pods,
+                services,
+                clusters,
+            },
+        )
+    }
+
+    impl Keys {
+        /// The file, written by the toml crate so every string is escaped right.
+        fn to_toml(&self) -> String {
+            use toml::{Table, Value};
+            fn put<T: Clone + Into<Value>>(t: &mut Table, key: &str, v: &Option<T>) {
+                if let Some(v) = v {
+                    t.insert(key.into(), v.clone().into());
+                }
+            }
+            let mut top = Table::new();
+            put(&mut top, "docker_host", &self.docker_host);
+            put(&mut top, "agent_image", &self.agent_image);
+            put(&mut top, "agent_name", &self.agent_name);
+            put(&mut top, "host_address", &self.host_address);
+            put(
+                &mut top,
+                "listen_address",
+                &self.listen_address.map(|a| a.to_string()),
+            );
+            put(&mut top, "listen_port", &self.listen_port.map(i64::from));
+            put(&mut top, "tunnel", &self.tunnel.map(|t| t.to_string()));
+            put(&mut top, "mtu", &self.mtu.map(i64::from));
+            put(&mut top, "nat", &self.nat.map(|n| n.as_str().to_owned()));
+            put(&mut top, "state_dir", &self.state_dir);
+            put(&mut top, "control_socket", &self.control_socket);
+            let mut networks = Table::new();
+            put(&mut networks, "include", &self.include);
+            put(&mut networks, "exclude", &self.exclude);
+            if !networks.is_empty() {
+                top.insert("networks".into(), networks.into());
+            }
+            let mut kind = Table::new();
+            put(&mut kind, "pods", &self.pods);
+            put(&mut kind, "services", &self.services);
+            put(&mut kind, "clusters", &self.clusters);
+            if !kind.is_empty() {
+                top.insert("kind".into(), kind.into());
+            }
+            toml::to_string(&top).unwrap()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics_and_errors_point_somewhere(
+            text in prop_oneof![
+                prop::collection::vec(any::<char>(), 0..256).prop_map(String::from_iter),
+                tomlish(),
+            ]
+        ) {
+            if let Err(err) = parse(&text) {
+                prop_assert!(points_somewhere(&err), "{err} for {text:?}");
+            }
+        }
+
+        #[test]
+        fn any_value_of_a_known_key_is_accepted_or_named(
+            key in prop::sample::select(KEYS),
+            value in prop_oneof![
+                tomlish(),
+                prop::collection::vec(any::<char>(), 0..40)
+                    .prop_map(|c| toml::Value::String(String::from_iter(c)).to_string()),
+                any::<i64>().prop_map(|i| i.to_string()),
+            ],
+        ) {
+            let text = match key.split_once('.') {
+                Some((table, key)) => format!("[{table}]\n{key} = {value}\n"),
+                None => format!("{key} = {value}\n"),
+            };
+            if let Err(err) = parse(&text) {
+                prop_assert!(points_somewhere(&err), "{err} for {text:?}");
+            }
+        }
+
+    }
+
+    proptest! {
+        // Fewer: every case compiles the network globs, slow in a debug build.
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn generated_key_sets_parse_to_their_values(keys in keys()) {
+            let text = keys.to_toml();
+            let c = parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+            prop_assert_eq!(c.docker_host, keys.docker_host.clone());
+            prop_assert_eq!(c.agent_image, keys.agent_image.clone().unwrap_or(DEFAULT_AGENT_IMAGE.into()));
+            prop_assert_eq!(c.agent_name, keys.agent_name.clone().unwrap_or(DEFAULT_AGENT_NAME.into()));
+            prop_assert_eq!(c.host_address, keys.host_address.clone().unwrap_or(DEFAULT_HOST_ADDRESS.into()));
+            prop_assert_eq!(c.listen_address, keys.listen_address.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+            prop_assert_eq!(c.listen_port, keys.listen_port.unwrap_or(DEFAULT_LISTEN_PORT));
+            prop_assert_eq!(c.tunnel, keys.tunnel.unwrap_or(DEFAULT_TUNNEL.parse().unwrap()));
+            prop_assert_eq!(c.mtu, keys.mtu.unwrap_or(DEFAULT_MTU));
+            prop_assert_eq!(c.nat, keys.nat.unwrap_or(NatMode::Masquerade));
+            prop_assert_eq!(c.state_dir, keys.state_dir.clone().map(PathBuf::from).unwrap_or_else(default_state_dir));
+            prop_assert_eq!(c.control_socket, keys.control_socket.clone().map(PathBuf::from).unwrap_or_else(default_control_socket));
+            prop_assert_eq!(
+                c.kind,
+                KindConfig {
+                    pods: keys.pods.unwrap_or(true),
+                    services: keys.services.unwrap_or(true),
+                    clusters: keys.clusters.clone().unwrap_or_default(),
+                }
+            );
+            // The filter, by what it does to the names it was given.
+            let include = keys.include.clone();
+            let exclude = keys.exclude.clone().unwrap_or_default();
+            for name in include.iter().flatten().chain(&exclude) {
+                let expected = if include.as_ref().is_some_and(|i| !i.contains(name)) {
+                    Some("not in networks.include")
+                } else if exclude.contains(name) {
+                    Some("in networks.exclude")
+                } else {
+                    None
+                };
+                prop_assert_eq!(c.networks.rejects(name), expected, "{}", name);
+            }
+            prop_assert_eq!(
+                c.networks.rejects("Not_Listed"),
+                include.map(|_| "not in networks.include")
+            );
+        }
+    }
 }

@@ -19,14 +19,26 @@
 //! [`DiscoveryError::OrbStack`] so the daemon can say connector is not needed
 //! (rather than retry: nothing will change until the user switches engines).
 //!
+//! An endpoint the user gave connector (1, 2) that connector cannot use is an
+//! error. The files of step 3 are the user's docker CLI state, which connector
+//! only borrows: one that cannot be read or parsed is logged, noted in the
+//! resolution's `why`, and the search goes on with step 4, rather than the
+//! daemon failing (and launchd restarting it) until the file is fixed.
+//!
 //! Everything the resolution reads goes through [`DiscoveryEnv`], so tests run
 //! it against a fake home directory.
 
 use std::fmt;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+/// Largest `config.json` or `meta.json` read. Docker's are a few KB; a file
+/// far beyond is not one, and root should not read it whole.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
 
 /// The user whose Docker setup connector follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,8 +86,35 @@ pub trait DiscoveryEnv {
         PathBuf::from("/")
     }
 
-    fn read_to_string(&self, path: &Path) -> io::Result<String> {
-        std::fs::read_to_string(path)
+    /// A regular file of at most [`MAX_FILE_BYTES`], as text. Opened without
+    /// blocking, so a FIFO in the user's home cannot hang the daemon.
+    fn read_file(&self, path: &Path) -> io::Result<String> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let mut text = String::new();
+        file.take(MAX_FILE_BYTES as u64 + 1)
+            .read_to_string(&mut text)?;
+        if text.len() > MAX_FILE_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("larger than {MAX_FILE_BYTES} bytes"),
+            ));
+        }
+        Ok(text)
+    }
+
+    /// A file discovery could not use and went on without.
+    fn skipped_file(&self, path: &Path, problem: &str) {
+        warn_once(path, problem);
     }
 
     /// Names of the entries of a directory (empty when it cannot be read).
@@ -140,14 +179,6 @@ pub enum DiscoveryError {
     OrbStack { endpoint: String, via: String },
     #[error("no Docker engine found; tried:\n{}", bullet_list(.tried))]
     NotFound { tried: Vec<String> },
-    #[error("cannot use the docker config {path}: {reason}")]
-    DockerConfig { path: PathBuf, reason: String },
-    #[error("docker context {name:?} ({via}): {reason}")]
-    Context {
-        name: String,
-        via: String,
-        reason: String,
-    },
     #[error("Docker endpoint {endpoint:?} ({via}) is not supported: connector speaks unix:// and tcp://")]
     Unsupported { endpoint: String, via: String },
 }
@@ -290,7 +321,8 @@ pub fn context_dir_name(name: &str) -> String {
 }
 
 /// The endpoint of the user's current docker context, if they chose one
-/// other than `default` (which means "the default socket").
+/// other than `default` (which means "the default socket"). A file that cannot
+/// be used is skipped (see the module docs).
 fn from_context(
     user: &User,
     env: &dyn DiscoveryEnv,
@@ -299,13 +331,21 @@ fn from_context(
     let who = format!("{} {}", user.role, user.name);
     let docker_dir = user.home.join(".docker");
     let config_path = docker_dir.join("config.json");
+    let mut skip = |path: &Path, problem: String| {
+        env.skipped_file(path, &problem);
+        tried.push(format!(
+            "docker context of {who}: cannot use {}: {problem}",
+            path.display()
+        ));
+        Ok(None)
+    };
 
     let (name, chosen_by) = match env.var("DOCKER_CONTEXT").filter(|c| !c.trim().is_empty()) {
         Some(name) => (
             name.trim().to_owned(),
             "DOCKER_CONTEXT in connector's environment".to_owned(),
         ),
-        None => match env.read_to_string(&config_path) {
+        None => match env.read_file(&config_path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 tried.push(format!(
                     "docker context of {who}: no {}",
@@ -313,36 +353,21 @@ fn from_context(
                 ));
                 return Ok(None);
             }
-            Err(e) => {
-                return Err(DiscoveryError::DockerConfig {
-                    path: config_path,
-                    reason: e.to_string(),
-                })
-            }
-            Ok(text) => {
-                let config: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| DiscoveryError::DockerConfig {
-                        path: config_path.clone(),
-                        reason: format!("not valid JSON: {e}"),
-                    })?;
-                match config
-                    .get("currentContext")
-                    .and_then(|c| c.as_str())
-                    .map(str::trim)
-                {
-                    Some(name) if !name.is_empty() => (
-                        name.to_owned(),
-                        format!("currentContext of {who} in {}", config_path.display()),
-                    ),
-                    _ => {
-                        tried.push(format!(
-                            "docker context of {who}: none set in {}",
-                            config_path.display()
-                        ));
-                        return Ok(None);
-                    }
+            Err(e) => return skip(&config_path, e.to_string()),
+            Ok(text) => match current_context(&text) {
+                Err(problem) => return skip(&config_path, problem),
+                Ok(Some(name)) => (
+                    name,
+                    format!("currentContext of {who} in {}", config_path.display()),
+                ),
+                Ok(None) => {
+                    tried.push(format!(
+                        "docker context of {who}: none set in {}",
+                        config_path.display()
+                    ));
+                    return Ok(None);
                 }
-            }
+            },
         },
     };
     if name == "default" {
@@ -357,36 +382,93 @@ fn from_context(
         .join("meta")
         .join(context_dir_name(&name))
         .join("meta.json");
-    let context_error = |reason: String| DiscoveryError::Context {
-        name: name.clone(),
-        via: chosen_by.clone(),
-        reason,
+    let host = match env
+        .read_file(&meta_path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| context_host(&text))
+    {
+        Ok(host) => host,
+        Err(problem) => {
+            return skip(
+                &meta_path,
+                format!("the meta file of context {name:?} ({chosen_by}): {problem}"),
+            )
+        }
     };
-    let text = env
-        .read_to_string(&meta_path)
-        .map_err(|e| context_error(format!("cannot read {}: {e}", meta_path.display())))?;
-    let meta: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| context_error(format!("{} is not valid JSON: {e}", meta_path.display())))?;
-    let host = meta
-        .pointer("/Endpoints/docker/Host")
-        .and_then(|h| h.as_str())
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| {
-            context_error(format!(
-                "{} has no Endpoints.docker.Host",
-                meta_path.display()
-            ))
-        })?;
 
     let via = format!("docker context {name:?}, {chosen_by}");
     if name == "orbstack" {
         return Err(DiscoveryError::OrbStack {
-            endpoint: host.to_owned(),
+            endpoint: host,
             via,
         });
     }
-    explicit(host, Source::Context { name: name.clone() }, via, env).map(Some)
+    explicit(&host, Source::Context { name: name.clone() }, via, env).map(Some)
+}
+
+/// `currentContext` of a docker `config.json`; `None` when unset or blank.
+fn current_context(text: &str) -> Result<Option<String>, String> {
+    #[derive(Deserialize)]
+    struct DockerConfig {
+        #[serde(rename = "currentContext")]
+        current_context: Option<String>,
+    }
+    let config: DockerConfig =
+        serde_json::from_str(text).map_err(|e| format!("not a docker config.json: {e}"))?;
+    Ok(config
+        .current_context
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty()))
+}
+
+/// `Endpoints.docker.Host` of a docker context's `meta.json`.
+fn context_host(text: &str) -> Result<String, String> {
+    #[derive(Deserialize)]
+    struct Meta {
+        #[serde(rename = "Endpoints")]
+        endpoints: Option<Endpoints>,
+    }
+    #[derive(Deserialize)]
+    struct Endpoints {
+        docker: Option<Endpoint>,
+    }
+    #[derive(Deserialize)]
+    struct Endpoint {
+        #[serde(rename = "Host")]
+        host: Option<String>,
+    }
+    let meta: Meta =
+        serde_json::from_str(text).map_err(|e| format!("not a context meta.json: {e}"))?;
+    meta.endpoints
+        .and_then(|e| e.docker)
+        .and_then(|d| d.host)
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| "no Endpoints.docker.Host".to_owned())
+}
+
+/// Files already warned about, with the problem (see [`warn_once`]).
+static WARNED: Mutex<Vec<(PathBuf, String)>> = Mutex::new(Vec::new());
+
+/// Logs a skipped file once per path and problem: discovery runs every few
+/// seconds while the daemon waits for Docker, and a broken file stays broken.
+fn warn_once(path: &Path, problem: &str) {
+    let mut logged = WARNED.lock().unwrap_or_else(PoisonError::into_inner);
+    if logged.iter().any(|(p, m)| p == path && m == problem) {
+        tracing::debug!(path = %path.display(), problem, "skipping a docker file");
+        return;
+    }
+    // A handful of files can be broken at once; forget the oldest beyond that.
+    if logged.len() >= 8 {
+        logged.remove(0);
+    }
+    logged.push((path.to_owned(), problem.to_owned()));
+    drop(logged);
+    tracing::warn!(
+        path = %path.display(),
+        problem,
+        "cannot use a docker file; looking for the engine elsewhere"
+    );
 }
 
 struct Candidate {
@@ -534,6 +616,7 @@ fn passwd(
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
     use std::collections::HashMap;
     use std::os::unix::net::UnixListener;
 
@@ -548,6 +631,8 @@ mod tests {
         root: PathBuf,
         /// Listeners kept open so their sockets answer.
         live: Vec<UnixListener>,
+        /// What `skipped_file` was told, as "path: problem".
+        warnings: RefCell<Vec<String>>,
     }
 
     struct TempDir(PathBuf);
@@ -583,6 +668,7 @@ mod tests {
                 home,
                 root,
                 live: Vec::new(),
+                warnings: RefCell::default(),
             }
         }
 
@@ -655,6 +741,11 @@ mod tests {
         }
         fn root(&self) -> PathBuf {
             self.root.clone()
+        }
+        fn skipped_file(&self, path: &Path, problem: &str) {
+            self.warnings
+                .borrow_mut()
+                .push(format!("{}: {problem}", path.display()));
         }
     }
 
@@ -763,28 +854,153 @@ mod tests {
         assert_eq!(resolve(None, &env).unwrap().source, Source::DockerDesktop);
     }
 
+    /// Resolves `env`, expecting Docker Desktop's socket after `file` was
+    /// skipped: warned about once, naming the file and `problem`, and named
+    /// in the resolution's `why`.
+    fn falls_through_past(env: &Fake, file: &str, problem: &str) {
+        let r = resolve(None, env).unwrap();
+        assert_eq!(r.source, Source::DockerDesktop, "{}", r.why);
+        let path = env.home.join(file).display().to_string();
+        assert!(
+            r.why.contains(&path) && r.why.contains(problem),
+            "{}",
+            r.why
+        );
+        let warnings = env.warnings.take();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains(&path) && warnings[0].contains(problem),
+            "{warnings:?}"
+        );
+    }
+
     #[test]
-    fn broken_context_is_an_error_not_a_silent_fallback() {
+    fn broken_docker_files_are_skipped_with_a_warning() {
+        let meta =
+            |name: &str| format!(".docker/contexts/meta/{}/meta.json", context_dir_name(name));
+        // config.json that is not JSON, not an object, or has a bad field.
+        for (text, problem) in [
+            (
+                "{not json",
+                "not a docker config.json: key must be a string",
+            ),
+            ("[1]", "not a docker config.json: invalid type"),
+            (r#"{"currentContext": 7}"#, "invalid type: integer `7`"),
+            ("\u{0}\u{1}", "not a docker config.json"),
+        ] {
+            let env = Fake::new()
+                .file(".docker/config.json", text)
+                .socket(".docker/run/docker.sock", true);
+            falls_through_past(&env, ".docker/config.json", problem);
+        }
+        // A context without its meta file, or with one that does not say
+        // where the engine is.
         let env = Fake::new()
             .current_context("gone")
             .socket(".docker/run/docker.sock", true);
-        let e = resolve(None, &env).unwrap_err();
-        assert!(
-            matches!(&e, DiscoveryError::Context { name, .. } if name == "gone"),
-            "{e}"
-        );
-        assert!(e.to_string().contains("meta.json"), "{e}");
-
-        let env = Fake::new().current_context("x").file(
-            &format!(".docker/contexts/meta/{}/meta.json", context_dir_name("x")),
+        falls_through_past(&env, &meta("gone"), "context \"gone\"");
+        falls_through_past(&env, &meta("gone"), "No such file");
+        for text in [
             r#"{"Name":"x","Endpoints":{}}"#,
-        );
-        let e = resolve(None, &env).unwrap_err();
-        assert!(e.to_string().contains("Endpoints.docker.Host"), "{e}");
+            "{",
+            r#"{"Endpoints":{"docker":{"Host":["x"]}}}"#,
+        ] {
+            let env = Fake::new()
+                .var("DOCKER_CONTEXT", "x")
+                .file(&meta("x"), text)
+                .socket(".docker/run/docker.sock", true);
+            falls_through_past(&env, &meta("x"), "DOCKER_CONTEXT");
+        }
+        let env = Fake::new()
+            .current_context("x")
+            .file(&meta("x"), r#"{"Endpoints":{"docker":{"Host":" "}}}"#)
+            .socket(".docker/run/docker.sock", true);
+        falls_through_past(&env, &meta("x"), "no Endpoints.docker.Host");
+    }
 
+    #[test]
+    fn unreadable_docker_files_are_skipped_too() {
+        // A directory, a FIFO (must not block the daemon), a huge file, and
+        // bytes that are not UTF-8.
+        let env = Fake::new().socket(".docker/run/docker.sock", true);
+        std::fs::create_dir_all(env.home.join(".docker/config.json")).unwrap();
+        falls_through_past(&env, ".docker/config.json", "not a regular file");
+
+        let env = Fake::new().socket(".docker/run/docker.sock", true);
+        let fifo =
+            std::ffi::CString::new(env.home.join(".docker/config.json").display().to_string())
+                .unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        falls_through_past(&env, ".docker/config.json", "not a regular file");
+
+        let big = format!(
+            r#"{{"currentContext":"x","pad":"{}"}}"#,
+            "x".repeat(MAX_FILE_BYTES)
+        );
+        let env = Fake::new()
+            .file(".docker/config.json", &big)
+            .socket(".docker/run/docker.sock", true);
+        falls_through_past(
+            &env,
+            ".docker/config.json",
+            &format!("larger than {MAX_FILE_BYTES} bytes"),
+        );
+
+        let env = Fake::new().socket(".docker/run/docker.sock", true);
+        std::fs::write(env.home.join(".docker/config.json"), b"{\"a\":\"\xff\"}").unwrap();
+        falls_through_past(&env, ".docker/config.json", "UTF-8");
+    }
+
+    #[test]
+    fn a_skipped_file_is_listed_when_nothing_answers() {
         let env = Fake::new().file(".docker/config.json", "{not json");
         let e = resolve(None, &env).unwrap_err();
-        assert!(matches!(e, DiscoveryError::DockerConfig { .. }), "{e}");
+        let DiscoveryError::NotFound { tried } = &e else {
+            panic!("{e}")
+        };
+        assert!(
+            tried
+                .iter()
+                .any(|t| t.contains("config.json") && t.contains("not a docker config.json")),
+            "{tried:?}"
+        );
+        assert!(e.to_string().contains("Docker Desktop"), "{e}");
+    }
+
+    #[test]
+    fn a_host_the_user_gave_connector_stays_an_error() {
+        let env = Fake::new()
+            .file(".docker/config.json", "{not json")
+            .socket(".docker/run/docker.sock", true);
+        for configured in ["ssh://me@box", "docker.example:2375"] {
+            let e = resolve(Some(configured), &env).unwrap_err();
+            assert!(matches!(e, DiscoveryError::Unsupported { .. }), "{e}");
+        }
+        let env = env.var("DOCKER_HOST", "npipe:////./pipe/docker_engine");
+        let e = resolve(None, &env).unwrap_err();
+        assert!(matches!(e, DiscoveryError::Unsupported { .. }), "{e}");
+        assert!(
+            env.warnings.borrow().is_empty(),
+            "the docker files were not read"
+        );
+    }
+
+    #[test]
+    fn warnings_are_logged_once_per_file_and_problem() {
+        // The real `skipped_file`: the daemon resolves every few seconds while
+        // it waits for Docker.
+        let path = Path::new("/nonexistent/warn-once/config.json");
+        for _ in 0..3 {
+            warn_once(path, "problem a");
+        }
+        warn_once(path, "problem b");
+        let logged = WARNED.lock().unwrap().clone();
+        assert_eq!(
+            logged.iter().filter(|(p, _)| p == path).count(),
+            2,
+            "{logged:?}"
+        );
     }
 
     #[test]
@@ -965,5 +1181,100 @@ mod tests {
         let home = home_of("root").expect("root has a passwd entry");
         assert!(home.is_absolute());
         assert_eq!(home_of("no-such-user-connector"), None);
+    }
+
+    use crate::testing::alloc_meter::measure;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    /// JSON made of the names docker's files use, in any shape.
+    fn docker_json() -> impl Strategy<Value = String> {
+        let word = || {
+            prop::sample::select(vec![
+                "currentContext",
+                "Endpoints",
+                "docker",
+                "Host",
+                "Name",
+                "Metadata",
+                "auths",
+                "credsStore",
+                "desktop",
+                "unix:///var/run/docker.sock",
+                "",
+                " ",
+            ])
+            .prop_map(String::from)
+        };
+        let leaf = prop_oneof![
+            3 => word().prop_map(Value::String),
+            1 => Just(Value::Null),
+            1 => any::<bool>().prop_map(Value::Bool),
+            1 => any::<i64>().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 5, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((word(), inner), 0..5)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+        .prop_map(|v| v.to_string())
+    }
+
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            docker_json(),
+            prop::collection::vec(any::<char>(), 0..256).prop_map(String::from_iter),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_file_content_is_read_or_refused_in_bounded_memory(text in any_text()) {
+            let (_, peak) = measure(|| (current_context(&text), context_host(&text)));
+            prop_assert!(peak <= 4 * text.len() + 4096, "{peak} for {} bytes", text.len());
+        }
+
+    }
+
+    proptest! {
+        // Round trips of generated values: fewer cases than arbitrary input.
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn current_context_is_read_back(
+            name in prop::option::of(".{0,20}"),
+            extra in prop::collection::vec(("[a-zA-Z]{1,8}", docker_json()), 0..3),
+        ) {
+            let mut config = json!({"auths": {}, "credsStore": "desktop"});
+            for (key, value) in &extra {
+                if key != "currentContext" {
+                    config[key] = serde_json::from_str(value).unwrap();
+                }
+            }
+            if let Some(name) = &name {
+                config["currentContext"] = json!(name);
+            }
+            let expected = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+            prop_assert_eq!(current_context(&config.to_string()), Ok(expected));
+        }
+
+        #[test]
+        fn context_host_is_read_back(host in ".{0,40}", name in ".{0,12}") {
+            let meta = json!({
+                "Name": name,
+                "Metadata": {"Description": "x"},
+                "Endpoints": {"docker": {"Host": host, "SkipTLSVerify": false}},
+            });
+            let got = context_host(&meta.to_string());
+            if host.trim().is_empty() {
+                prop_assert_eq!(got, Err("no Endpoints.docker.Host".to_owned()));
+            } else {
+                prop_assert_eq!(got, Ok(host.trim().to_owned()));
+            }
+        }
     }
 }

@@ -240,4 +240,130 @@ mod tests {
             None
         );
     }
+
+    use proptest::prelude::*;
+
+    fn event_type() -> impl Strategy<Value = Option<EventMessageTypeEnum>> {
+        use EventMessageTypeEnum::*;
+        prop::option::of(prop::sample::select(vec![
+            EMPTY, BUILDER, CONFIG, CONTAINER, DAEMON, IMAGE, NETWORK, NODE, PLUGIN, SECRET,
+            SERVICE, VOLUME,
+        ]))
+    }
+
+    const LIFECYCLE: [&str; 5] = ["start", "die", "destroy", "stop", "restart"];
+
+    /// Docker's actions, with and without a `: detail` suffix, and anything.
+    fn action() -> impl Strategy<Value = String> {
+        let known = prop::sample::select(vec![
+            "create",
+            "destroy",
+            "remove",
+            "connect",
+            "disconnect",
+            "start",
+            "die",
+            "stop",
+            "restart",
+            "kill",
+            "exec_start",
+            "exec_create",
+            "health_status",
+            "pull",
+            "",
+        ]);
+        prop_oneof![
+            3 => known.clone().prop_map(String::from),
+            1 => (known, ".{0,12}").prop_map(|(a, rest)| format!("{a}:{rest}")),
+            1 => ".{0,16}",
+        ]
+    }
+
+    fn attributes() -> impl Strategy<Value = HashMap<String, String>> {
+        let key = prop_oneof![
+            Just(LABEL_MANAGED.to_owned()),
+            Just(KIND_CLUSTER_LABEL.to_owned()),
+            Just("name".to_owned()),
+            ".{0,12}",
+        ];
+        let value = prop_oneof![
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            Just("dev".to_owned()),
+            ".{0,12}",
+        ];
+        prop::collection::hash_map(key, value, 0..4)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn only_network_lifecycle_and_labelled_containers_trigger(
+            typ in event_type(),
+            action in action(),
+            attributes in attributes(),
+        ) {
+            let trigger = classify(typ, &action, &attributes);
+            let base = action.split(':').next().unwrap_or(&action);
+            let managed = attributes.get(LABEL_MANAGED).map(String::as_str) == Some("true");
+            let cluster = attributes.get(KIND_CLUSTER_LABEL);
+            match trigger {
+                None => {
+                    let network = typ == Some(EventMessageTypeEnum::NETWORK)
+                        && ["create", "destroy", "remove"].contains(&action.as_str());
+                    let labelled = typ == Some(EventMessageTypeEnum::CONTAINER)
+                        && LIFECYCLE.contains(&base)
+                        && (managed || cluster.is_some());
+                    prop_assert!(!network && !labelled, "missed {typ:?} {action:?} {attributes:?}");
+                }
+                Some(Trigger::Networks) => {
+                    prop_assert_eq!(typ, Some(EventMessageTypeEnum::NETWORK));
+                    prop_assert!(["create", "destroy", "remove"].contains(&action.as_str()));
+                }
+                Some(Trigger::Agent { action: got }) => {
+                    prop_assert_eq!(typ, Some(EventMessageTypeEnum::CONTAINER));
+                    prop_assert!(managed);
+                    prop_assert!(LIFECYCLE.contains(&base));
+                    prop_assert_eq!(got, base);
+                }
+                Some(Trigger::KindNode { cluster: got_cluster, action: got }) => {
+                    prop_assert_eq!(typ, Some(EventMessageTypeEnum::CONTAINER));
+                    prop_assert!(!managed, "the agent label wins");
+                    prop_assert_eq!(Some(&got_cluster), cluster);
+                    prop_assert!(LIFECYCLE.contains(&base));
+                    prop_assert_eq!(got, base);
+                }
+                Some(other) => prop_assert!(false, "classify made {other:?}"),
+            }
+        }
+
+        #[test]
+        fn lifecycle_of_labelled_containers_always_triggers(
+            base in prop::sample::select(LIFECYCLE.to_vec()),
+            detail in prop::option::of(".{0,12}"),
+            agent in any::<bool>(),
+            mut attributes in attributes(),
+        ) {
+            let action = match &detail {
+                Some(d) => format!("{base}:{d}"),
+                None => base.to_owned(),
+            };
+            if agent {
+                attributes.insert(LABEL_MANAGED.into(), "true".into());
+            } else {
+                attributes.remove(LABEL_MANAGED);
+                attributes.insert(KIND_CLUSTER_LABEL.into(), "dev".into());
+            }
+            let expected = if agent {
+                Trigger::Agent { action: base.into() }
+            } else {
+                Trigger::KindNode { cluster: "dev".into(), action: base.into() }
+            };
+            prop_assert_eq!(
+                classify(Some(EventMessageTypeEnum::CONTAINER), &action, &attributes),
+                Some(expected)
+            );
+        }
+    }
 }

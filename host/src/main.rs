@@ -17,6 +17,8 @@ mod plan;
 mod protocol;
 mod router;
 mod state;
+#[cfg(test)]
+mod testing;
 mod uninstall;
 
 use std::path::PathBuf;

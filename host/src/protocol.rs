@@ -222,4 +222,244 @@ mod tests {
             .render()
             .starts_with("no route changes"));
     }
+
+    use crate::testing::alloc_meter::measure;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    fn text() -> impl Strategy<Value = String> {
+        prop::collection::vec(any::<char>(), 0..24).prop_map(String::from_iter)
+    }
+
+    fn subnet() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            (any::<[u8; 4]>(), 0u8..=32)
+                .prop_map(|(a, p)| IpNet::V4(ipnet::Ipv4Net::new(a.into(), p).unwrap())),
+            (any::<[u8; 16]>(), 0u8..=128)
+                .prop_map(|(a, p)| IpNet::V6(ipnet::Ipv6Net::new(a.into(), p).unwrap())),
+        ]
+    }
+
+    fn change() -> impl Strategy<Value = RouteChange> {
+        (text(), subnet()).prop_map(|(network, subnet)| RouteChange { network, subnet })
+    }
+
+    fn skip_reason() -> impl Strategy<Value = SkipReason> {
+        prop_oneof![
+            text().prop_map(|rule| SkipReason::Excluded { rule }),
+            (text(), prop::option::of(text()), prop::option::of(text())).prop_map(
+                |(route, interface, gateway)| SkipReason::Conflict {
+                    route,
+                    interface,
+                    gateway
+                }
+            ),
+            text().prop_map(|tunnel| SkipReason::TunnelOverlap { tunnel }),
+            Just(SkipReason::Ipv6NotSupported),
+        ]
+    }
+
+    fn sync_report() -> impl Strategy<Value = SyncReport> {
+        (
+            prop::collection::vec(change(), 0..3),
+            prop::collection::vec(change(), 0..3),
+            prop::collection::vec(
+                (text(), subnet(), skip_reason(), text()).prop_map(
+                    |(network, subnet, reason, message)| Skipped {
+                        network,
+                        subnet,
+                        reason,
+                        message,
+                    },
+                ),
+                0..3,
+            ),
+            prop::collection::vec(change(), 0..3),
+            prop::collection::vec(text(), 0..3),
+        )
+            .prop_map(|(added, removed, skipped, routed, errors)| SyncReport {
+                added,
+                removed,
+                skipped,
+                routed,
+                errors,
+            })
+    }
+
+    fn status_report() -> impl Strategy<Value = StatusReport> {
+        let tunnel = (
+            (text(), text(), text(), prop::option::of(text())),
+            any::<(Option<u64>, Option<u64>, u64, u64, u64, u64)>(),
+        )
+            .prop_map(|((interface, address, listen, endpoint), numbers)| {
+                let (
+                    last_handshake_secs,
+                    last_received_secs,
+                    rx_bytes,
+                    tx_bytes,
+                    rx_packets,
+                    tx_packets,
+                ) = numbers;
+                TunnelStatus {
+                    interface,
+                    address,
+                    listen,
+                    endpoint,
+                    last_handshake_secs,
+                    last_received_secs,
+                    rx_bytes,
+                    tx_bytes,
+                    rx_packets,
+                    tx_packets,
+                }
+            });
+        let agent = (
+            text(),
+            text(),
+            text(),
+            any::<bool>(),
+            prop::option::of(text()),
+        )
+            .prop_map(|(name, container_id, image, adopted, error)| AgentStatus {
+                name,
+                container_id,
+                image,
+                adopted,
+                error,
+            });
+        let firewall = (
+            prop::option::of(text()),
+            any::<bool>(),
+            prop::collection::vec(text(), 0..3),
+        )
+            .prop_map(|(backend, all_present, detail)| FirewallStatus {
+                backend,
+                all_present,
+                detail,
+            });
+        let network = (text(), subnet(), text(), prop::option::of(text())).prop_map(
+            |(name, subnet, state, reason)| NetworkStatus {
+                name,
+                subnet,
+                state,
+                reason,
+            },
+        );
+        (
+            (text(), any::<u64>(), text(), any::<bool>(), text()),
+            agent,
+            firewall,
+            tunnel,
+            prop::collection::vec(network, 0..3),
+        )
+            .prop_map(
+                |(
+                    (version, uptime_secs, docker_endpoint, docker_reachable, engine_version),
+                    agent,
+                    firewall,
+                    tunnel,
+                    networks,
+                )| StatusReport {
+                    version,
+                    uptime_secs,
+                    docker_endpoint,
+                    docker_reachable,
+                    engine_version,
+                    agent,
+                    firewall,
+                    tunnel,
+                    networks,
+                    // kind's report has its own types and tests.
+                    kind: Default::default(),
+                },
+            )
+    }
+
+    fn response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            sync_report().prop_map(Response::Sync),
+            status_report().prop_map(|s| Response::Status(Box::new(s))),
+            text().prop_map(|message| Response::Error { message }),
+        ]
+    }
+
+    /// JSON shaped like a request: objects with a `command`, and anything.
+    fn request_like() -> impl Strategy<Value = String> {
+        let word = prop::sample::select(vec![
+            "command",
+            "sync-networks",
+            "status",
+            "Status",
+            "result",
+            "",
+            "x",
+        ]);
+        let leaf = prop_oneof![
+            word.clone().prop_map(Value::from),
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::from),
+            text().prop_map(Value::from),
+        ];
+        let value = leaf.prop_recursive(4, 32, 4, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((word.clone().prop_map(String::from), inner), 0..4)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        });
+        prop_oneof![
+            value.prop_map(|v| v.to_string()),
+            prop::collection::vec(any::<char>(), 0..256).prop_map(String::from_iter),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Any local user may write to the control socket.
+        #[test]
+        fn arbitrary_requests_never_panic_and_stay_bounded(line in request_like()) {
+            let (_, peak) = measure(|| serde_json::from_str::<Request>(&line));
+            prop_assert!(peak <= 4 * line.len() + 4096, "{peak} for {} bytes", line.len());
+        }
+
+    }
+
+    proptest! {
+        // Round trips of generated values: fewer cases than arbitrary input.
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn responses_round_trip(response in response()) {
+            let line = serde_json::to_string(&response).unwrap();
+            prop_assert!(!line.contains('\n'), "one line per response");
+            let back: Response = serde_json::from_str(&line).unwrap();
+            // Response has no PartialEq (StatusReport holds kind's types):
+            // compare what each serialises to.
+            prop_assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&response).unwrap());
+            if let (Response::Sync(a), Response::Sync(b)) = (&back, &response) {
+                prop_assert_eq!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        for request in [Request::SyncNetworks, Request::Status] {
+            let line = serde_json::to_string(&request).unwrap();
+            assert!(!line.contains('\n'), "one line per request");
+            assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn unknown_commands_are_errors() {
+        for line in [
+            json!({"command": "reboot"}).to_string(),
+            json!({}).to_string(),
+            "sync-networks".into(),
+        ] {
+            assert!(serde_json::from_str::<Request>(&line).is_err(), "{line}");
+        }
+    }
 }

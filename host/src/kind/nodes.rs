@@ -1,9 +1,29 @@
 //! Reading Node objects as `kubectl get nodes -o json` prints them.
+//!
+//! The output comes from a container that merely carries kind's labels, so it
+//! is untrusted: its size, the number of nodes, and the podCIDRs and
+//! addresses per node are capped; fields not read here are skipped without
+//! being kept.
 
+use std::fmt;
+use std::marker::PhantomData;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserialize;
+
+use super::kubeadm::quote;
+
+/// A kind node prints as 3-10 KB (most of it `status.images`), so this is
+/// hundreds of nodes; a laptop runs a handful.
+pub const MAX_BYTES: usize = 4 << 20;
+/// Far more nodes than kind can run on one machine.
+pub const MAX_NODES: usize = 1000;
+/// Kubernetes allocates at most one pod CIDR per address family.
+pub const MAX_POD_CIDRS: usize = 2;
+/// A node reports an InternalIP per family, a Hostname, perhaps ExternalIPs.
+pub const MAX_ADDRESSES: usize = 16;
 
 /// What connector needs from one Node object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +43,7 @@ pub struct NodesError(String);
 #[derive(Deserialize)]
 struct List {
     kind: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nodes")]
     items: Vec<Node>,
 }
 
@@ -45,13 +65,13 @@ struct Metadata {
 struct Spec {
     #[serde(rename = "podCIDR")]
     pod_cidr: Option<String>,
-    #[serde(rename = "podCIDRs", default)]
+    #[serde(rename = "podCIDRs", default, deserialize_with = "pod_cidrs")]
     pod_cidrs: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
 struct Status {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "addresses")]
     addresses: Vec<Address>,
 }
 
@@ -62,12 +82,73 @@ struct Address {
     address: String,
 }
 
+fn nodes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Node>, D::Error> {
+    d.deserialize_seq(AtMost::new(MAX_NODES, "items (Node objects)"))
+}
+
+fn pod_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    d.deserialize_seq(AtMost::new(MAX_POD_CIDRS, "spec.podCIDRs"))
+}
+
+fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Address>, D::Error> {
+    d.deserialize_seq(AtMost::new(MAX_ADDRESSES, "status.addresses"))
+}
+
+/// A list of at most `max` items, refused as soon as one more appears.
+struct AtMost<T> {
+    max: usize,
+    what: &'static str,
+    item: PhantomData<T>,
+}
+
+impl<T> AtMost<T> {
+    fn new(max: usize, what: &'static str) -> Self {
+        AtMost {
+            max,
+            what,
+            item: PhantomData,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for AtMost<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "a list of at most {} {}", self.max, self.what)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut out = Vec::new();
+        while out.len() < self.max {
+            match seq.next_element()? {
+                Some(item) => out.push(item),
+                None => return Ok(out),
+            }
+        }
+        if seq.next_element::<IgnoredAny>()?.is_some() {
+            return Err(de::Error::custom(format_args!(
+                "more than {} {}",
+                self.max, self.what
+            )));
+        }
+        Ok(out)
+    }
+}
+
 pub fn parse(json: &str) -> Result<Vec<NodeInfo>, NodesError> {
+    if json.len() > MAX_BYTES {
+        return Err(NodesError(format!(
+            "{} bytes, over the {MAX_BYTES}-byte limit",
+            json.len()
+        )));
+    }
     let list: List = serde_json::from_str(json).map_err(|e| NodesError(e.to_string()))?;
     if let Some(kind) = list.kind.as_deref() {
         if kind != "List" && kind != "NodeList" {
             return Err(NodesError(format!(
-                "expected kind List or NodeList, got {kind:?}"
+                "expected kind List or NodeList, got {:?}",
+                quote(kind)
             )));
         }
     }
@@ -82,7 +163,11 @@ pub fn parse(json: &str) -> Result<Vec<NodeInfo>, NodesError> {
                 .iter()
                 .map(|c| {
                     c.parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
-                        NodesError(format!("node {}: bad podCIDR {c:?}", node.metadata.name))
+                        NodesError(format!(
+                            "node {}: bad podCIDR {:?}",
+                            quote(&node.metadata.name),
+                            quote(c)
+                        ))
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -195,5 +280,266 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("node n") && err.contains("\"x\""), "{err}");
+    }
+
+    #[test]
+    fn limits_are_errors_naming_the_limit() {
+        let node = |i: usize| format!(r#"{{"metadata":{{"name":"n{i}"}}}}"#);
+        let list = |n: usize| {
+            let items: Vec<String> = (0..n).map(node).collect();
+            format!(r#"{{"kind":"List","items":[{}]}}"#, items.join(","))
+        };
+        assert_eq!(parse(&list(MAX_NODES)).unwrap().len(), MAX_NODES);
+        let err = parse(&list(MAX_NODES + 1)).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("more than {MAX_NODES} items")),
+            "{err}"
+        );
+
+        let three = r#"{"items":[{"metadata":{"name":"n"},"spec":{"podCIDRs":["10.0.0.0/24","fd00::/64","10.1.0.0/24"]}}]}"#;
+        let err = parse(three).unwrap_err().to_string();
+        assert!(err.contains("more than 2 spec.podCIDRs"), "{err}");
+
+        let address = r#"{"type":"InternalIP","address":"10.0.0.1"}"#;
+        let node = |n: usize| {
+            format!(
+                r#"{{"items":[{{"metadata":{{"name":"n"}},"status":{{"addresses":[{}]}}}}]}}"#,
+                vec![address; n].join(",")
+            )
+        };
+        assert_eq!(
+            parse(&node(MAX_ADDRESSES)).unwrap()[0].internal_ips.len(),
+            MAX_ADDRESSES
+        );
+        let err = parse(&node(MAX_ADDRESSES + 1)).unwrap_err().to_string();
+        assert!(err.contains("more than 16 status.addresses"), "{err}");
+
+        let big = format!(
+            r#"{{"kind":"List","items":[],"x":"{}"}}"#,
+            "x".repeat(MAX_BYTES)
+        );
+        let (result, peak) = measure(|| parse(&big));
+        let err = result.unwrap_err().to_string();
+        assert!(
+            err.contains(&big.len().to_string()) && err.contains(&MAX_BYTES.to_string()),
+            "{err}"
+        );
+        assert!(peak < 4096, "{peak}");
+    }
+
+    #[test]
+    fn errors_quote_at_most_a_line_of_the_input() {
+        let long = "x".repeat(10_000);
+        let json = format!(
+            r#"{{"items":[{{"metadata":{{"name":"{long}"}},"spec":{{"podCIDR":"{long}"}}}}]}}"#
+        );
+        let err = parse(&json).unwrap_err().to_string();
+        assert!(err.len() < 300, "{err}");
+        let json = format!(r#"{{"kind":"{long}"}}"#);
+        assert!(parse(&json).unwrap_err().to_string().len() < 200);
+    }
+
+    /// Inputs of the largest accepted size, shaped to stress the parser.
+    fn worst_cases() -> Vec<(&'static str, String)> {
+        let fill = |unit: &str, head: &str, tail: &str| {
+            let n = (MAX_BYTES - head.len() - tail.len()) / unit.len();
+            format!("{head}{}{tail}", unit.repeat(n))
+        };
+        vec![
+            ("one long ignored string", fill("x", r#"{"x":""#, r#""}"#)),
+            ("one long escaped string", fill(r"\n", r#"{"x":""#, r#""}"#)),
+            (
+                "one long node name",
+                fill("x", r#"{"items":[{"metadata":{"name":""#, r#""}}]}"#),
+            ),
+            (
+                "one long podCIDR",
+                fill(
+                    "x",
+                    r#"{"items":[{"metadata":{"name":"n"},"spec":{"podCIDR":""#,
+                    r#""}}]}"#,
+                ),
+            ),
+            ("many ignored items", fill("0,", r#"{"x":["#, "0]}")),
+            (
+                "long address",
+                fill(
+                    "x",
+                    r#"{"items":[{"metadata":{"name":"n"},"status":{"addresses":[{"type":"InternalIP","address":""#,
+                    r#""}]}}]}"#,
+                ),
+            ),
+            (
+                "many addresses",
+                fill(
+                    r#"{"type":"InternalIP","address":"10.0.0.1"},"#,
+                    r#"{"items":[{"metadata":{"name":"n"},"status":{"addresses":["#,
+                    r#"{"type":"x","address":"y"}]}}]}"#,
+                ),
+            ),
+            (
+                "many nodes",
+                fill(
+                    r#"{"metadata":{"name":"n"}},"#,
+                    r#"{"items":["#,
+                    r#"{"metadata":{"name":"n"}}]}"#,
+                ),
+            ),
+            ("deep nesting", fill("[", r#"{"x":"#, "")),
+            ("whitespace", fill(" ", "", "{}")),
+        ]
+    }
+
+    #[test]
+    fn worst_case_inputs_stay_bounded() {
+        for (what, text) in worst_cases() {
+            assert!(text.len() <= MAX_BYTES, "{what}");
+            let start = std::time::Instant::now();
+            let (result, peak) = measure(|| parse(&text));
+            let took = start.elapsed();
+            eprintln!(
+                "{what} ({} bytes): peak {peak} bytes, {took:?}: {:?}",
+                text.len(),
+                result
+                    .as_ref()
+                    .map(Vec::len)
+                    .map_err(|e| quote(&e.to_string()))
+            );
+            assert!(
+                peak <= PEAK_PER_BYTE * text.len() + PEAK_BASE,
+                "{what}: {peak}"
+            );
+        }
+    }
+
+    use crate::testing::alloc_meter::measure;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    /// Peak memory allowed for a parse: a few times the input plus a constant.
+    const PEAK_PER_BYTE: usize = 4;
+    const PEAK_BASE: usize = 64 * 1024;
+
+    /// JSON made of the names this module reads, in any shape.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let word = || {
+            prop::sample::select(vec![
+                "kind",
+                "List",
+                "NodeList",
+                "items",
+                "metadata",
+                "name",
+                "spec",
+                "podCIDR",
+                "podCIDRs",
+                "status",
+                "addresses",
+                "type",
+                "address",
+                "InternalIP",
+                "10.244.0.0/24",
+                "fd00::/64",
+                "172.18.0.2",
+                "",
+            ])
+            .prop_map(String::from)
+        };
+        let leaf = prop_oneof![
+            4 => word().prop_map(Value::String),
+            1 => Just(Value::Null),
+            1 => any::<bool>().prop_map(Value::Bool),
+            1 => any::<i64>().prop_map(Value::from),
+            1 => any::<f64>().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(6, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((word(), inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
+        ]
+    }
+
+    fn cidr() -> impl Strategy<Value = IpNet> {
+        (ip(), any::<u8>()).prop_map(|(ip, p)| {
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            IpNet::new(ip, p % (max + 1)).unwrap()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics_and_stays_bounded(
+            text in prop::collection::vec(any::<char>(), 0..512).prop_map(String::from_iter)
+        ) {
+            let (_, peak) = measure(|| parse(&text));
+            prop_assert!(peak <= PEAK_PER_BYTE * text.len() + PEAK_BASE, "{peak}");
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics_and_stays_bounded(
+            value in json_value(),
+            wrap in any::<bool>(),
+        ) {
+            // Bare, or as the list kubectl prints around it.
+            let value = if wrap { json!({"kind": "List", "items": [value]}) } else { value };
+            let text = value.to_string();
+            let (_, peak) = measure(|| parse(&text));
+            prop_assert!(peak <= PEAK_PER_BYTE * text.len() + PEAK_BASE, "{peak}");
+        }
+
+    }
+
+    proptest! {
+        // Round trips of generated values: fewer cases than arbitrary input.
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn generated_lists_round_trip(
+            nodes in prop::collection::vec(
+                ("[a-z0-9.-]{1,20}", prop::collection::vec(cidr(), 0..=2), prop::collection::vec(ip(), 0..3), any::<bool>()),
+                0..8,
+            ),
+            kind in prop::sample::select(vec![None, Some("List"), Some("NodeList")]),
+        ) {
+            let items: Vec<Value> = nodes
+                .iter()
+                .map(|(name, cidrs, ips, single)| {
+                    let mut spec = json!({});
+                    if *single && cidrs.len() == 1 {
+                        spec["podCIDR"] = json!(cidrs[0].to_string());
+                    } else {
+                        spec["podCIDRs"] = json!(cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>());
+                    }
+                    let mut addresses: Vec<Value> = ips
+                        .iter()
+                        .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+                        .collect();
+                    addresses.push(json!({"type": "Hostname", "address": name}));
+                    json!({"metadata": {"name": name}, "spec": spec, "status": {"addresses": addresses}})
+                })
+                .collect();
+            let mut list = json!({"items": items});
+            if let Some(kind) = kind {
+                list["kind"] = json!(kind);
+            }
+            let parsed = parse(&list.to_string()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(parsed.len(), nodes.len());
+            for (got, (name, cidrs, ips, _)) in parsed.iter().zip(&nodes) {
+                prop_assert_eq!(&got.name, name);
+                prop_assert_eq!(&got.pod_cidrs, &cidrs.iter().map(IpNet::trunc).collect::<Vec<_>>());
+                prop_assert_eq!(&got.internal_ips, ips);
+            }
+        }
     }
 }

@@ -472,16 +472,27 @@ impl RouteMessage {
     }
 }
 
-/// Every message of a buffer of back-to-back messages (a sysctl dump, or one
-/// `read(2)` from a routing socket).
-pub fn parse_messages(mut buf: &[u8]) -> Result<Vec<RouteMessage>, DecodeError> {
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        let (msg, len) = RouteMessage::decode(buf)?;
-        out.push(msg);
-        buf = &buf[len..];
-    }
-    Ok(out)
+/// The messages of a buffer of back-to-back messages (a sysctl dump, or one
+/// `read(2)` from a routing socket), decoded one at a time; ends after the
+/// first error.
+fn messages(buf: &[u8]) -> impl Iterator<Item = Result<RouteMessage, DecodeError>> + '_ {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let decoded = RouteMessage::decode(rest);
+        rest = match &decoded {
+            Ok((_, len)) => &rest[*len..],
+            Err(_) => &[],
+        };
+        Some(decoded.map(|(msg, _)| msg))
+    })
+}
+
+/// Every message of a buffer of back-to-back messages.
+pub fn parse_messages(buf: &[u8]) -> Result<Vec<RouteMessage>, DecodeError> {
+    messages(buf).collect()
 }
 
 /// Flags of dump entries that are not routes of the main table as packets
@@ -541,14 +552,15 @@ pub fn route_entry(
     }))
 }
 
-/// The routes of a `sysctl(NET_RT_DUMP)` or `NET_RT_DUMP2` buffer.
+/// The routes of a `sysctl(NET_RT_DUMP)` or `NET_RT_DUMP2` buffer. Messages
+/// are decoded one at a time, so only the routes are held, not the dump twice.
 pub fn parse_dump(
     buf: &[u8],
     ifname: &dyn Fn(u16) -> Option<String>,
 ) -> Result<Vec<RouteEntry>, DecodeError> {
     let mut out = Vec::new();
-    for msg in parse_messages(buf)? {
-        if let Some(entry) = route_entry(&msg, ifname)? {
+    for msg in messages(buf) {
+        if let Some(entry) = route_entry(&msg?, ifname)? {
             out.push(entry);
         }
     }
@@ -1265,5 +1277,207 @@ mod tests {
     #[test]
     fn dump_mib_is_net_route_dump() {
         assert_eq!(dump_mib(), [4, 17, 0, 0, 1, 0]);
+    }
+
+    use crate::testing::alloc_meter::measure;
+    use proptest::prelude::*;
+
+    fn ipv4() -> impl Strategy<Value = Ipv4Addr> {
+        any::<[u8; 4]>().prop_map(Ipv4Addr::from)
+    }
+
+    fn ipv6() -> impl Strategy<Value = Ipv6Addr> {
+        any::<[u8; 16]>().prop_map(Ipv6Addr::from)
+    }
+
+    /// Destinations connector may route. Link-local and scoped multicast
+    /// prefixes are left out: the kernel keeps their scope in bytes 2..4 and
+    /// decoding clears those bytes, so they do not read back as written.
+    fn destination() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            (ipv4(), 0u8..=32).prop_map(|(a, p)| IpNet::V4(Ipv4Net::new(a, p).unwrap())),
+            (ipv6(), 0u8..=128).prop_map(|(a, p)| IpNet::V6(Ipv6Net::new(a, p).unwrap())),
+        ]
+        .prop_filter("scoped IPv6", |net| match net.trunc() {
+            IpNet::V6(n) => clear_embedded_scope(n.network()) == n.network(),
+            IpNet::V4(_) => true,
+        })
+    }
+
+    /// An interface connector can route through (see `check_link`).
+    fn link() -> impl Strategy<Value = LinkAddr> {
+        (1u16.., "[a-z][a-z0-9]{0,14}").prop_map(|(index, name)| LinkAddr::interface(index, &name))
+    }
+
+    fn sockaddr() -> impl Strategy<Value = SockAddr> {
+        prop_oneof![
+            ipv4().prop_map(SockAddr::V4),
+            (ipv6(), any::<u32>()).prop_map(|(addr, scope_id)| SockAddr::V6 { addr, scope_id }),
+            (
+                any::<u16>(),
+                any::<u8>(),
+                "[a-z0-9]{0,15}",
+                prop::collection::vec(any::<u8>(), 0..=8)
+            )
+                .prop_map(|(index, if_type, name, lladdr)| SockAddr::Link(LinkAddr {
+                    index,
+                    if_type,
+                    name,
+                    lladdr
+                })),
+            (
+                any::<u8>().prop_filter("decoded as such", |f| ![AF_INET, AF_INET6, AF_LINK]
+                    .contains(f)),
+                prop::collection::vec(any::<u8>(), 0..=60)
+            )
+                .prop_map(|(family, mut bytes)| {
+                    bytes.splice(0..0, [bytes.len() as u8 + 2, family]);
+                    SockAddr::Other { family, bytes }
+                }),
+        ]
+    }
+
+    /// Raw sockaddr bytes as the kernel lays them out: `sa_len` first.
+    fn raw_sockaddr() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            sockaddr().prop_map(|sa| sa.encode()),
+            prop::collection::vec(any::<u8>(), 1..=32).prop_map(|mut b| {
+                b[0] = b.len() as u8;
+                b
+            }),
+            Just(Vec::new()),
+        ]
+    }
+
+    /// A message with any header fields and well-formed sockaddr slots.
+    fn message() -> impl Strategy<Value = RouteMessage> {
+        (
+            any::<(u8, u16, i32, i32, i32, i32)>(),
+            prop::array::uniform8(prop::option::of(raw_sockaddr())),
+        )
+            .prop_map(
+                |((msg_type, index, flags, pid, seq, errno), addrs)| RouteMessage {
+                    msg_type,
+                    index,
+                    flags,
+                    pid,
+                    seq,
+                    errno,
+                    addrs,
+                },
+            )
+    }
+
+    /// Messages back to back, then perhaps cut or with a byte changed.
+    fn damaged_dump() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop::collection::vec(message(), 0..4),
+            any::<prop::sample::Index>(),
+            any::<prop::sample::Index>(),
+            any::<u8>(),
+            0u8..3,
+        )
+            .prop_map(|(msgs, cut, at, byte, how)| {
+                let mut buf: Vec<u8> = msgs.iter().flat_map(RouteMessage::encode).collect();
+                if !buf.is_empty() {
+                    match how {
+                        0 => buf.truncate(cut.index(buf.len())),
+                        1 => {
+                            let i = at.index(buf.len());
+                            buf[i] = byte;
+                        }
+                        _ => {}
+                    }
+                }
+                buf
+            })
+    }
+
+    /// Peak memory allowed for decoding `len` bytes: the decoded messages
+    /// (a fixed-size struct per message of at least 92 bytes, in a `Vec`
+    /// that may have doubled) and copies of their sockaddrs.
+    fn bound(len: usize) -> usize {
+        8 * len + 1024
+    }
+
+    /// Every decoder, on the same bytes.
+    fn decode_everything(buf: &[u8]) {
+        let _ = SockAddr::decode(buf);
+        let _ = netmask_prefix(buf, AF_INET);
+        let _ = netmask_prefix(buf, AF_INET6);
+        let _ = RouteMessage::decode(buf);
+        let _ = parse_messages(buf);
+        let _ = parse_dump(buf, &names);
+        if let Ok((msg, _)) = RouteMessage::decode(buf) {
+            let _ = route_entry(&msg, &names);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_stay_bounded(
+            buf in prop::collection::vec(any::<u8>(), 0..1024),
+        ) {
+            let ((), peak) = measure(|| decode_everything(&buf));
+            prop_assert!(peak <= bound(buf.len()), "{peak} for {}", buf.len());
+        }
+
+        #[test]
+        fn damaged_dumps_never_panic_and_stay_bounded(buf in damaged_dump()) {
+            let ((), peak) = measure(|| decode_everything(&buf));
+            prop_assert!(peak <= bound(buf.len()), "{peak} for {}", buf.len());
+        }
+
+    }
+
+    proptest! {
+        // Round trips of generated values: fewer cases than arbitrary input.
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn sockaddrs_round_trip(sa in sockaddr()) {
+            prop_assert_eq!(SockAddr::decode(&sa.encode()).unwrap(), sa);
+        }
+
+        #[test]
+        fn messages_round_trip(msg in message()) {
+            let bytes = msg.encode();
+            prop_assert_eq!(RouteMessage::decode(&bytes).unwrap(), (msg, bytes.len()));
+        }
+
+        #[test]
+        fn netmasks_round_trip(dst in destination()) {
+            let family = if dst.addr().is_ipv4() { AF_INET } else { AF_INET6 };
+            let mask = netmask_sockaddr(&dst).encode();
+            prop_assert_eq!(netmask_prefix(&mask, family), Some(dst.prefix_len()));
+        }
+
+        #[test]
+        fn routes_read_back_as_written(dst in destination(), link in link(), seq in any::<i32>()) {
+            let added = add_interface_route(seq, &dst, &link).unwrap();
+            prop_assert_eq!(
+                parse_dump(&added, &names).unwrap(),
+                [RouteEntry { destination: dst.trunc(), interface: Some(link.name.clone()), gateway: None }]
+            );
+            let asked = get_route(seq, &dst);
+            prop_assert_eq!(
+                parse_dump(&asked, &names).unwrap(),
+                [RouteEntry { destination: dst.trunc(), interface: None, gateway: None }]
+            );
+            let (deleted, _) = RouteMessage::decode(&delete_route(seq, &dst)).unwrap();
+            prop_assert_eq!(deleted.msg_type, RTM_DELETE);
+            prop_assert_eq!(deleted.seq, seq);
+            prop_assert_eq!(
+                deleted.sockaddr(RTAX_DST).unwrap().unwrap(),
+                destination_sockaddr(&dst)
+            );
+            let prefix = match &deleted.addrs[RTAX_NETMASK] {
+                None => dst.max_prefix_len(),
+                Some(mask) => netmask_prefix(mask, if dst.addr().is_ipv4() { AF_INET } else { AF_INET6 }).unwrap(),
+            };
+            prop_assert_eq!(prefix, dst.prefix_len());
+        }
     }
 }

@@ -1,0 +1,3 @@
+//! Test-only support shared by several modules' tests.
+
+pub mod alloc_meter;
