@@ -289,7 +289,7 @@ mod tests {
     fn status_report() -> impl Strategy<Value = StatusReport> {
         let tunnel = (
             (text(), text(), text(), prop::option::of(text())),
-            any::<(Option<u64>, Option<u64>, u64, u64, u64, u64)>(),
+            any::<(Option<u64>, Option<u64>, u64, u64, u64, u64, u64)>(),
         )
             .prop_map(|((interface, address, listen, endpoint), numbers)| {
                 let (
@@ -299,6 +299,7 @@ mod tests {
                     tx_bytes,
                     rx_packets,
                     tx_packets,
+                    rx_dropped_source,
                 ) = numbers;
                 TunnelStatus {
                     interface,
@@ -311,6 +312,7 @@ mod tests {
                     tx_bytes,
                     rx_packets,
                     tx_packets,
+                    rx_dropped_source,
                 }
             });
         let agent = (
@@ -331,11 +333,30 @@ mod tests {
             prop::option::of(text()),
             any::<bool>(),
             prop::collection::vec(text(), 0..3),
+            any::<Option<u64>>(),
         )
-            .prop_map(|(backend, all_present, detail)| FirewallStatus {
-                backend,
-                all_present,
-                detail,
+            .prop_map(
+                |(backend, all_present, detail, checked_secs)| FirewallStatus {
+                    backend,
+                    all_present,
+                    detail,
+                    checked_secs,
+                },
+            );
+        let health = (
+            text(),
+            any::<(u64, u32, Option<u64>, Option<u64>, Option<u64>)>(),
+        )
+            .prop_map(|(state, numbers)| {
+                let (silence_secs, replacements, last, next, resume) = numbers;
+                HealthStatus {
+                    state,
+                    silence_secs,
+                    replacements,
+                    last_replacement_secs: last,
+                    next_replacement_in_secs: next,
+                    last_resume_secs: resume,
+                }
             });
         let network = (text(), subnet(), text(), prop::option::of(text())).prop_map(
             |(name, subnet, state, reason)| NetworkStatus {
@@ -351,6 +372,7 @@ mod tests {
             firewall,
             tunnel,
             prop::collection::vec(network, 0..3),
+            health,
         )
             .prop_map(
                 |(
@@ -359,6 +381,7 @@ mod tests {
                     firewall,
                     tunnel,
                     networks,
+                    health,
                 )| StatusReport {
                     version,
                     uptime_secs,
@@ -371,6 +394,7 @@ mod tests {
                     networks,
                     // kind's report has its own types and tests.
                     kind: Default::default(),
+                    health,
                 },
             )
     }

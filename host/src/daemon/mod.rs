@@ -118,7 +118,9 @@ impl Made {
 
 /// Finds and connects to the engine, waiting (capped backoff, one log line)
 /// while it is not there yet — under launchd the daemon often starts before
-/// Docker Desktop. Misconfiguration (OrbStack, a broken context) is fatal.
+/// Docker Desktop. Misconfiguration (OrbStack, an unusable `docker_host` or
+/// `DOCKER_HOST`) is fatal; a broken docker context file is skipped by
+/// discovery.
 async fn wait_for_docker(config: &Config) -> Result<(String, Docker, String)> {
     let mut backoff = Duration::from_millis(250);
     let mut waiting = false;

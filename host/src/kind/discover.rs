@@ -49,14 +49,14 @@ const KUBECTL: [&str; 8] = [
 /// kind's network, unless the user moved clusters elsewhere.
 const DEFAULT_NETWORK: &str = "kind";
 const NETWORK_ENV: &str = "KIND_EXPERIMENTAL_DOCKER_NETWORK";
-/// kind's real kubeadm.conf is ~3 KB, a Node list ~5 KB per node.
+/// Each parser's own cap on what it reads (stderr gets a little room too).
 const KUBEADM_LIMITS: ExecLimits = ExecLimits {
     timeout: Duration::from_secs(10),
-    max_output: 256 << 10,
+    max_output: kubeadm::MAX_BYTES + 4096,
 };
 const KUBECTL_LIMITS: ExecLimits = ExecLimits {
     timeout: Duration::from_secs(10),
-    max_output: 4 << 20,
+    max_output: nodes::MAX_BYTES + 4096,
 };
 const POD_CIDR_REFRESH: Duration = Duration::from_secs(300);
 /// More clusters or nodes than anyone runs on a laptop: the rest are ignored
