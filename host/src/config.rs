@@ -558,10 +558,20 @@ mod tests {
             ]
         );
         assert!(c.allow_container_connections);
-        let err = parse("allow_conflicts = [\"10.1.2.3/8\"]").unwrap_err().to_string();
-        assert!(err.contains("allow_conflicts") && err.contains("10.0.0.0/8"), "{err}");
-        let err = parse("allow_conflicts = [\"corp\"]").unwrap_err().to_string();
-        assert!(err.contains("allow_conflicts") && err.contains("corp"), "{err}");
+        let err = parse("allow_conflicts = [\"10.1.2.3/8\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("allow_conflicts") && err.contains("10.0.0.0/8"),
+            "{err}"
+        );
+        let err = parse("allow_conflicts = [\"corp\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("allow_conflicts") && err.contains("corp"),
+            "{err}"
+        );
     }
 
     #[test]

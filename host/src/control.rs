@@ -102,7 +102,9 @@ impl Drop for SocketFile {
             Ok(m) if m.file_type().is_socket() && m.ino() == self.inode => {
                 let _ = std::fs::remove_file(&self.path);
             }
-            Ok(_) => tracing::warn!(path = %self.path.display(), "the control socket path was replaced by something else; leaving it"),
+            Ok(_) => {
+                tracing::warn!(path = %self.path.display(), "the control socket path was replaced by something else; leaving it")
+            }
             Err(_) => {}
         }
     }
@@ -236,11 +238,9 @@ async fn handle(
         Ok(Err(e)) => Response::Error {
             message: format!("cannot read request: {e}"),
         },
-        Ok(Ok(_)) if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST => {
-            Response::Error {
-                message: format!("request larger than {MAX_REQUEST} bytes"),
-            }
-        }
+        Ok(Ok(_)) if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST => Response::Error {
+            message: format!("request larger than {MAX_REQUEST} bytes"),
+        },
         Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
             Err(e) => Response::Error {
                 message: format!("bad request: {e}"),

@@ -164,7 +164,11 @@ pub async fn follow(docker: Docker, tx: mpsc::Sender<Trigger>) {
 /// Docker's `since` for an event time in Unix nanoseconds: `secs.nanos`
 /// (inclusive: the last event seen comes again, which changes nothing).
 fn since_param(nanos: i64) -> String {
-    format!("{}.{:09}", nanos.div_euclid(1_000_000_000), nanos.rem_euclid(1_000_000_000))
+    format!(
+        "{}.{:09}",
+        nanos.div_euclid(1_000_000_000),
+        nanos.rem_euclid(1_000_000_000)
+    )
 }
 
 #[cfg(test)]
@@ -180,8 +184,14 @@ mod tests {
 
     #[test]
     fn a_new_subscription_starts_at_the_last_event_seen() {
-        assert_eq!(since_param(1_700_000_000_123_456_789), "1700000000.123456789");
-        assert_eq!(since_param(1_700_000_000_000_000_007), "1700000000.000000007");
+        assert_eq!(
+            since_param(1_700_000_000_123_456_789),
+            "1700000000.123456789"
+        );
+        assert_eq!(
+            since_param(1_700_000_000_000_000_007),
+            "1700000000.000000007"
+        );
     }
 
     #[test]

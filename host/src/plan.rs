@@ -492,9 +492,19 @@ mod tests {
             policy: &ConflictPolicy::default(),
         });
         assert_eq!(p.add, nets(&["172.30.0.0/16"]));
-        let pods = p.decisions.iter().find(|d| d.network == "kind/a/pods").unwrap();
+        let pods = p
+            .decisions
+            .iter()
+            .find(|d| d.network == "kind/a/pods")
+            .unwrap();
         assert!(matches!(pods.skipped, Some(SkipReason::Conflict { .. })));
-        assert!(p.decisions.iter().find(|d| d.network == "zzz").unwrap().skipped.is_none());
+        assert!(p
+            .decisions
+            .iter()
+            .find(|d| d.network == "zzz")
+            .unwrap()
+            .skipped
+            .is_none());
     }
 
     #[test]

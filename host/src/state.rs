@@ -150,7 +150,8 @@ mod tests {
     use connector_tunnel::keys::PublicKey;
 
     fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("connector-state-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("connector-state-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
@@ -191,9 +192,14 @@ mod tests {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         let err = format!(
             "{:#}",
-            load_or_create_host_key(&dir, &dir.join("host.key")).err().unwrap()
+            load_or_create_host_key(&dir, &dir.join("host.key"))
+                .err()
+                .unwrap()
         );
-        assert!(err.contains("is not connector's") && err.contains("passwd"), "{err}");
+        assert!(
+            err.contains("is not connector's") && err.contains("passwd"),
+            "{err}"
+        );
         assert_eq!(mode(&dir), 0o755);
         assert!(!dir.join("host.key").exists() && !dir.join(MARKER).exists());
         assert_eq!(remove_state_dir(&dir).unwrap(), Removal::NotOurs);
@@ -209,7 +215,10 @@ mod tests {
         fs::write(dir.join("host.key"), keys::encode_private(&key)).unwrap();
         fs::set_permissions(dir.join("host.key"), fs::Permissions::from_mode(0o600)).unwrap();
         let loaded = load_or_create_host_key(&dir, &dir.join("host.key")).unwrap();
-        assert_eq!(PublicKey::from(&loaded).as_bytes(), PublicKey::from(&key).as_bytes());
+        assert_eq!(
+            PublicKey::from(&loaded).as_bytes(),
+            PublicKey::from(&key).as_bytes()
+        );
         assert!(dir.join(MARKER).exists());
         // The user dropped a file of theirs in our directory later.
         fs::write(dir.join("notes.txt"), "mine").unwrap();

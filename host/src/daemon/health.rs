@@ -201,7 +201,6 @@ impl Health {
 mod tests {
     use super::*;
 
-
     /// A fake clock: both clocks start together, in seconds after t0.
     struct Clock {
         t0: Instant,
@@ -223,10 +222,21 @@ mod tests {
         }
         /// Ticks every 2 s on both clocks from `from` to `to`, with the agent
         /// last heard at `heard`; the actions, with the second they happened.
-        fn run(&self, h: &mut Health, from: u64, to: u64, heard: Option<u64>) -> Vec<(u64, Action)> {
+        fn run(
+            &self,
+            h: &mut Health,
+            from: u64,
+            to: u64,
+            heard: Option<u64>,
+        ) -> Vec<(u64, Action)> {
             let mut out = Vec::new();
             for s in (from..=to).step_by(2) {
-                let a = h.tick(self.mono(s), self.wall(s), heard.map(|x| self.mono(x)), true);
+                let a = h.tick(
+                    self.mono(s),
+                    self.wall(s),
+                    heard.map(|x| self.mono(x)),
+                    true,
+                );
                 if a != Action::Nothing {
                     out.push((s, a));
                 }
@@ -242,7 +252,10 @@ mod tests {
         for s in (0..300).step_by(2) {
             // A keepalive every 20 s.
             let heard = c.mono(s - s % 20);
-            assert_eq!(h.tick(c.mono(s), c.wall(s), Some(heard), true), Action::Nothing);
+            assert_eq!(
+                h.tick(c.mono(s), c.wall(s), Some(heard), true),
+                Action::Nothing
+            );
         }
         assert_eq!(h.status(c.mono(300), Some(c.mono(300))).state, "ok");
     }
@@ -296,7 +309,10 @@ mod tests {
             }
         }
         assert!(actions.is_empty(), "{actions:?}");
-        assert_eq!(h.status(c.mono(120), Some(c.mono(116))).last_resume_secs, Some(108));
+        assert_eq!(
+            h.status(c.mono(120), Some(c.mono(116))).last_resume_secs,
+            Some(108)
+        );
     }
 
     #[test]

@@ -232,7 +232,10 @@ async fn start(config: &Config, started: Instant, made: &mut Made) -> Result<Up>
         agent_link,
         board,
         health: Health::new(HealthConfig::default(), now),
-        schedule: Scheduler::new(now, &[(Job::Resync, SAFETY_NET), (Job::Health, HEALTH_EVERY)]),
+        schedule: Scheduler::new(
+            now,
+            &[(Job::Resync, SAFETY_NET), (Job::Health, HEALTH_EVERY)],
+        ),
         config: config.clone(),
         docker,
         agents,

@@ -197,7 +197,9 @@ pub fn rejection(net: &IpNet, limits: &Limits) -> Option<String> {
         return Some(format!("{net} overlaps Docker network {name} ({subnet})"));
     }
     if let Some((iface, subnet)) = limits.host.iter().find(|(_, s)| overlaps(net, s)) {
-        return Some(format!("{net} overlaps the host's network {subnet} on {iface}"));
+        return Some(format!(
+            "{net} overlaps the host's network {subnet} on {iface}"
+        ));
     }
     None
 }
@@ -318,7 +320,10 @@ fn decide(
         return state(CidrState::Pending { reason });
     }
     // Before claiming: a rejected range must not keep a real cluster out.
-    let rejected: Vec<String> = subnets.iter().filter_map(|s| rejection(s, limits)).collect();
+    let rejected: Vec<String> = subnets
+        .iter()
+        .filter_map(|s| rejection(s, limits))
+        .collect();
     if !rejected.is_empty() {
         return state(CidrState::Rejected {
             reason: rejected.join("; "),
@@ -547,8 +552,14 @@ mod tests {
             ("127.0.0.0/8", "overlaps loopback 127.0.0.0/8"),
             ("169.254.0.0/24", "link-local"),
             ("224.1.0.0/16", "multicast"),
-            ("172.30.5.0/24", "overlaps Docker network web (172.30.0.0/16)"),
-            ("192.168.0.0/16", "overlaps the host's network 192.168.1.0/24 on en0"),
+            (
+                "172.30.5.0/24",
+                "overlaps Docker network web (172.30.0.0/16)",
+            ),
+            (
+                "192.168.0.0/16",
+                "overlaps the host's network 192.168.1.0/24 on en0",
+            ),
             ("10.254.0.0/16", "connector's tunnel network"),
             ("fd00::/16", "is wider than /32"),
         ];
@@ -568,19 +579,41 @@ mod tests {
         for n in &mut hostile.nodes {
             n.pod_cidrs = vec![net("172.30.1.0/24")];
         }
-        let p = plan(&[cluster("dev", 100, 2), hostile], &config(true, true, &[]), &limits);
+        let p = plan(
+            &[cluster("dev", 100, 2), hostile],
+            &config(true, true, &[]),
+            &limits,
+        );
         let evil = p.clusters.iter().find(|c| c.name == "evil").unwrap();
-        assert!(matches!(evil.pods.state, CidrState::Rejected { .. }), "{:?}", evil.pods);
-        assert!(evil.services.state.to_string().starts_with("rejected: 0.0.0.0/0 is the default route"));
+        assert!(
+            matches!(evil.pods.state, CidrState::Rejected { .. }),
+            "{:?}",
+            evil.pods
+        );
+        assert!(evil
+            .services
+            .state
+            .to_string()
+            .starts_with("rejected: 0.0.0.0/0 is the default route"));
         let dev = p.clusters.iter().find(|c| c.name == "dev").unwrap();
-        assert_eq!((&dev.pods.state, &dev.services.state), (&CidrState::Routed, &CidrState::Routed));
+        assert_eq!(
+            (&dev.pods.state, &dev.services.state),
+            (&CidrState::Routed, &CidrState::Routed)
+        );
         assert!(p.extra.iter().all(|n| n.name.starts_with("kind/dev/")));
-        assert!(p.candidates.iter().all(|c| c.network.starts_with("kind/dev/")));
+        assert!(p
+            .candidates
+            .iter()
+            .all(|c| c.network.starts_with("kind/dev/")));
     }
 
     #[test]
     fn one_cluster_routes_each_podcidr_via_its_node_and_services_via_the_control_plane() {
-        let p = plan(&[cluster("dev", 100, 2)], &config(true, true, &[]), &Limits::default());
+        let p = plan(
+            &[cluster("dev", 100, 2)],
+            &config(true, true, &[]),
+            &Limits::default(),
+        );
         assert_eq!(
             routes(&p),
             vec![
@@ -641,7 +674,11 @@ mod tests {
             cluster("new", 200, 4),
             cluster("other", 300, 6),
         ];
-        let p = plan(&clusters, &config(true, true, &["old", "new"]), &Limits::default());
+        let p = plan(
+            &clusters,
+            &config(true, true, &["old", "new"]),
+            &Limits::default(),
+        );
         assert_eq!(find(&p, "old").pods.state, CidrState::Routed);
         assert!(
             matches!(find(&p, "new").pods.state, CidrState::Conflict { ref with, .. } if with == "old")
@@ -667,20 +704,32 @@ mod tests {
         for n in &mut b.nodes {
             n.pod_cidrs = vec![net(&n.pod_cidrs[0].to_string().replace("10.244", "10.245"))];
         }
-        let p = plan(&[cluster("a", 100, 2), b], &config(true, true, &[]), &Limits::default());
+        let p = plan(
+            &[cluster("a", 100, 2), b],
+            &config(true, true, &[]),
+            &Limits::default(),
+        );
         assert_eq!(p.extra.len(), 4);
         assert_eq!(routes(&p).len(), 6);
     }
 
     #[test]
     fn pods_off_leaves_services_and_the_reverse() {
-        let p = plan(&[cluster("dev", 100, 2)], &config(false, true, &[]), &Limits::default());
+        let p = plan(
+            &[cluster("dev", 100, 2)],
+            &config(false, true, &[]),
+            &Limits::default(),
+        );
         assert_eq!(routes(&p), vec![route("10.96.0.0/16", "172.18.0.2")]);
         assert_eq!(
             find(&p, "dev").pods.state.to_string(),
             "disabled: pods = false in [kind]"
         );
-        let p = plan(&[cluster("dev", 100, 2)], &config(true, false, &[]), &Limits::default());
+        let p = plan(
+            &[cluster("dev", 100, 2)],
+            &config(true, false, &[]),
+            &Limits::default(),
+        );
         assert_eq!(routes(&p).len(), 2);
         assert!(routes(&p)
             .iter()
@@ -789,7 +838,11 @@ mod tests {
 
     #[test]
     fn a_host_conflict_drops_the_vm_routes_and_says_why() {
-        let p = plan(&[cluster("dev", 100, 2)], &config(true, true, &[]), &Limits::default());
+        let p = plan(
+            &[cluster("dev", 100, 2)],
+            &config(true, true, &[]),
+            &Limits::default(),
+        );
         let decisions = [
             SubnetDecision {
                 network: "kind/dev/pods".into(),

@@ -87,13 +87,10 @@ pub fn interface_networks(skip: &str) -> Vec<(String, IpNet)> {
         let (Some(addr), Some(mask)) = (a.address, a.netmask) else {
             continue;
         };
-        let net = if let (Some(addr), Some(mask)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in())
-        {
+        let net = if let (Some(addr), Some(mask)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
             let prefix = u32::from(mask.ip()).leading_ones() as u8;
             IpNet::new(IpAddr::V4(addr.ip()), prefix).ok()
-        } else if let (Some(addr), Some(mask)) =
-            (addr.as_sockaddr_in6(), mask.as_sockaddr_in6())
-        {
+        } else if let (Some(addr), Some(mask)) = (addr.as_sockaddr_in6(), mask.as_sockaddr_in6()) {
             let prefix = u128::from(mask.ip()).leading_ones() as u8;
             IpNet::new(IpAddr::V6(addr.ip()), prefix).ok()
         } else {
