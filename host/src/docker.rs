@@ -59,6 +59,43 @@ pub async fn connect_configured(configured: Option<&str>) -> Result<Engine> {
     })
 }
 
+/// [`connect_configured`], waiting (capped backoff, one log line) while no
+/// engine answers yet — under launchd the daemon often starts before Docker
+/// Desktop. Misconfiguration (OrbStack, an unusable `docker_host` or
+/// `DOCKER_HOST`) is fatal; a broken docker context file is skipped by
+/// discovery.
+pub async fn wait_for_engine(configured: Option<&str>) -> Result<Engine> {
+    let mut backoff = Duration::from_millis(250);
+    let mut waiting = false;
+    loop {
+        match connect_configured(configured).await {
+            Ok(engine) => {
+                tracing::info!(endpoint = %engine.resolved.endpoint, why = %engine.resolved.why, engine = %engine.version, "connected to Docker");
+                return Ok(engine);
+            }
+            Err(e)
+                if e.downcast_ref::<crate::discovery::DiscoveryError>()
+                    .is_some_and(|d| {
+                        !matches!(d, crate::discovery::DiscoveryError::NotFound { .. })
+                    }) =>
+            {
+                return Err(e).context("cannot find the Docker engine")
+            }
+            Err(e) => {
+                if !waiting {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "Docker is not reachable yet; waiting for it"
+                    );
+                    waiting = true;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Engine version string, for logs and status.
 pub async fn engine_version(docker: &Docker) -> Result<String> {
     let v = docker

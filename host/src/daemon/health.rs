@@ -82,12 +82,14 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(config: HealthConfig, now: Instant) -> Health {
+    /// The machine's creation counts as its first tick, so a daemon frozen
+    /// before its first health check is noticed too.
+    pub fn new(config: HealthConfig, now: Instant, wall: SystemTime) -> Health {
         Health {
             config,
             since: now,
             nudged_at: None,
-            last_tick: None,
+            last_tick: Some((now, wall)),
             replacements: 0,
             not_before: None,
             last_replaced: None,
@@ -248,7 +250,7 @@ mod tests {
     #[test]
     fn a_live_agent_is_left_alone() {
         let c = Clock::new();
-        let mut h = Health::new(HealthConfig::default(), c.mono(0));
+        let mut h = Health::new(HealthConfig::default(), c.mono(0), c.wall(0));
         for s in (0..300).step_by(2) {
             // A keepalive every 20 s.
             let heard = c.mono(s - s % 20);
@@ -263,7 +265,7 @@ mod tests {
     #[test]
     fn silence_nudges_first_then_replaces_after_the_grace() {
         let c = Clock::new();
-        let mut h = Health::new(HealthConfig::default(), c.mono(0));
+        let mut h = Health::new(HealthConfig::default(), c.mono(0), c.wall(0));
         let actions = c.run(&mut h, 0, 60, Some(0));
         assert_eq!(
             actions,
@@ -278,7 +280,7 @@ mod tests {
     fn a_late_nudge_still_gets_its_grace() {
         let c = Clock::new();
         let cfg = HealthConfig::default();
-        let mut h = Health::new(cfg.clone(), c.mono(0));
+        let mut h = Health::new(cfg.clone(), c.mono(0), c.wall(0));
         // Docker was down until 40 s: silence restarts then.
         for s in (0..=40).step_by(2) {
             assert_eq!(h.tick(c.mono(s), c.wall(s), None, false), Action::Nothing);
@@ -293,7 +295,7 @@ mod tests {
     fn sleep_seen_on_the_wall_clock_restarts_the_silence_clock() {
         // macOS: the monotonic clock stops during sleep, the wall clock does not.
         let c = Clock::new();
-        let mut h = Health::new(HealthConfig::default(), c.mono(0));
+        let mut h = Health::new(HealthConfig::default(), c.mono(0), c.wall(0));
         assert!(c.run(&mut h, 0, 10, Some(10)).is_empty());
         // Asleep for an hour: the next tick is 2 s later on the monotonic
         // clock, an hour later on the wall clock.
@@ -316,10 +318,19 @@ mod tests {
     }
 
     #[test]
+    fn a_freeze_before_the_first_tick_is_noticed_too() {
+        let c = Clock::new();
+        let mut h = Health::new(HealthConfig::default(), c.mono(0), c.wall(0));
+        let a = h.tick(c.mono(57), c.wall(57), None, true);
+        assert_eq!(a, Action::Nudge(Why::Resumed));
+        assert_eq!(c.run(&mut h, 59, 80, Some(60)), vec![]);
+    }
+
+    #[test]
     fn a_frozen_daemon_does_not_blame_the_agent() {
         // SIGSTOP for 50 s (Linux, or a debugger): both clocks moved on.
         let c = Clock::new();
-        let mut h = Health::new(HealthConfig::default(), c.mono(0));
+        let mut h = Health::new(HealthConfig::default(), c.mono(0), c.wall(0));
         assert!(c.run(&mut h, 0, 20, Some(20)).is_empty());
         let a = h.tick(c.mono(72), c.wall(72), Some(c.mono(20)), true);
         assert_eq!(a, Action::Nudge(Why::Resumed));
@@ -337,7 +348,7 @@ mod tests {
     #[test]
     fn replacements_back_off_while_agents_stay_silent_and_reset_when_heard() {
         let c = Clock::new();
-        let mut h = Health::new(HealthConfig::default(), c.mono(0));
+        let mut h = Health::new(HealthConfig::default(), c.mono(0), c.wall(0));
         let replaced: Vec<u64> = c
             .run(&mut h, 0, 1200, None)
             .into_iter()
@@ -364,7 +375,7 @@ mod tests {
     #[test]
     fn a_new_agent_gets_its_own_silence_budget() {
         let c = Clock::new();
-        let mut h = Health::new(HealthConfig::default(), c.mono(0));
+        let mut h = Health::new(HealthConfig::default(), c.mono(0), c.wall(0));
         assert_eq!(c.run(&mut h, 0, 24, None), vec![]);
         h.agent_changed(c.mono(24));
         assert_eq!(c.run(&mut h, 26, 48, None), vec![]);

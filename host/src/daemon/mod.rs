@@ -33,13 +33,10 @@ use crate::agent_link::AgentLink;
 use crate::config::Config;
 use crate::control::{self, SocketFile};
 use crate::events::{self, Trigger};
-use crate::kind::{Kind, KindReport, KindWatch, Limits};
+use crate::kind::{Kind, KindWatch, Limits};
 use crate::os::{self, RouteTable, TunConfig};
-use crate::plan::{ConflictPolicy, SkipReason};
-use crate::protocol::{
-    AgentStatus, FirewallStatus, HealthStatus, NetworkStatus, Request, Response, StatusReport,
-    SyncReport, TunnelStatus,
-};
+use crate::plan::ConflictPolicy;
+use crate::protocol::{Request, Response, SyncReport};
 use crate::router::Router;
 use health::{Action, Health, HealthConfig, Why};
 use schedule::{Job, Scheduler};
@@ -116,53 +113,17 @@ impl Made {
     }
 }
 
-/// Finds and connects to the engine, waiting (capped backoff, one log line)
-/// while it is not there yet — under launchd the daemon often starts before
-/// Docker Desktop. Misconfiguration (OrbStack, an unusable `docker_host` or
-/// `DOCKER_HOST`) is fatal; a broken docker context file is skipped by
-/// discovery.
-async fn wait_for_docker(config: &Config) -> Result<(String, Docker, String)> {
-    let mut backoff = Duration::from_millis(250);
-    let mut waiting = false;
-    loop {
-        match crate::docker::connect_configured(config.docker_host.as_deref()).await {
-            Ok(crate::docker::Engine {
-                resolved,
-                docker,
-                version: engine,
-            }) => {
-                tracing::info!(endpoint = %resolved.endpoint, why = %resolved.why, %engine, "connected to Docker");
-                return Ok((resolved.endpoint, docker, engine));
-            }
-            Err(e)
-                if e.downcast_ref::<crate::discovery::DiscoveryError>()
-                    .is_some_and(|d| {
-                        !matches!(d, crate::discovery::DiscoveryError::NotFound { .. })
-                    }) =>
-            {
-                return Err(e).context("cannot find the Docker engine")
-            }
-            Err(e) => {
-                if !waiting {
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        "Docker is not reachable yet; waiting for it"
-                    );
-                    waiting = true;
-                }
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
 type Up = (Running, tokio::net::UnixListener, SocketFile);
 
 /// Everything fallible happens before the agent exists, so an error leaves
 /// no container behind; what is made is recorded in `made`.
 async fn start(config: &Config, started: Instant, made: &mut Made) -> Result<Up> {
-    let (endpoint, docker, engine) = wait_for_docker(config).await?;
+    let crate::docker::Engine {
+        resolved,
+        docker,
+        version: engine,
+    } = crate::docker::wait_for_engine(config.docker_host.as_deref()).await?;
+    let endpoint = resolved.endpoint;
     let host_key =
         crate::state::load_or_create_host_key(&config.state_dir, &config.host_key_path())?;
     let host_public = PublicKey::from(&host_key);
@@ -212,7 +173,7 @@ async fn start(config: &Config, started: Instant, made: &mut Made) -> Result<Up>
     );
     let agent_link = AgentLink::spawn(config.host_tunnel_ip(), config.agent_tunnel_ip());
     let board = Arc::new(StatusBoard::new(
-        initial_report(config, &endpoint, &engine, &interface, &agents, &agent),
+        status::initial_report(config, &endpoint, &engine, &interface, &agents, &agent),
         started,
         tunnel.stats(),
         Box::new(agent_link.status_reader()),
@@ -231,7 +192,7 @@ async fn start(config: &Config, started: Instant, made: &mut Made) -> Result<Up>
         verifier: Verifier::spawn(agents.clone(), board.clone()),
         agent_link,
         board,
-        health: Health::new(HealthConfig::default(), now),
+        health: Health::new(HealthConfig::default(), now, SystemTime::now()),
         schedule: Scheduler::new(
             now,
             &[(Job::Resync, SAFETY_NET), (Job::Health, HEALTH_EVERY)],
@@ -250,50 +211,10 @@ async fn start(config: &Config, started: Instant, made: &mut Made) -> Result<Up>
     Ok((running, listener, socket))
 }
 
-fn initial_report(
-    config: &Config,
-    endpoint: &str,
-    engine: &str,
-    interface: &str,
-    agents: &AgentManager,
-    agent: &Agent,
-) -> StatusReport {
-    StatusReport {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        uptime_secs: 0,
-        docker_endpoint: endpoint.to_owned(),
-        docker_reachable: true,
-        engine_version: engine.to_owned(),
-        agent: AgentStatus {
-            name: agents.name().to_owned(),
-            container_id: agent.container_id.clone(),
-            image: agent.image.clone(),
-            adopted: agent.adopted,
-            error: None,
-        },
-        firewall: FirewallStatus {
-            backend: None,
-            all_present: false,
-            detail: vec!["not asked yet".into()],
-            checked_secs: None,
-        },
-        tunnel: TunnelStatus {
-            interface: interface.to_owned(),
-            address: format!("{}/{}", config.host_tunnel_ip(), config.tunnel.prefix_len()),
-            listen: format!("{}:{}", config.listen_address, config.listen_port),
-            endpoint: None,
-            last_handshake_secs: None,
-            last_received_secs: None,
-            rx_bytes: 0,
-            tx_bytes: 0,
-            rx_packets: 0,
-            tx_packets: 0,
-            rx_dropped_source: 0,
-        },
-        networks: Vec::new(),
-        kind: KindReport::default(),
-        health: HealthStatus::default(),
-    }
+/// What the loop does next, once it is sure it is not stopping.
+enum Work {
+    Request((Request, tokio::sync::oneshot::Sender<Response>)),
+    Jobs(Vec<Job>),
 }
 
 struct Running {
@@ -350,44 +271,38 @@ impl Running {
             elapsed_ms = self.started.elapsed().as_millis() as u64,
             "ready"
         );
+        self.board.set_health(&self.health);
         let board = self.board.clone();
         let (mut inbox, server) =
             control::serve(listener, Arc::new(move || board.report()), control::CAPS);
         let result = loop {
             let next = self.schedule.next();
-            tokio::select! {
+            let work = tokio::select! {
                 signal = shutdown.recv() => {
                     tracing::info!(signal, "shutting down");
                     break Ok(());
                 }
                 error = self.tunnel.failed() => break Err(error).context("tunnel failed"),
-                Some((request, reply)) = inbox.recv() => {
-                    tokio::select! {
-                        biased;
-                        signal = shutdown.recv() => {
-                            tracing::info!(signal, "shutting down");
-                            break Ok(());
-                        }
-                        response = self.handle(request) => { let _ = reply.send(response); }
-                    }
+                Some(request) = inbox.recv() => Work::Request(request),
+                Some(trigger) = triggers.recv() => {
+                    self.on_trigger(trigger, Instant::now());
+                    continue;
                 }
-                Some(trigger) = triggers.recv() => self.on_trigger(trigger, Instant::now()),
                 () = self.kind_watch.scanned() => {
                     self.schedule.soon(Job::Routes, Instant::now(), DEBOUNCE);
+                    continue;
                 }
-                () = sleep_until(next) => {
-                    let due = self.schedule.take_due(Instant::now());
-                    // Work is idempotent: a signal may cut it short; the
-                    // teardown (or the next start) settles what it left.
-                    tokio::select! {
-                        biased;
-                        signal = shutdown.recv() => {
-                            tracing::info!(signal, "shutting down");
-                            break Ok(());
-                        }
-                        () = self.run_jobs(due) => {}
-                    }
+                () = sleep_until(next) => Work::Jobs(self.schedule.take_due(Instant::now())),
+            };
+            // Work is idempotent: a signal may cut it short; the teardown (or
+            // the next start) settles what it left.
+            tokio::select! {
+                biased;
+                signal = shutdown.recv() => {
+                    tracing::info!(signal, "shutting down");
+                    break Ok(());
                 }
+                () = self.work(work) => {}
             }
         };
         follower.abort();
@@ -421,6 +336,15 @@ impl Running {
     fn set_docker_up(&mut self, up: bool) {
         self.docker_up = up;
         self.board.update(|r| r.docker_reachable = up);
+    }
+
+    async fn work(&mut self, work: Work) {
+        match work {
+            Work::Request((request, reply)) => {
+                let _ = reply.send(self.handle(request).await);
+            }
+            Work::Jobs(jobs) => self.run_jobs(jobs).await,
+        }
     }
 
     async fn run_jobs(&mut self, jobs: Vec<Job>) {
@@ -527,21 +451,7 @@ impl Running {
     }
 
     fn publish_routes(&self) {
-        let networks = self
-            .router
-            .decisions()
-            .iter()
-            .map(|d| NetworkStatus {
-                name: d.network.clone(),
-                subnet: d.subnet,
-                state: match &d.skipped {
-                    None => "routed".into(),
-                    Some(SkipReason::Excluded { .. }) => "excluded".into(),
-                    Some(_) => "skipped".into(),
-                },
-                reason: d.skipped.as_ref().map(|r| r.to_string()),
-            })
-            .collect();
+        let networks = status::network_rows(self.router.decisions());
         let clusters = self.kind.clusters().to_vec();
         self.board.update(|r| {
             r.networks = networks;

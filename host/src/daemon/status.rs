@@ -12,12 +12,20 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::health::Health;
-use crate::agent::AgentManager;
+use crate::agent::{Agent, AgentManager};
 use crate::agent_link::LinkStatus;
-use crate::protocol::{FirewallStatus, StatusReport};
+use crate::config::Config;
+use crate::kind::KindReport;
+use crate::plan::{SkipReason, SubnetDecision};
+use crate::protocol::{
+    AgentStatus, FirewallStatus, HealthStatus, NetworkStatus, StatusReport, TunnelStatus,
+};
 
-/// How often the agent is asked about its rules (and after it changes).
+/// How often the agent is asked about its rules (and after it changes)…
 const VERIFY_EVERY: Duration = Duration::from_secs(30);
+/// …and while they are not all in place (an agent still starting installs
+/// them within a second or two).
+const VERIFY_AGAIN: Duration = Duration::from_secs(2);
 
 type LinkReader = Box<dyn Fn() -> LinkStatus + Send + Sync>;
 
@@ -104,6 +112,70 @@ impl StatusBoard {
     }
 }
 
+/// The report at start; the loop and the live readers fill in the rest.
+pub fn initial_report(
+    config: &Config,
+    endpoint: &str,
+    engine: &str,
+    interface: &str,
+    agents: &AgentManager,
+    agent: &Agent,
+) -> StatusReport {
+    StatusReport {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_secs: 0,
+        docker_endpoint: endpoint.to_owned(),
+        docker_reachable: true,
+        engine_version: engine.to_owned(),
+        agent: AgentStatus {
+            name: agents.name().to_owned(),
+            container_id: agent.container_id.clone(),
+            image: agent.image.clone(),
+            adopted: agent.adopted,
+            error: None,
+        },
+        firewall: FirewallStatus {
+            backend: None,
+            all_present: false,
+            detail: vec!["not asked yet".into()],
+            checked_secs: None,
+        },
+        tunnel: TunnelStatus {
+            interface: interface.to_owned(),
+            address: format!("{}/{}", config.host_tunnel_ip(), config.tunnel.prefix_len()),
+            listen: format!("{}:{}", config.listen_address, config.listen_port),
+            endpoint: None,
+            last_handshake_secs: None,
+            last_received_secs: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            rx_packets: 0,
+            tx_packets: 0,
+            rx_dropped_source: 0,
+        },
+        networks: Vec::new(),
+        kind: KindReport::default(),
+        health: HealthStatus::default(),
+    }
+}
+
+/// One row per subnet decision, as `status` shows them.
+pub fn network_rows(decisions: &[SubnetDecision]) -> Vec<NetworkStatus> {
+    decisions
+        .iter()
+        .map(|d| NetworkStatus {
+            name: d.network.clone(),
+            subnet: d.subnet,
+            state: match &d.skipped {
+                None => "routed".into(),
+                Some(SkipReason::Excluded { .. }) => "excluded".into(),
+                Some(_) => "skipped".into(),
+            },
+            reason: d.skipped.as_ref().map(|r| r.to_string()),
+        })
+        .collect()
+}
+
 /// Asks the agent about its firewall rules now and then, off the loop.
 pub struct Verifier {
     now: Arc<Notify>,
@@ -116,10 +188,15 @@ impl Verifier {
         let wake = now.clone();
         let task = tokio::spawn(async move {
             loop {
+                let mut next = VERIFY_EVERY;
                 if board.docker_reachable() {
-                    board.set_firewall(crate::agent::firewall_status(agents.verify_rules().await));
+                    let firewall = crate::agent::firewall_status(agents.verify_rules().await);
+                    if !firewall.all_present {
+                        next = VERIFY_AGAIN;
+                    }
+                    board.set_firewall(firewall);
                 }
-                let _ = tokio::time::timeout(VERIFY_EVERY, wake.notified()).await;
+                let _ = tokio::time::timeout(next, wake.notified()).await;
             }
         });
         Verifier { now, task }
