@@ -139,33 +139,11 @@ hard_leftovers() {
 }
 
 LAB_CLEANUP_FN=hard_cleanup
+LAB_LEFTOVERS_FN=hard_leftovers
 
 hard_init() {
-  [ "$(id -u)" = 0 ] || lab_die "the lab needs root (network namespaces, iptables, docker)"
-  local t
-  for t in ip docker curl timeout flock awk python3 /usr/bin/python3 setpriv prlimit busybox ss; do
-    command -v "$t" >/dev/null 2>&1 || lab_die "missing tool: $t"
-  done
-  docker info >/dev/null 2>&1 || lab_die "docker does not answer"
-  [ -x "$LAB_CONNECTOR" ] || lab_die "$LAB_CONNECTOR is missing (cargo build --workspace)"
-  local image
-  for image in "$LAB_AGENT_IMAGE" "$LAB_WORKLOAD_IMAGE" "$KIND_NODE_IMAGE"; do
-    docker image inspect "$image" >/dev/null 2>&1 || lab_die "image $image is missing (scripts/setup)"
-  done
-  lab_lock
-  trap lab_on_exit EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
-  # Readable by other users: the flood case connects as nobody.
-  LAB_TMP=$(mktemp -d /tmp/cnh-lab.XXXXXX)
-  chmod 755 "$LAB_TMP"
-  local left
-  left=$(hard_leftovers)
-  if [ -n "$left" ]; then
-    lab_log "removing leftovers of an earlier run:"
-    echo "$left" | sed 's/^/    /'
-    hard_cleanup
-  fi
+  lab_init python3 /usr/bin/python3 setpriv prlimit busybox ss
+  lab_need_images "$LAB_AGENT_IMAGE" "$LAB_WORKLOAD_IMAGE" "$KIND_NODE_IMAGE"
 }
 
 workload() { # NAME NET IP

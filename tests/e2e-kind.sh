@@ -163,29 +163,11 @@ kind_suite_leftovers() {
 }
 
 LAB_CLEANUP_FN=kind_suite_cleanup
+LAB_LEFTOVERS_FN=kind_suite_leftovers
 
 kind_init() {
-  [ "$(id -u)" = 0 ] || lab_die "the lab needs root (network namespaces, iptables, docker)"
-  local t
-  for t in ip docker curl timeout flock awk python3 busybox; do
-    command -v "$t" >/dev/null 2>&1 || lab_die "missing tool: $t"
-  done
-  docker info >/dev/null 2>&1 || lab_die "docker does not answer"
-  [ -x "$LAB_CONNECTOR" ] || lab_die "$LAB_CONNECTOR is missing (cargo build --workspace)"
-  docker image inspect "$LAB_AGENT_IMAGE" >/dev/null 2>&1 || lab_die "image $LAB_AGENT_IMAGE is missing (scripts/agent-image --local)"
-  lab_lock
-  trap lab_on_exit EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
-  LAB_TMP=$(mktemp -d /tmp/cnk-lab.XXXXXX)
-  local left
-  left=$(kind_suite_leftovers)
-  if [ -n "$left" ]; then
-    lab_log "removing leftovers of an earlier run:"
-    echo "$left" | sed 's/^/    /'
-    kind_suite_cleanup
-  fi
-  "$LAB_REPO/scripts/kind-node-image" >/dev/null || lab_die "scripts/kind-node-image failed"
+  lab_init python3 busybox
+  lab_need_images "$LAB_AGENT_IMAGE"
 }
 
 # ------------------------------------------------------------------------- setup

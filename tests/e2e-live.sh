@@ -243,32 +243,12 @@ live_leftovers() {
 
 live_exit_cleanup() { LIVE_CLEAN_IMAGE=1; live_cleanup; }
 LAB_CLEANUP_FN=live_exit_cleanup
+LAB_LEFTOVERS_FN=live_leftovers
 
 live_init() {
-  [ "$(id -u)" = 0 ] || lab_die "the lab needs root (network namespaces, iptables, docker)"
-  local t
-  for t in ip docker curl timeout flock awk python3 setpriv busybox; do
-    command -v "$t" >/dev/null 2>&1 || lab_die "missing tool: $t"
-  done
-  docker_answers || lab_die "docker does not answer"
-  [ -x "$LAB_CONNECTOR" ] || lab_die "$LAB_CONNECTOR is missing (cargo build --workspace)"
-  docker image inspect "$LAB_WORKLOAD_IMAGE" >/dev/null 2>&1 || lab_die "image $LAB_WORKLOAD_IMAGE is missing (scripts/workload-image)"
-  docker image inspect "$LIVE_SOURCE_IMAGE" >/dev/null 2>&1 || lab_die "image $LIVE_SOURCE_IMAGE is missing (scripts/agent-image --local)"
-  lab_lock
+  lab_init python3 setpriv busybox
+  lab_need_images "$LAB_WORKLOAD_IMAGE" "$LIVE_SOURCE_IMAGE"
   docker tag "$LIVE_SOURCE_IMAGE" "$LAB_AGENT_IMAGE" || lab_die "docker tag $LIVE_SOURCE_IMAGE $LAB_AGENT_IMAGE"
-  trap lab_on_exit EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
-  # Readable by nobody: the non-root status case reads the config and the socket.
-  LAB_TMP=$(mktemp -d /tmp/cnl-live.XXXXXX)
-  chmod 755 "$LAB_TMP"
-  local left
-  left=$(live_leftovers)
-  if [ -n "$left" ]; then
-    lab_log "removing leftovers of an earlier run:"
-    echo "$left" | sed 's/^/    /'
-    live_cleanup
-  fi
   # A daemon removes agent containers of other names as strays: never run beside one.
   if [ -n "$(other_agents)" ]; then
     lab_log "other connector agents exist ($(other_agents | paste -sd, -)); waiting up to 10 min"

@@ -467,6 +467,7 @@ lab_leftovers() {
 # (which calls lab_cleanup_all); LAB_CLEANED=1 once it has cleaned up itself.
 LAB_CLEANED=0
 LAB_CLEANUP_FN=${LAB_CLEANUP_FN:-lab_cleanup_all}
+LAB_LEFTOVERS_FN=${LAB_LEFTOVERS_FN:-lab_leftovers}
 lab_on_exit() {
   local rc=$?
   trap - EXIT INT TERM
@@ -505,10 +506,14 @@ lab_cases_loop() {
   case_cleanup
 }
 
+# lab_init [TOOL...] — what every suite does first: root, the lab's tools (and these), a
+# running Docker, the lab lock, the exit traps, LAB_TMP (readable by other users: cases run
+# clients as nobody), and the leftovers of an earlier run (listed by LAB_LEFTOVERS_FN,
+# removed by LAB_CLEANUP_FN).
 lab_init() {
   [ "$(id -u)" = 0 ] || lab_die "the lab needs root (network namespaces, iptables, docker)"
   local t
-  for t in ip docker curl timeout flock dd awk; do
+  for t in ip docker curl timeout flock dd awk "$@"; do
     command -v "$t" >/dev/null 2>&1 || lab_die "missing tool: $t (run scripts/test, which installs it)"
   done
   docker info >/dev/null 2>&1 || lab_die "docker does not answer (run scripts/test, which starts dockerd)"
@@ -516,12 +521,22 @@ lab_init() {
   trap lab_on_exit EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
-  LAB_TMP=$(mktemp -d /tmp/cnt-lab.XXXXXX)
+  LAB_TMP=$(mktemp -d "/tmp/${LAB_PREFIX%%[0-9]*}-lab.XXXXXX")
+  chmod 755 "$LAB_TMP"
   local left
-  left=$(lab_leftovers)
+  left=$("$LAB_LEFTOVERS_FN")
   if [ -n "$left" ]; then
     lab_log "removing leftovers of an earlier run:"
     echo "$left" | sed 's/^/    /'
-    lab_cleanup_all
+    "$LAB_CLEANUP_FN"
   fi
+}
+
+# lab_need_images IMAGE... — stop (before anything is made) if an image is missing.
+lab_need_images() {
+  local image
+  [ -x "$LAB_CONNECTOR" ] || lab_die "$LAB_CONNECTOR is missing (cargo build --workspace)"
+  for image in "$@"; do
+    docker image inspect "$image" >/dev/null 2>&1 || lab_die "image $image is missing (scripts/setup builds it)"
+  done
 }

@@ -626,25 +626,11 @@ iptables:
     fn worst_case_inputs_stay_bounded() {
         for (what, text) in worst_cases() {
             assert!(text.len() <= MAX_BYTES, "{what}");
-            let start = std::time::Instant::now();
-            let (result, peak) = measure(|| parse(&text));
-            let took = start.elapsed();
-            eprintln!(
-                "{what} ({} bytes): peak {peak} bytes, {took:?}: {:?}",
-                text.len(),
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| quote(&e.to_string()))
-            );
-            assert!(
-                peak <= PEAK_PER_BYTE * text.len() + PEAK_BASE,
-                "{what}: {peak}"
-            );
+            assert_bounded(what, &text, PEAK_PER_BYTE, PEAK_BASE, parse);
         }
     }
 
-    use crate::testing::alloc_meter::measure;
+    use crate::testing::alloc_meter::{assert_bounded, measure};
     use proptest::prelude::*;
 
     /// Peak memory allowed for a parse: a few times the input (the parser

@@ -88,6 +88,34 @@ pub fn measure<T>(f: impl FnOnce() -> T) -> (T, usize) {
     (result, (peak - start).max(0) as usize)
 }
 
+/// Runs `parse` over `input` and asserts that its peak allocation stays
+/// within `per_byte` times the input's length plus `base`; prints the figure
+/// (`cargo test -- --nocapture` shows it).
+pub fn assert_bounded<T, E: std::fmt::Display>(
+    what: &str,
+    input: &str,
+    per_byte: usize,
+    base: usize,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) {
+    let start = std::time::Instant::now();
+    let (result, peak) = measure(|| parse(input));
+    let outcome = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.to_string().chars().take(80).collect(),
+    };
+    eprintln!(
+        "{what} ({} bytes): peak {peak} bytes, {:?}: {outcome}",
+        input.len(),
+        start.elapsed()
+    );
+    assert!(
+        peak <= per_byte * input.len() + base,
+        "{what}: peak {peak} bytes for {} bytes of input",
+        input.len()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
