@@ -19,6 +19,10 @@ class Connector < Formula
   def install
     system "cargo", "install", *std_cargo_args(path: "host")
 
+    # `connector completions bash|zsh|fish` and `connector man` print them.
+    generate_completions_from_executable(bin/"connector", "completions")
+    (man1/"connector.1").write Utils.safe_popen_read(bin/"connector", "man")
+
     # The daemon builds the agent image from these when the release image
     # cannot be pulled. The whole workspace goes along (host included) so that
     # `cargo build --locked -p connector-agent` works with the shipped lock file.
@@ -76,10 +80,16 @@ class Connector < Formula
   test do
     assert_match(/^connector \d+\.\d+\.\d+/, shell_output("#{bin}/connector --version"))
 
-    # A bad key must stop the daemon before it touches the system, naming the key.
+    # Without root, `connector run` stops at once and says how to start it.
+    output = shell_output("#{bin}/connector run 2>&1", 1)
+    assert_match "sudo brew services start connector", output
+
+    # A bad key is named (doctor checks the config as its first step).
     (testpath/"bad.toml").write "no_such_key = 1\n"
-    output = shell_output("#{bin}/connector run --config #{testpath}/bad.toml 2>&1", 1)
+    output = shell_output("#{bin}/connector doctor --config #{testpath}/bad.toml 2>&1", 1)
     assert_match "no_such_key", output
+
+    assert_match "complete", shell_output("#{bin}/connector completions bash")
 
     # The shipped config is accepted: status may fail, but not over the config.
     output = shell_output("#{bin}/connector status --config #{etc}/connector/config.toml 2>&1 || true")

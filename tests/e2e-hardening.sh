@@ -119,6 +119,9 @@ hard_cleanup() {
     lab_agent_remove
     for c in $(docker ps -aq --filter "label=$LAB_LABEL_KEY"); do docker rm -f "$c" >/dev/null 2>&1 || true; done
     for c in $(docker network ls -q --filter "label=$LAB_LABEL_KEY"); do docker network rm "$c" >/dev/null 2>&1 || true; done
+    # What the first-start case built (its final image and the build's first stage).
+    # shellcheck disable=SC2046
+    docker image rm -f $(docker images -q --filter "label=$LAB_LABEL_KEY") >/dev/null 2>&1 || true
   fi
   lab_delete_tagged "$LAB_EMU_TAG"
   lab_delete_tagged "$LAB_PROBE_TAG"
@@ -131,6 +134,7 @@ hard_leftovers() {
     docker ps -a --filter "label=$LAB_LABEL_KEY" --format 'container {{.Names}}'
     docker ps -a --filter "name=^/${LAB_AGENT_NAME}\$" --format 'container {{.Names}}'
     docker network ls --filter "label=$LAB_LABEL_KEY" --format 'network {{.Name}}'
+    docker images --filter "label=$LAB_LABEL_KEY" --format 'image {{.ID}} {{.Repository}}:{{.Tag}}'
   fi
   local tag
   for tag in "$LAB_EMU_TAG" "$LAB_PROBE_TAG" "$LAB_AGENT_TAG"; do
@@ -226,6 +230,74 @@ case_sigterm_during_start() {
   fi
   kill "$proxy" 2>/dev/null; wait "$proxy" 2>/dev/null
   lab_agent_remove
+  CONFIG=$BASE_CONFIG
+}
+
+# ---------------------------------------------- case: a first start that builds the image
+# The release image cannot be pulled (no registry here, as offline or before a release):
+# the daemon builds it from the agent sources (CONNECTOR_AGENT_SRC, the formula's
+# share/connector/agent-src). Here the "sources" are a Dockerfile whose steps take a few
+# seconds and whose result is the lab's agent. `status` must say what is going on.
+BUILT_IMAGE="connector-agent:hard-built-$P"
+
+agent_sources() { # DIR
+  mkdir -p "$1/host" "$1/tunnel" "$1/vm-agent"
+  : >"$1/Cargo.toml"; : >"$1/Cargo.lock"
+  cat >"$1/vm-agent/Dockerfile" <<DOCKERFILE
+FROM $LAB_WORKLOAD_IMAGE AS slow
+LABEL $LAB_LABEL
+RUN sleep 2
+RUN sleep 2
+RUN sleep 2
+FROM $LAB_AGENT_IMAGE
+ARG TARGETARCH
+LABEL $LAB_LABEL
+RUN ["/usr/local/bin/connector-agent", "version"]
+DOCKERFILE
+}
+
+phases_seen() { # STATUS-FILE — one line "name detail" per poll
+  lab_status_eval "$1" "s['phase']['name'] + ' ' + (s['phase'].get('detail') or '')"
+}
+
+case_slow_first_start() {
+  local src="$LAB_TMP/agent-src" cfg="$LAB_TMP/build.toml" t0 seen="$LAB_TMP/phases"
+  agent_sources "$src"
+  write_config "$cfg"
+  sed -i "s|^agent_image = .*|agent_image = \"$BUILT_IMAGE\"|" "$cfg"
+  CONFIG=$cfg
+  : >"$seen"
+  t0=$(now_ms)
+  export CONNECTOR_AGENT_SRC="$src"
+  lab_daemon_start "$cfg"
+  unset CONNECTOR_AGENT_SRC
+  local refused=""
+  while [ $(( $(now_ms) - t0 )) -lt 120000 ] && lab_daemon_alive; do
+    if lab_status_json "$cfg" "$LAB_TMP/st.json"; then
+      phases_seen "$LAB_TMP/st.json" >>"$seen"
+      if [ -z "$refused" ] && grep -q '^building step' "$seen"; then
+        refused=$(ip netns exec "$LAB_NS" timeout 10 "$LAB_CONNECTOR" sync-networks --config "$cfg" 2>&1)
+      fi
+      grep -q '^ready' "$seen" && break
+    fi
+    sleep 0.3
+  done
+  record "first start with an agent image to build: until status says ready" "$(ms_since "$t0") ms"
+  lab_log "phases seen: $(uniq "$seen" | paste -sd'|' -)"
+  if grep -Eq '^building step [1-9][0-9]*/7' "$seen" && grep -q '^ready' "$seen"; then
+    lab_pass "while the agent image is built, status shows the build's steps, then ready" "$(uniq "$seen" | paste -sd'|' -)"
+  else
+    lab_fail "while the agent image is built, status shows the build's steps, then ready" "seen: $(uniq "$seen" | paste -sd'|' -); $(tail -n 3 "$LAB_DAEMON_LOG")"
+  fi
+  if [[ "$refused" == *"still starting (building step"* ]]; then
+    lab_pass "sync-networks during start-up is refused with the phase" "$refused"
+  else
+    lab_fail "sync-networks during start-up is refused with the phase" "got: ${refused:-nothing (never saw a build step)}"
+  fi
+  check "the agent built on the spot carries the tunnel: $C_A answers" 20 'echo "$(status_desc)"' \
+    http_probe "$IP_A" "$C_A" 2
+  daemon_down
+  docker image rm -f "$BUILT_IMAGE" >/dev/null 2>&1 || true
   CONFIG=$BASE_CONFIG
 }
 
@@ -621,7 +693,7 @@ case_cleanup() {
 }
 
 # --------------------------------------------------------------------------- main
-ALL_CASES=(case_before case_sigterm_during_start case_full_tunnel_vpn case_container_to_mac
+ALL_CASES=(case_before case_sigterm_during_start case_slow_first_start case_full_tunnel_vpn case_container_to_mac
            case_pending_cluster_follow case_hostile_kind case_frozen_daemon case_forged_flood
            case_control_flood case_sigterm)
 lab_select_cases e2e-hardening "$@"

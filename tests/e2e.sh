@@ -214,6 +214,53 @@ case_bad_config() {
   bad_config_case "bad config: --config naming a missing file is rejected, nothing changed" "$c" "$c"
 }
 
+# ------------------------------------------------------------ case: without root
+# What `brew services start connector` without sudo does: a per-user job runs
+# `connector run` as the user. It must stop at once, say how to start it, and touch nothing.
+run_as_nobody() { # [ENV=VALUE...]
+  ip netns exec "$LAB_NS" setpriv --reuid=65534 --regid=65534 --clear-groups \
+    env "$@" timeout 10 "$LAB_CONNECTOR" run --config "$CONFIG" 2>&1
+}
+
+case_not_root() {
+  local name="connector run without root: exits 1 within 2 s naming the fix, nothing changed"
+  local before after out rc t0 ms
+  before=$(lab_snapshot)
+  t0=$(now_ms)
+  out=$(run_as_nobody); rc=$?
+  ms=$(( $(now_ms) - t0 ))
+  after=$(lab_snapshot)
+  if [ "$rc" = 1 ] && [ "$ms" -lt 2000 ] && [[ "$out" == *"sudo brew services start connector"* ]] \
+      && [ "$(grep -c . <<<"$out")" = 1 ] && [ "$before" = "$after" ]; then
+    lab_pass "$name" "exit 1 after $ms ms: $out"
+  else
+    lab_fail "$name" "exit $rc after $ms ms, output: $(head -c 300 <<<"$out"); system changed: $([ "$before" = "$after" ] && echo no || diff <(echo "$before") <(echo "$after") | grep '^[<>]' | paste -sd';' -)"
+  fi
+  out=$(run_as_nobody XPC_SERVICE_NAME=homebrew.mxcl.connector); rc=$?
+  if [ "$rc" = 1 ] && [[ "$out" == *"per-user launchd job"*"brew services stop connector"* ]]; then
+    lab_pass "connector run from a per-user launchd job says so" "$out"
+  else
+    lab_fail "connector run from a per-user launchd job says so" "exit $rc: $(head -c 300 <<<"$out")"
+  fi
+}
+
+# --------------------------------------------------------- case: shell completions
+case_completions() {
+  local shell out bad=""
+  for shell in bash zsh fish; do
+    out="$LAB_TMP/connector.$shell"
+    "$LAB_CONNECTOR" completions "$shell" >"$out" 2>&1 || { bad="$bad $shell: $(head -c 100 "$out");"; continue; }
+    [ -s "$out" ] || bad="$bad $shell: empty;"
+  done
+  bash -n "$LAB_TMP/connector.bash" 2>/dev/null || bad="$bad bash -n fails;"
+  if command -v zsh >/dev/null 2>&1; then zsh -n "$LAB_TMP/connector.zsh" || bad="$bad zsh -n fails;"; fi
+  if [ -z "$bad" ] && (source "$LAB_TMP/connector.bash" && complete -p connector >/dev/null); then
+    lab_pass "connector completions: bash, zsh and fish scripts; bash loads its script" "$(complete -p connector 2>/dev/null || (source "$LAB_TMP/connector.bash"; complete -p connector))"
+  else
+    lab_fail "connector completions: bash, zsh and fish scripts; bash loads its script" "${bad:-bash did not register a completion for connector}"
+  fi
+}
+
 # --------------------------------------------------------- case 2: connector run
 # Start the daemon and wait for the first HTTP reply; sets TIME_TO_HTTP (ms) or fails.
 start_daemon_and_wait() { # CASE-NAME
@@ -525,9 +572,10 @@ case_cleanup() {
 
 # --------------------------------------------------------------------------- main
 ALL_CASES=(case_before_daemon case_lab_sanity case_sync_without_daemon case_bad_config
-           case_daemon_run case_late_network case_kill9_restart case_sigterm)
+           case_not_root case_completions case_daemon_run case_late_network case_kill9_restart
+           case_sigterm)
 lab_select_cases e2e "$@"
-lab_init
+lab_init setpriv
 setup
 lab_cases_loop
 

@@ -7,6 +7,7 @@
 //! and copied into it as a file, so it never appears in `docker inspect`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::errors::Error as DockerError;
@@ -23,6 +24,7 @@ use futures_util::StreamExt;
 
 use crate::config::Config;
 use crate::docker::ExecOutput;
+use crate::progress::{Phase, Progress, PullTally};
 use crate::protocol::FirewallStatus;
 
 pub const LABEL_MANAGED: &str = "io.connector.managed";
@@ -220,16 +222,24 @@ pub struct AgentManager {
     name: String,
     command: Vec<String>,
     owner: String,
+    /// Where pulls and builds of the image report how far they are.
+    progress: Arc<Progress>,
 }
 
 impl AgentManager {
-    pub fn new(docker: Docker, config: &Config, host_public: &PublicKey) -> Self {
+    pub fn new(
+        docker: Docker,
+        config: &Config,
+        host_public: &PublicKey,
+        progress: Arc<Progress>,
+    ) -> Self {
         AgentManager {
             docker,
             image: config.agent_image.clone(),
             name: config.agent_name.clone(),
             command: agent_command(config, host_public),
             owner: keys::encode_public(host_public),
+            progress,
         }
     }
 
@@ -256,6 +266,7 @@ impl AgentManager {
             }
         }
         tracing::info!(image = %self.image, "agent image missing; pulling");
+        self.progress.set(Phase::Pulling { done: 0, total: 0 });
         let mut pull = self.docker.create_image(
             Some(CreateImageOptions {
                 from_image: Some(self.image.clone()),
@@ -265,22 +276,37 @@ impl AgentManager {
             None,
         );
         let mut pull_error = None;
+        let mut tally = PullTally::default();
         while let Some(step) = pull.next().await {
-            if let Err(e) = step {
-                pull_error = Some(e);
-                break;
+            match step {
+                Ok(info) => {
+                    let detail = info.progress_detail.unwrap_or_default();
+                    tally.update(
+                        info.id.as_deref().unwrap_or_default(),
+                        info.status.as_deref().unwrap_or_default(),
+                        detail.current,
+                        detail.total,
+                    );
+                    self.progress.set(tally.phase());
+                }
+                Err(e) => {
+                    pull_error = Some(e);
+                    break;
+                }
             }
         }
         if let Some(e) = pull_error {
             match crate::agent_image::source_dir() {
-                Some(dir) => crate::agent_image::build(&self.docker, &self.image, &dir)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "agent image {} cannot be pulled ({e}) nor built",
-                            self.image
-                        )
-                    })?,
+                Some(dir) => {
+                    crate::agent_image::build(&self.docker, &self.image, &dir, &self.progress)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "agent image {} cannot be pulled ({e}) nor built",
+                                self.image
+                            )
+                        })?
+                }
                 None => bail!(
                     "agent image {} is not present and cannot be pulled ({e}); build it with \
                      `scripts/agent-image --local` or set agent_image",

@@ -10,6 +10,8 @@ use bollard::query_parameters::BuildImageOptions;
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use crate::progress::{build_step, Phase, Progress};
+
 /// Entries of the build context, relative to the source directory.
 const CONTEXT: &[&str] = &["Cargo.toml", "Cargo.lock", "host", "tunnel", "vm-agent"];
 const DOCKERFILE: &str = "vm-agent/Dockerfile";
@@ -74,8 +76,9 @@ pub fn target_arch(engine_arch: &str) -> Option<&'static str> {
     }
 }
 
-/// Builds `image` from `dir`, logging the build's progress.
-pub async fn build(docker: &Docker, image: &str, dir: &Path) -> Result<()> {
+/// Builds `image` from `dir`, logging the build's progress and reporting
+/// its steps to `progress`.
+pub async fn build(docker: &Docker, image: &str, dir: &Path, progress: &Progress) -> Result<()> {
     let arch = docker
         .version()
         .await
@@ -86,8 +89,9 @@ pub async fn build(docker: &Docker, image: &str, dir: &Path) -> Result<()> {
         bail!("cannot build the agent for the engine's architecture {arch:?}");
     };
     tracing::info!(%image, source = %dir.display(), arch = target, "building the agent image (once; this takes a few minutes)");
+    progress.set(Phase::Building { step: 0, of: 0 });
     let context = context_tar(dir)?;
-    let mut progress = docker.build_image(
+    let mut steps = docker.build_image(
         BuildImageOptions {
             dockerfile: DOCKERFILE.to_owned(),
             t: Some(image.to_owned()),
@@ -101,7 +105,7 @@ pub async fn build(docker: &Docker, image: &str, dir: &Path) -> Result<()> {
         None,
         Some(bollard::body_full(context.into())),
     );
-    while let Some(step) = progress.next().await {
+    while let Some(step) = steps.next().await {
         let info = step.with_context(|| format!("building {image}"))?;
         if let Some(detail) = info.error_detail {
             bail!(
@@ -115,6 +119,10 @@ pub async fn build(docker: &Docker, image: &str, dir: &Path) -> Result<()> {
             .map(str::trim)
             .filter(|l| !l.is_empty())
         {
+            if let Some((step, of)) = build_step(line) {
+                progress.set(Phase::Building { step, of });
+            }
+            progress.message(line);
             tracing::info!(target: "connector::agent_image", "{line}");
         }
     }

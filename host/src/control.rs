@@ -214,6 +214,10 @@ pub fn serve(
     (rx, task)
 }
 
+fn starting(phase: &crate::protocol::PhaseStatus) -> bool {
+    !phase.name.is_empty() && phase.name != "ready"
+}
+
 fn allowed(peer_uid: Option<u32>) -> bool {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
@@ -249,18 +253,30 @@ async fn handle(
             Ok(req) if req.mutates() && !allowed(peer_uid) => Response::Error {
                 message: "permission denied: this command changes routes; run it with sudo".into(),
             },
-            Ok(req) => {
-                let (reply_tx, reply_rx) = oneshot::channel();
-                if tx.send((req, reply_tx)).await.is_err() {
-                    Response::Error {
-                        message: "daemon is shutting down".into(),
+            // Requests for the loop wait until start-up is over (`status` is
+            // answered all along).
+            Ok(req) => match status().phase {
+                phase if starting(&phase) => Response::Error {
+                    message: format!(
+                        "the daemon is still starting ({}{}, {} s); try again once `connector status` says it is ready",
+                        phase.name,
+                        phase.detail.map(|d| format!(" {d}")).unwrap_or_default(),
+                        phase.secs
+                    ),
+                },
+                _ => {
+                    let (reply_tx, reply_rx) = oneshot::channel();
+                    if tx.send((req, reply_tx)).await.is_err() {
+                        Response::Error {
+                            message: "daemon is shutting down".into(),
+                        }
+                    } else {
+                        reply_rx.await.unwrap_or(Response::Error {
+                            message: "daemon is shutting down".into(),
+                        })
                     }
-                } else {
-                    reply_rx.await.unwrap_or(Response::Error {
-                        message: "daemon is shutting down".into(),
-                    })
                 }
-            }
+            },
         },
     };
     write_response(write, &response).await;

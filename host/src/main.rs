@@ -14,6 +14,7 @@ mod icmp;
 mod kind;
 mod os;
 mod plan;
+mod progress;
 mod protocol;
 mod router;
 mod state;
@@ -69,6 +70,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (Homebrew installs them).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    #[command(hide = true)]
+    Man,
 }
 
 fn init_logging(level: &str) -> Result<()> {
@@ -81,14 +90,43 @@ fn init_logging(level: &str) -> Result<()> {
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     Ok(())
 }
 
+/// `connector run` needs root (a tun device, routes): said at once, before
+/// anything is read or made. Without root on a Mac the usual cause is `brew
+/// services start` without sudo, a per-user LaunchAgent (launchd then sets
+/// `XPC_SERVICE_NAME` to the job's label).
+fn require_root(euid: u32, launchd_job: Option<&str>) -> Result<(), String> {
+    if euid == 0 {
+        return Ok(());
+    }
+    let mut message = "connector run needs root (it creates a tun device and routes): \
+                       run `sudo brew services start connector`, or `sudo connector run`"
+        .to_owned();
+    if let Some(job) = launchd_job.filter(|j| !j.is_empty() && *j != "0") {
+        message += &format!(
+            "; it was started by the per-user launchd job {job:?} (`brew services start` without sudo): \
+             `brew services stop connector` first"
+        );
+    }
+    Err(message)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run = cli.command {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if let Err(message) = require_root(euid, std::env::var("XPC_SERVICE_NAME").ok().as_deref())
+        {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    }
     match real_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -99,6 +137,19 @@ fn main() -> ExitCode {
 }
 
 fn real_main(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "connector", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -136,7 +187,9 @@ fn real_main(cli: Cli) -> Result<()> {
                 }
                 Ok(())
             }
-            Command::Doctor => unreachable!("handled above"),
+            Command::Doctor | Command::Completions { .. } | Command::Man => {
+                unreachable!("handled above")
+            }
             Command::Uninstall => {
                 for line in uninstall::run(&config).await? {
                     println!("{line}");
@@ -159,6 +212,21 @@ fn real_main(cli: Cli) -> Result<()> {
 }
 
 fn render_status(s: &protocol::StatusReport) -> String {
+    let phase = &s.phase;
+    if !phase.name.is_empty() && phase.name != "ready" {
+        return format!(
+            "connector {} starting, up {}s: {}{} ({}s in this step)\n",
+            s.version,
+            s.uptime_secs,
+            phase.name,
+            phase
+                .detail
+                .as_deref()
+                .map(|d| format!(" {d}"))
+                .unwrap_or_default(),
+            phase.secs
+        );
+    }
     let mut out = format!(
         "connector {} up {}s\ndocker: {} ({}){}\nagent: {} {} ({}){}\n",
         s.version,
@@ -245,4 +313,68 @@ fn render_status(s: &protocol::StatusReport) -> String {
     }
     out += &kind::render(&s.kind);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_without_root_names_the_fix_and_the_launchd_job() {
+        assert!(require_root(0, None).is_ok());
+        let plain = require_root(501, None).unwrap_err();
+        assert!(
+            plain.contains("sudo brew services start connector"),
+            "{plain}"
+        );
+        assert!(plain.contains("sudo connector run"), "{plain}");
+        assert!(!plain.contains("launchd"), "{plain}");
+        let launchd = require_root(501, Some("homebrew.mxcl.connector")).unwrap_err();
+        assert!(
+            launchd.contains("per-user launchd job \"homebrew.mxcl.connector\"")
+                && launchd.contains("brew services stop connector"),
+            "{launchd}"
+        );
+    }
+
+    #[test]
+    fn completions_and_the_manual_are_generated_from_the_cli() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let mut out = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut command,
+            "connector",
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("sync-networks") && text.contains("doctor"),
+            "{text}"
+        );
+        let mut man = Vec::new();
+        clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut man)
+            .unwrap();
+        assert!(String::from_utf8(man).unwrap().starts_with(".ie"));
+    }
+
+    #[test]
+    fn a_starting_daemon_says_what_it_is_doing() {
+        let report = protocol::StatusReport {
+            version: "0.1.0".into(),
+            uptime_secs: 40,
+            phase: protocol::PhaseStatus {
+                name: "building".into(),
+                detail: Some("step 3/12".into()),
+                secs: 31,
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            render_status(&report),
+            "connector 0.1.0 starting, up 40s: building step 3/12 (31s in this step)\n"
+        );
+    }
 }

@@ -87,7 +87,7 @@ impl SyncReport {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TunnelStatus {
     pub interface: String,
     pub address: String,
@@ -108,7 +108,7 @@ pub struct TunnelStatus {
     pub rx_dropped_source: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub name: String,
     pub container_id: String,
@@ -119,7 +119,7 @@ pub struct AgentStatus {
 }
 
 /// The agent's firewall rules in the VM, as the agent itself reports them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FirewallStatus {
     /// `nft` or `legacy`; `None` when the agent could not be asked.
     pub backend: Option<String>,
@@ -130,6 +130,18 @@ pub struct FirewallStatus {
     /// answers `status` from the last answer. `None` = not asked yet.
     #[serde(default)]
     pub checked_secs: Option<u64>,
+}
+
+/// What the daemon is doing: `ready`, or a step of its start (see
+/// `progress.rs`): `waiting-for-docker`, `checking-image`, `pulling`,
+/// `building` (detail `step n/m`), `starting-agent`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseStatus {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// How long the daemon has been in this phase.
+    pub secs: u64,
 }
 
 /// The data-path health machine (the daemon's `health` module).
@@ -159,7 +171,7 @@ pub struct NetworkStatus {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StatusReport {
     pub version: String,
     pub uptime_secs: u64,
@@ -175,6 +187,8 @@ pub struct StatusReport {
     pub kind: crate::kind::KindReport,
     #[serde(default)]
     pub health: HealthStatus,
+    #[serde(default)]
+    pub phase: PhaseStatus,
 }
 
 #[cfg(test)]
@@ -395,6 +409,11 @@ mod tests {
                     // kind's report has its own types and tests.
                     kind: Default::default(),
                     health,
+                    phase: PhaseStatus {
+                        name: "ready".into(),
+                        detail: None,
+                        secs: 0,
+                    },
                 },
             )
     }

@@ -18,6 +18,7 @@ mod shutdown;
 mod start;
 mod status;
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -34,6 +35,7 @@ use crate::control;
 use crate::events::{self, Trigger};
 use crate::kind::{Kind, KindWatch, Limits};
 use crate::os;
+use crate::progress::{Phase, Progress};
 use crate::protocol::{Request, Response, SyncReport};
 use crate::router::Router;
 use health::{Action, Health, Why};
@@ -54,6 +56,7 @@ pub async fn run(config: Config) -> Result<()> {
     // First: from here on no signal is lost.
     let mut shutdown = Shutdown::install()?;
     let started = Instant::now();
+    let progress = Arc::new(Progress::new(std::io::stderr().is_terminal()));
     let mut made = start::Made::default();
     let outcome = tokio::select! {
         biased;
@@ -61,9 +64,9 @@ pub async fn run(config: Config) -> Result<()> {
             tracing::info!(signal, "stopped during start-up; undoing what was set up");
             None
         }
-        up = start::start(&config, started, &mut made) => Some(up),
+        up = start::start(&config, started, progress, &mut made) => Some(up),
     };
-    let up = match outcome {
+    let (mut running, mut control) = match outcome {
         None => {
             made.undo().await;
             return Ok(());
@@ -74,10 +77,9 @@ pub async fn run(config: Config) -> Result<()> {
         }
         Some(Ok(up)) => up,
     };
-    let (mut running, listener, socket) = up;
-    let result = running.serve(listener, &mut shutdown).await;
+    let result = running.serve(&mut control.inbox, &mut shutdown).await;
+    drop(control);
     running.shutdown().await;
-    drop(socket);
     if let Err(e) = &result {
         tracing::error!(error = format!("{e:#}"), "daemon stopped on error");
     }
@@ -110,14 +112,12 @@ struct Running {
     verifier: Verifier,
     health: Health,
     schedule: Scheduler,
+    /// Start-up's phases; a later pull or build of the agent image too.
+    progress: Arc<Progress>,
 }
 
 impl Running {
-    async fn serve(
-        &mut self,
-        listener: tokio::net::UnixListener,
-        shutdown: &mut Shutdown,
-    ) -> Result<()> {
+    async fn serve(&mut self, inbox: &mut control::Inbox, shutdown: &mut Shutdown) -> Result<()> {
         // Subscribed before the first sync, so nothing between the two is missed.
         let (trigger_tx, mut triggers) = mpsc::channel(256);
         let follower = tokio::spawn(events::follow(self.docker.clone(), trigger_tx));
@@ -145,9 +145,7 @@ impl Running {
             "ready"
         );
         self.board.set_health(&self.health);
-        let board = self.board.clone();
-        let (mut inbox, server) =
-            control::serve(listener, Arc::new(move || board.report()), control::CAPS);
+        self.progress.set(Phase::Ready);
         let result = loop {
             let next = self.schedule.next();
             let work = tokio::select! {
@@ -179,7 +177,6 @@ impl Running {
             }
         };
         follower.abort();
-        server.abort();
         result
     }
 
@@ -248,6 +245,8 @@ impl Running {
         let tunnel = &self.tunnel;
         match self.agents.ensure(&|key| tunnel.set_peer(*key)).await {
             Ok(agent) => {
+                // A pull or build on the way (the image was deleted) is over.
+                self.progress.set(Phase::Ready);
                 if self.agent_error.take().is_some() {
                     tracing::info!("agent container is healthy again");
                     self.board.update(|r| r.agent.error = None);

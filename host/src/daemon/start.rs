@@ -2,7 +2,7 @@
 //! order that leaves nothing behind when it stops half-way — on an error, or
 //! on SIGTERM while it waits for Docker or for the agent image.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
@@ -10,6 +10,7 @@ use connector_tunnel::keys::PublicKey;
 use connector_tunnel::{Tunnel, TunnelConfig};
 use ipnet::IpNet;
 use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
 
 use super::health::{Health, HealthConfig};
 use super::schedule::{Job, Scheduler};
@@ -22,6 +23,7 @@ use crate::control::{self, SocketFile};
 use crate::kind::{Kind, KindWatch};
 use crate::os::{self, RouteTable, TunConfig};
 use crate::plan::ConflictPolicy;
+use crate::progress::{Phase, Progress};
 use crate::router::Router;
 
 /// On Linux we pick the name so routes and tests can refer to it; macOS
@@ -34,7 +36,7 @@ fn tun_name() -> Option<String> {
 /// error or a signal). The tun and the sockets close when dropped.
 #[derive(Default)]
 pub(super) struct Made {
-    socket: Option<SocketFile>,
+    control: Option<ControlPlane>,
     agents: Option<AgentManager>,
 }
 
@@ -47,15 +49,55 @@ impl Made {
                 Err(_) => tracing::warn!("agent removal did not finish in time"),
             }
         }
-        drop(self.socket);
+        drop(self.control);
     }
 }
 
-pub(super) type Up = (Running, tokio::net::UnixListener, SocketFile);
+/// The control socket, served from the start so `status` can say what
+/// start-up is doing; its file is removed when this is dropped.
+pub(super) struct ControlPlane {
+    pub(super) inbox: control::Inbox,
+    server: JoinHandle<()>,
+    _file: SocketFile,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
 
 /// Everything fallible happens before the agent exists, so an error leaves
 /// no container behind; what is made is recorded in `made`.
-pub(super) async fn start(config: &Config, started: Instant, made: &mut Made) -> Result<Up> {
+pub(super) async fn start(
+    config: &Config,
+    started: Instant,
+    progress: Arc<Progress>,
+    made: &mut Made,
+) -> Result<(Running, ControlPlane)> {
+    // First the control socket: `status` works (and a second daemon is
+    // refused) while the rest takes its time.
+    let (listener, file) = control::bind(&config.control_socket).await?;
+    let board: Arc<OnceLock<Arc<StatusBoard>>> = Arc::default();
+    let status = {
+        let (board, progress, config) = (board.clone(), progress.clone(), config.clone());
+        move || {
+            let mut report = match board.get() {
+                Some(board) => board.report(),
+                None => status::starting_report(&config, started),
+            };
+            report.phase = progress.status();
+            report
+        }
+    };
+    let (inbox, server) = control::serve(listener, Arc::new(status), control::CAPS);
+    made.control = Some(ControlPlane {
+        inbox,
+        server,
+        _file: file,
+    });
+
+    progress.set(Phase::WaitingForDocker);
     let crate::docker::Engine {
         resolved,
         docker,
@@ -65,10 +107,9 @@ pub(super) async fn start(config: &Config, started: Instant, made: &mut Made) ->
     let host_key =
         crate::state::load_or_create_host_key(&config.state_dir, &config.host_key_path())?;
     let host_public = PublicKey::from(&host_key);
-    let (listener, socket) = control::bind(&config.control_socket).await?;
-    made.socket = Some(socket);
-    let agents = AgentManager::new(docker.clone(), config, &host_public);
+    let agents = AgentManager::new(docker.clone(), config, &host_public, progress.clone());
     // Fail before touching the network when the image is unusable.
+    progress.set(Phase::CheckingImage);
     agents.image_id().await?;
 
     let device = os::create_tun(&TunConfig {
@@ -91,6 +132,7 @@ pub(super) async fn start(config: &Config, started: Instant, made: &mut Made) ->
     // The socket is bound before the agent starts, so its first handshake
     // waits in the socket buffer; the tunnel starts below with whatever key
     // the agent ends up with.
+    progress.set(Phase::StartingAgent);
     made.agents = Some(agents.clone());
     let agent = agents.ensure(&|_| {}).await?;
     if agent.adopted {
@@ -110,12 +152,24 @@ pub(super) async fn start(config: &Config, started: Instant, made: &mut Made) ->
         },
     );
     let agent_link = AgentLink::spawn(config.host_tunnel_ip(), config.agent_tunnel_ip());
-    let board = Arc::new(StatusBoard::new(
-        status::initial_report(config, &endpoint, &engine, &interface, &agents, &agent),
-        started,
-        tunnel.stats(),
-        Box::new(agent_link.status_reader()),
-    ));
+    let report = status::initial_report(
+        config,
+        &endpoint,
+        &engine,
+        &interface,
+        agents.name(),
+        &agent,
+    );
+    let board = board
+        .get_or_init(|| {
+            Arc::new(StatusBoard::new(
+                report,
+                started,
+                tunnel.stats(),
+                Box::new(agent_link.status_reader()),
+            ))
+        })
+        .clone();
     let now = Instant::now();
     let running = Running {
         router: Router::new(
@@ -135,6 +189,7 @@ pub(super) async fn start(config: &Config, started: Instant, made: &mut Made) ->
             now,
             &[(Job::Resync, SAFETY_NET), (Job::Health, HEALTH_EVERY)],
         ),
+        progress,
         config: config.clone(),
         docker,
         agents,
@@ -145,6 +200,6 @@ pub(super) async fn start(config: &Config, started: Instant, made: &mut Made) ->
         agent_error: None,
     };
     made.agents = None; // owned by `running` now
-    let socket = made.socket.take().expect("bound above");
-    Ok((running, listener, socket))
+    let control = made.control.take().expect("served above");
+    Ok((running, control))
 }

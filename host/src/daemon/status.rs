@@ -18,7 +18,8 @@ use crate::config::Config;
 use crate::kind::KindReport;
 use crate::plan::{SkipReason, SubnetDecision};
 use crate::protocol::{
-    AgentStatus, FirewallStatus, HealthStatus, NetworkStatus, StatusReport, TunnelStatus,
+    AgentStatus, FirewallStatus, HealthStatus, NetworkStatus, PhaseStatus, StatusReport,
+    TunnelStatus,
 };
 
 /// How often the agent is asked about its rules (and after it changes)…
@@ -118,7 +119,7 @@ pub fn initial_report(
     endpoint: &str,
     engine: &str,
     interface: &str,
-    agents: &AgentManager,
+    agent_name: &str,
     agent: &Agent,
 ) -> StatusReport {
     StatusReport {
@@ -128,7 +129,7 @@ pub fn initial_report(
         docker_reachable: true,
         engine_version: engine.to_owned(),
         agent: AgentStatus {
-            name: agents.name().to_owned(),
+            name: agent_name.to_owned(),
             container_id: agent.container_id.clone(),
             image: agent.image.clone(),
             adopted: agent.adopted,
@@ -156,7 +157,24 @@ pub fn initial_report(
         networks: Vec::new(),
         kind: KindReport::default(),
         health: HealthStatus::default(),
+        phase: PhaseStatus::default(),
     }
+}
+
+/// What `status` says before the daemon has an agent and a tunnel: who it
+/// is and what it will run; the phase says how far start-up is.
+pub fn starting_report(config: &Config, started: Instant) -> StatusReport {
+    let agent = Agent {
+        container_id: String::new(),
+        public_key: connector_tunnel::keys::PublicKey::from([0u8; 32]),
+        image: config.agent_image.clone(),
+        adopted: false,
+    };
+    let mut report = initial_report(config, "", "", "", &config.agent_name, &agent);
+    report.docker_reachable = false;
+    report.uptime_secs = started.elapsed().as_secs();
+    report.firewall.detail = vec!["the daemon is starting".into()];
+    report
 }
 
 /// One row per subnet decision, as `status` shows them.
