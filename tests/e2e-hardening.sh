@@ -284,7 +284,7 @@ case_slow_first_start() {
   done
   record "first start with an agent image to build: until status says ready" "$(ms_since "$t0") ms"
   lab_log "phases seen: $(uniq "$seen" | paste -sd'|' -)"
-  if grep -Eq '^building step [1-9][0-9]*/7' "$seen" && grep -q '^ready' "$seen"; then
+  if grep -Eq '^building step [1-9][0-9]*/[1-9]' "$seen" && grep -q '^ready' "$seen"; then
     lab_pass "while the agent image is built, status shows the build's steps, then ready" "$(uniq "$seen" | paste -sd'|' -)"
   else
     lab_fail "while the agent image is built, status shows the build's steps, then ready" "seen: $(uniq "$seen" | paste -sd'|' -); $(tail -n 3 "$LAB_DAEMON_LOG")"
