@@ -680,17 +680,6 @@ case_sigterm() {
   fi
 }
 
-case_cleanup() {
-  hard_cleanup
-  LAB_CLEANED=1
-  local left
-  left=$(hard_leftovers)
-  if [ -z "$left" ]; then
-    lab_pass "lab cleanup leaves nothing behind" "no netns, veth, container, network or tagged rule"
-  else
-    lab_fail "lab cleanup leaves nothing behind" "$(echo "$left" | paste -sd';' -)"
-  fi
-}
 
 # --------------------------------------------------------------------------- main
 ALL_CASES=(case_before case_sigterm_during_start case_slow_first_start case_full_tunnel_vpn case_container_to_mac

@@ -413,17 +413,6 @@ case_sigterm() {
   fi
 }
 
-case_cleanup() {
-  kind_suite_cleanup
-  LAB_CLEANED=1
-  local left
-  left=$(kind_suite_leftovers)
-  if [ -z "$left" ]; then
-    lab_pass "lab cleanup leaves nothing behind" "no netns, veth, container, network, VM route or tagged rule"
-  else
-    lab_fail "lab cleanup leaves nothing behind" "$(echo "$left" | paste -sd';' -)"
-  fi
-}
 
 # --------------------------------------------------------------------------- main
 ALL_CASES=(case_before_connector case_daemon_routes_cluster case_agent_restart_keeps_routes

@@ -909,18 +909,6 @@ case_final() {
   fi
 }
 
-case_cleanup() {
-  LIVE_CLEAN_IMAGE=1
-  live_cleanup
-  LAB_CLEANED=1
-  local left
-  left=$(live_leftovers)
-  if [ -z "$left" ]; then
-    lab_pass "cleanup leaves nothing behind" "no netns, veth, container, network or tagged rule"
-  else
-    lab_fail "cleanup leaves nothing behind" "$(echo "$left" | paste -sd';' -)"
-  fi
-}
 
 # --------------------------------------------------------------------------- main
 ALL_CASES=(case_before case_start case_status_json case_status_nonroot case_doctor_healthy

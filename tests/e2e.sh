@@ -557,19 +557,6 @@ case_sigterm() {
   fi
 }
 
-# --------------------------------------------------------------- final: cleanup
-case_cleanup() {
-  lab_cleanup_all
-  LAB_CLEANED=1
-  local left
-  left=$(lab_leftovers)
-  if [ -z "$left" ]; then
-    lab_pass "lab cleanup leaves nothing behind" "no netns, veth, container, network or tagged rule"
-  else
-    lab_fail "lab cleanup leaves nothing behind" "$(echo "$left" | paste -sd';' -)"
-  fi
-}
-
 # --------------------------------------------------------------------------- main
 ALL_CASES=(case_before_daemon case_lab_sanity case_sync_without_daemon case_bad_config
            case_not_root case_completions case_daemon_run case_late_network case_kill9_restart

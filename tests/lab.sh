@@ -495,6 +495,20 @@ lab_select_cases() {
   done
 }
 
+# The last case of every suite: everything the suite made is gone (LAB_CLEANUP_FN
+# removes it, LAB_LEFTOVERS_FN lists what is left).
+case_cleanup() {
+  "$LAB_CLEANUP_FN"
+  LAB_CLEANED=1
+  local left
+  left=$("$LAB_LEFTOVERS_FN")
+  if [ -z "$left" ]; then
+    lab_pass "lab cleanup leaves nothing behind" "no netns, veth, container, network, image, VM route or tagged rule"
+  else
+    lab_fail "lab cleanup leaves nothing behind" "$(echo "$left" | paste -sd';' -)"
+  fi
+}
+
 lab_cases_loop() {
   local c
   for c in "${CASES[@]}"; do

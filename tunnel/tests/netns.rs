@@ -139,6 +139,24 @@ fn udp_rtt(socket: &UdpSocket, to: SocketAddr, count: usize) -> Option<Duration>
     times.get(times.len() / 2).copied()
 }
 
+/// A UDP echo on B's tunnel address and a client on A's, once an echo has
+/// come back through the tunnel (within 20 s).
+fn echo_through_tunnel(ns: &Namespaces) -> (UdpSocket, thread::JoinHandle<()>) {
+    let echo = spawn_udp_echo(
+        in_netns(&ns.b, || UdpSocket::bind((TUN_B, 7001)).unwrap())
+            .join()
+            .unwrap(),
+    );
+    let client = in_netns(&ns.a, || UdpSocket::bind((TUN_A, 0)).unwrap())
+        .join()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !echoed(&client, b"up?", Duration::from_millis(500)) {
+        assert!(Instant::now() < deadline, "no echo through the tunnel");
+    }
+    (client, echo)
+}
+
 /// Echoes every datagram back to its sender until one says "done" (or 30 s
 /// pass without any).
 fn spawn_udp_echo(socket: UdpSocket) -> thread::JoinHandle<()> {
@@ -391,18 +409,7 @@ fn forged_initiations_do_not_move_the_endpoint() {
     let ns = Namespaces::create('f');
     let rt = runtime();
     let (tunnel_a, tunnel_b, pub_b) = start_pair(rt.handle(), &ns, 'f');
-    let echo = spawn_udp_echo(
-        in_netns(&ns.b, || UdpSocket::bind((TUN_B, 7001)).unwrap())
-            .join()
-            .unwrap(),
-    );
-    let client = in_netns(&ns.a, || UdpSocket::bind((TUN_A, 0)).unwrap())
-        .join()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !echoed(&client, b"up?", Duration::from_millis(500)) {
-        assert!(Instant::now() < deadline, "no echo through the tunnel");
-    }
+    let (client, echo) = echo_through_tunnel(&ns);
     let endpoint = tunnel_b.stats().snapshot().endpoint.expect("B knows A");
 
     // The attacker: on A's side of the veth, another port, its own key.
@@ -477,18 +484,7 @@ fn packets_from_sources_outside_the_allowed_set_are_dropped() {
     ns.without_ipv6();
     let rt = runtime();
     let (tunnel_a, tunnel_b, _) = start_pair(rt.handle(), &ns, 's');
-    let echo = spawn_udp_echo(
-        in_netns(&ns.b, || UdpSocket::bind((TUN_B, 7001)).unwrap())
-            .join()
-            .unwrap(),
-    );
-    let client = in_netns(&ns.a, || UdpSocket::bind((TUN_A, 0)).unwrap())
-        .join()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !echoed(&client, b"up?", Duration::from_millis(500)) {
-        assert!(Instant::now() < deadline, "no echo through the tunnel");
-    }
+    let (client, echo) = echo_through_tunnel(&ns);
     let wait = Duration::from_millis(300);
     let dropped = |t: &Tunnel| t.stats().snapshot().rx_dropped_source;
     assert_eq!((dropped(&tunnel_a), dropped(&tunnel_b)), (0, 0));
