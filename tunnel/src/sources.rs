@@ -65,6 +65,16 @@ pub(crate) fn source(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// Packets the other end's kernel sends to its own link by itself (IPv6
+/// router solicitations and MLD reports from a link-local or unspecified
+/// address): never routable, dropped like the rest but not worth a count.
+pub(crate) fn link_chatter(packet: &[u8]) -> bool {
+    match source(packet) {
+        Some(IpAddr::V6(a)) => a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80,
+        _ => false,
+    }
+}
+
 /// Lets a log line through at most once per interval, so that a flood of
 /// dropped packets does not flood the log. Lock-free: the loops call it.
 #[derive(Debug)]
@@ -100,6 +110,20 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernels_own_link_chatter_is_told_apart() {
+        let mut v6 = vec![0x60u8; 40];
+        v6[8..24].copy_from_slice(&"fe80::1".parse::<Ipv6Addr>().unwrap().octets());
+        assert!(link_chatter(&v6));
+        v6[8..24].copy_from_slice(&Ipv6Addr::UNSPECIFIED.octets());
+        assert!(link_chatter(&v6));
+        v6[8..24].copy_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        assert!(!link_chatter(&v6));
+        let mut v4 = vec![0x45u8; 20];
+        v4[12..16].copy_from_slice(&[169, 254, 1, 1]);
+        assert!(!link_chatter(&v4));
+    }
 
     fn v4(src: [u8; 4]) -> Vec<u8> {
         let mut p = vec![0u8; 28];

@@ -115,6 +115,9 @@ impl Shared {
     /// Counts a decrypted `packet` from `from` dropped for its source, and
     /// logs it now and then.
     pub(crate) fn drop_for_source(&self, from: SocketAddr, packet: &[u8]) {
+        if sources::link_chatter(packet) {
+            return;
+        }
         let total = self.stats.add_dropped_source();
         if self.drop_log.ready(Instant::now()) {
             tracing::debug!(
