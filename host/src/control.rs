@@ -214,10 +214,6 @@ pub fn serve(
     (rx, task)
 }
 
-fn starting(phase: &crate::protocol::PhaseStatus) -> bool {
-    !phase.name.is_empty() && phase.name != "ready"
-}
-
 fn allowed(peer_uid: Option<u32>) -> bool {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
@@ -256,7 +252,7 @@ async fn handle(
             // Requests for the loop wait until start-up is over (`status` is
             // answered all along).
             Ok(req) => match status().phase {
-                phase if starting(&phase) => Response::Error {
+                phase if phase.starting() => Response::Error {
                     message: format!(
                         "the daemon is still starting ({}{}, {} s); try again once `connector status` says it is ready",
                         phase.name,

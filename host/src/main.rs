@@ -213,7 +213,7 @@ fn real_main(cli: Cli) -> Result<()> {
 
 fn render_status(s: &protocol::StatusReport) -> String {
     let phase = &s.phase;
-    if !phase.name.is_empty() && phase.name != "ready" {
+    if phase.starting() {
         return format!(
             "connector {} starting, up {}s: {}{} ({}s in this step)\n",
             s.version,

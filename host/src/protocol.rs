@@ -144,6 +144,13 @@ pub struct PhaseStatus {
     pub secs: u64,
 }
 
+impl PhaseStatus {
+    /// Still starting (an older daemon reports no phase: not starting).
+    pub fn starting(&self) -> bool {
+        !self.name.is_empty() && self.name != "ready"
+    }
+}
+
 /// The data-path health machine (the daemon's `health` module).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthStatus {
