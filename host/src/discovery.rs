@@ -1184,42 +1184,27 @@ mod tests {
     }
 
     use crate::testing::alloc_meter::measure;
+    use crate::testing::json_of::json_of;
     use proptest::prelude::*;
-    use serde_json::{json, Value};
+    use serde_json::json;
 
     /// JSON made of the names docker's files use, in any shape.
     fn docker_json() -> impl Strategy<Value = String> {
-        let word = || {
-            prop::sample::select(vec![
-                "currentContext",
-                "Endpoints",
-                "docker",
-                "Host",
-                "Name",
-                "Metadata",
-                "auths",
-                "credsStore",
-                "desktop",
-                "unix:///var/run/docker.sock",
-                "",
-                " ",
-            ])
-            .prop_map(String::from)
-        };
-        let leaf = prop_oneof![
-            3 => word().prop_map(Value::String),
-            1 => Just(Value::Null),
-            1 => any::<bool>().prop_map(Value::Bool),
-            1 => any::<i64>().prop_map(Value::from),
+        const WORDS: &[&str] = &[
+            "currentContext",
+            "Endpoints",
+            "docker",
+            "Host",
+            "Name",
+            "Metadata",
+            "auths",
+            "credsStore",
+            "desktop",
+            "unix:///var/run/docker.sock",
+            "",
+            " ",
         ];
-        leaf.prop_recursive(4, 32, 5, move |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::vec((word(), inner), 0..5)
-                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
-        .prop_map(|v| v.to_string())
+        json_of(WORDS, 4, 5).prop_map(|v| v.to_string())
     }
 
     fn any_text() -> impl Strategy<Value = String> {

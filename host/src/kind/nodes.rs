@@ -399,6 +399,7 @@ mod tests {
     }
 
     use crate::testing::alloc_meter::{assert_bounded, measure};
+    use crate::testing::json_of::json_of;
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
@@ -408,43 +409,27 @@ mod tests {
 
     /// JSON made of the names this module reads, in any shape.
     fn json_value() -> impl Strategy<Value = Value> {
-        let word = || {
-            prop::sample::select(vec![
-                "kind",
-                "List",
-                "NodeList",
-                "items",
-                "metadata",
-                "name",
-                "spec",
-                "podCIDR",
-                "podCIDRs",
-                "status",
-                "addresses",
-                "type",
-                "address",
-                "InternalIP",
-                "10.244.0.0/24",
-                "fd00::/64",
-                "172.18.0.2",
-                "",
-            ])
-            .prop_map(String::from)
-        };
-        let leaf = prop_oneof![
-            4 => word().prop_map(Value::String),
-            1 => Just(Value::Null),
-            1 => any::<bool>().prop_map(Value::Bool),
-            1 => any::<i64>().prop_map(Value::from),
-            1 => any::<f64>().prop_map(Value::from),
+        const WORDS: &[&str] = &[
+            "kind",
+            "List",
+            "NodeList",
+            "items",
+            "metadata",
+            "name",
+            "spec",
+            "podCIDR",
+            "podCIDRs",
+            "status",
+            "addresses",
+            "type",
+            "address",
+            "InternalIP",
+            "10.244.0.0/24",
+            "fd00::/64",
+            "172.18.0.2",
+            "",
         ];
-        leaf.prop_recursive(6, 64, 6, move |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                prop::collection::vec((word(), inner), 0..6)
-                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
+        json_of(WORDS, 6, 6)
     }
 
     fn ip() -> impl Strategy<Value = IpAddr> {
