@@ -1,26 +1,17 @@
 //! `connector`: the host daemon and its CLI.
 
 mod agent;
-mod agent_image;
-mod agent_link;
+mod cli;
+mod clusters;
 mod config;
 mod control;
 mod daemon;
-mod discovery;
-mod docker;
-mod doctor;
-mod events;
-mod icmp;
-mod kind;
-mod os;
-mod plan;
+mod engine;
 mod progress;
-mod protocol;
-mod router;
+mod routes;
 mod state;
 #[cfg(test)]
 mod testing;
-mod uninstall;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,7 +20,7 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::protocol::{Request, Response};
+use crate::control::protocol::{Request, Response};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -156,8 +147,8 @@ fn real_main(cli: Cli) -> Result<()> {
         .build()?;
     if let Command::Doctor = cli.command {
         // Doctor reports a bad config as its first failed step.
-        let checks = runtime.block_on(doctor::run(cli.config.as_deref()));
-        let (text, ok) = doctor::render(&checks);
+        let checks = runtime.block_on(cli::doctor::run(cli.config.as_deref()));
+        let (text, ok) = cli::doctor::render(&checks);
         print!("{text}");
         if !ok {
             std::process::exit(1);
@@ -191,7 +182,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 unreachable!("handled above")
             }
             Command::Uninstall => {
-                for line in uninstall::run(&config).await? {
+                for line in cli::uninstall::run(&config).await? {
                     println!("{line}");
                 }
                 Ok(())
@@ -201,7 +192,7 @@ fn real_main(cli: Cli) -> Result<()> {
                     Response::Status(status) if json => {
                         println!("{}", serde_json::to_string_pretty(&status)?)
                     }
-                    Response::Status(status) => print!("{}", render_status(&status)),
+                    Response::Status(status) => print!("{}", cli::status::render(&status)),
                     Response::Error { message } => bail!("{message}"),
                     other => bail!("unexpected response {other:?}"),
                 }
@@ -209,110 +200,6 @@ fn real_main(cli: Cli) -> Result<()> {
             }
         }
     })
-}
-
-fn render_status(s: &protocol::StatusReport) -> String {
-    let phase = &s.phase;
-    if phase.starting() {
-        return format!(
-            "connector {} starting, up {}s: {}{} ({}s in this step)\n",
-            s.version,
-            s.uptime_secs,
-            phase.name,
-            phase
-                .detail
-                .as_deref()
-                .map(|d| format!(" {d}"))
-                .unwrap_or_default(),
-            phase.secs
-        );
-    }
-    let mut out = format!(
-        "connector {} up {}s\ndocker: {} ({}){}\nagent: {} {} ({}){}\n",
-        s.version,
-        s.uptime_secs,
-        s.docker_endpoint,
-        s.engine_version,
-        if s.docker_reachable {
-            ""
-        } else {
-            " UNREACHABLE"
-        },
-        s.agent.name,
-        &s.agent
-            .container_id
-            .get(..12)
-            .unwrap_or(&s.agent.container_id),
-        s.agent.image,
-        s.agent
-            .error
-            .as_deref()
-            .map(|e| format!(" error: {e}"))
-            .unwrap_or_default(),
-    );
-    out += &format!(
-        "firewall: {} {}{}\n",
-        s.firewall.backend.as_deref().unwrap_or("?"),
-        if s.firewall.all_present {
-            "all rules present".to_owned()
-        } else {
-            s.firewall.detail.join("; ")
-        },
-        s.firewall
-            .checked_secs
-            .map(|t| format!(" (checked {t}s ago)"))
-            .unwrap_or_default()
-    );
-    let t = &s.tunnel;
-    out += &format!(
-        "tunnel: {} {} listen {} peer {} handshake {} last datagram {} rx {} B tx {} B\n",
-        t.interface,
-        t.address,
-        t.listen,
-        t.endpoint.as_deref().unwrap_or("-"),
-        t.last_handshake_secs
-            .map(|s| format!("{s}s ago"))
-            .unwrap_or_else(|| "never".into()),
-        t.last_received_secs
-            .map(|s| format!("{s}s ago"))
-            .unwrap_or_else(|| "never".into()),
-        t.rx_bytes,
-        t.tx_bytes
-    );
-    let h = &s.health;
-    out += &format!(
-        "health: {}, silent {}s, {} replacement(s){}{}\n",
-        h.state,
-        h.silence_secs,
-        h.replacements,
-        h.next_replacement_in_secs
-            .map(|t| format!(", next in {t}s"))
-            .unwrap_or_default(),
-        h.last_resume_secs
-            .map(|t| format!(", resumed {t}s ago"))
-            .unwrap_or_default(),
-    );
-    if t.rx_dropped_source > 0 {
-        out += &format!(
-            "  {} packet(s) from the agent dropped: source outside the routed subnets\n",
-            t.rx_dropped_source
-        );
-    }
-    out += "networks:\n";
-    for n in &s.networks {
-        out += &format!(
-            "  {:<24} {:<20} {}{}\n",
-            n.name,
-            n.subnet.to_string(),
-            n.state,
-            n.reason
-                .as_deref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default()
-        );
-    }
-    out += &kind::render(&s.kind);
-    out
 }
 
 #[cfg(test)]
@@ -358,23 +245,5 @@ mod tests {
             .render(&mut man)
             .unwrap();
         assert!(String::from_utf8(man).unwrap().starts_with(".ie"));
-    }
-
-    #[test]
-    fn a_starting_daemon_says_what_it_is_doing() {
-        let report = protocol::StatusReport {
-            version: "0.1.0".into(),
-            uptime_secs: 40,
-            phase: protocol::PhaseStatus {
-                name: "building".into(),
-                detail: Some("step 3/12".into()),
-                secs: 31,
-            },
-            ..Default::default()
-        };
-        assert_eq!(
-            render_status(&report),
-            "connector 0.1.0 starting, up 40s: building step 3/12 (31s in this step)\n"
-        );
     }
 }

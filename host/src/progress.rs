@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::protocol::PhaseStatus;
+use crate::control::protocol::PhaseStatus;
 
 /// The steps of a start (and of an agent image fetched again later).
 #[derive(Debug, Clone, PartialEq, Eq)]

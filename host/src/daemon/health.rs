@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::protocol::HealthStatus;
+use crate::control::protocol::HealthStatus;
 
 #[derive(Debug, Clone)]
 pub struct HealthConfig {

@@ -29,15 +29,16 @@ use ipnet::IpNet;
 use tokio::sync::mpsc;
 
 use crate::agent::{Agent, AgentManager};
-use crate::agent_link::AgentLink;
+use crate::agent::link::AgentLink;
 use crate::config::Config;
 use crate::control;
-use crate::events::{self, Trigger};
-use crate::kind::{Kind, KindWatch, Limits};
-use crate::os;
+use crate::engine::events::{self, Trigger};
+use crate::clusters::kind::watch::KindWatch;
+use crate::clusters::kind::{Kind, Limits};
+use crate::routes::os;
 use crate::progress::{Phase, Progress};
-use crate::protocol::{Request, Response, SyncReport};
-use crate::router::Router;
+use crate::control::protocol::{Request, Response, SyncReport};
+use crate::routes::router::Router;
 use health::{Action, Health, Why};
 use schedule::{Job, Scheduler};
 use shutdown::Shutdown;
@@ -287,7 +288,7 @@ impl Running {
     /// Every route sync goes through here, so a plain sync never drops the
     /// kind routes.
     async fn sync_routes(&mut self) -> Result<SyncReport> {
-        let networks = crate::docker::bridge_networks(&self.docker).await?;
+        let networks = crate::engine::bridge_networks(&self.docker).await?;
         let limits = Limits {
             docker: networks
                 .iter()

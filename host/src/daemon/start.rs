@@ -17,14 +17,15 @@ use super::schedule::{Job, Scheduler};
 use super::status::{self, StatusBoard, Verifier};
 use super::{Running, HEALTH_EVERY, SAFETY_NET, TEARDOWN_BUDGET};
 use crate::agent::AgentManager;
-use crate::agent_link::AgentLink;
+use crate::agent::link::AgentLink;
 use crate::config::Config;
 use crate::control::{self, SocketFile};
-use crate::kind::{Kind, KindWatch};
-use crate::os::{self, RouteTable, TunConfig};
-use crate::plan::ConflictPolicy;
+use crate::clusters::kind::watch::KindWatch;
+use crate::clusters::kind::Kind;
+use crate::routes::os::{self, RouteTable, TunConfig};
+use crate::routes::plan::ConflictPolicy;
 use crate::progress::{Phase, Progress};
-use crate::router::Router;
+use crate::routes::router::Router;
 
 /// On Linux we pick the name so routes and tests can refer to it; macOS
 /// assigns `utunN` itself.
@@ -98,11 +99,11 @@ pub(super) async fn start(
     });
 
     progress.set(Phase::WaitingForDocker);
-    let crate::docker::Engine {
+    let crate::engine::Engine {
         resolved,
         docker,
         version: engine,
-    } = crate::docker::wait_for_engine(config.docker_host.as_deref()).await?;
+    } = crate::engine::wait_for_engine(config.docker_host.as_deref()).await?;
     let endpoint = resolved.endpoint;
     let host_key =
         crate::state::load_or_create_host_key(&config.state_dir, &config.host_key_path())?;

@@ -13,11 +13,11 @@ use tokio::task::JoinHandle;
 
 use super::health::Health;
 use crate::agent::{Agent, AgentManager};
-use crate::agent_link::LinkStatus;
+use crate::agent::link::LinkStatus;
 use crate::config::Config;
-use crate::kind::KindReport;
-use crate::plan::{SkipReason, SubnetDecision};
-use crate::protocol::{
+use crate::clusters::kind::KindReport;
+use crate::routes::plan::{SkipReason, SubnetDecision};
+use crate::control::protocol::{
     AgentStatus, FirewallStatus, HealthStatus, NetworkStatus, PhaseStatus, StatusReport,
     TunnelStatus,
 };

@@ -1,4 +1,4 @@
-//! The control socket: a Unix socket speaking [`crate::protocol`].
+//! The control socket: a Unix socket speaking [`crate::control::protocol`].
 //!
 //! The socket is world-connectable so `connector status` works without sudo;
 //! every request that changes the system is refused unless the peer is root
@@ -9,6 +9,8 @@
 //! number (per user and in all; root is never turned away). `status` is
 //! answered here from the daemon's cached state, without waiting for the
 //! daemon's loop; only requests that change something go to the loop.
+
+pub mod protocol;
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -21,7 +23,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::protocol::{Request, Response, StatusReport};
+use crate::control::protocol::{Request, Response, StatusReport};
 
 /// Requests travelling from connections to the daemon's main task.
 pub type Inbox = mpsc::Receiver<(Request, oneshot::Sender<Response>)>;

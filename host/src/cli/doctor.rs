@@ -9,9 +9,9 @@ use bollard::Docker;
 use ipnet::IpNet;
 
 use crate::config::Config;
-use crate::os::{RouteEntry, RouteTable};
-use crate::plan::ConflictPolicy;
-use crate::protocol::{FirewallStatus, Request, Response, StatusReport};
+use crate::routes::os::{RouteEntry, RouteTable};
+use crate::routes::plan::ConflictPolicy;
+use crate::control::protocol::{FirewallStatus, Request, Response, StatusReport};
 
 /// One step of the walk.
 pub struct Check {
@@ -186,7 +186,7 @@ pub async fn run(config_path: Option<&Path>) -> Vec<Check> {
 }
 
 async fn docker_check(config: &Config) -> Result<(Docker, String), String> {
-    let engine = crate::docker::connect_configured(config.docker_host.as_deref())
+    let engine = crate::engine::connect_configured(config.docker_host.as_deref())
         .await
         .map_err(|e| format!("{e:#}"))?;
     let detail = format!(
@@ -351,7 +351,7 @@ fn conflicts_check(status: &StatusReport, routes: &[RouteEntry], config: &Config
 /// Pings a container (else the agent's tunnel address) through the tunnel.
 async fn probe_check(docker: &Docker, status: &StatusReport, config: &Config) -> Check {
     let subnets: Vec<IpNet> = routed(status).map(|(_, s)| s).collect();
-    let target = match crate::docker::container_ips(docker).await {
+    let target = match crate::engine::container_ips(docker).await {
         Ok(ips) => ips.into_iter().find(|(name, ip)| {
             name != &config.agent_name && subnets.iter().any(|s| s.contains(ip))
         }),
@@ -385,7 +385,7 @@ async fn ping(ip: IpAddr) -> bool {
     let IpAddr::V4(v4) = ip else { return false };
     for _ in 0..3 {
         let attempt =
-            tokio::task::spawn_blocking(move || crate::icmp::ping(v4, Duration::from_secs(2)))
+            tokio::task::spawn_blocking(move || crate::cli::icmp::ping(v4, Duration::from_secs(2)))
                 .await;
         match attempt {
             Ok(Ok(true)) => return true,

@@ -6,23 +6,22 @@
 //! which CIDR and which ranges are acceptable at all, the host router routes
 //! the resulting pseudo-networks through the tun, and the VM routes (each
 //! node's podCIDR via that node, the Service CIDR via a node) go to the agent
-//! through [`crate::agent_link`].
+//! through [`crate::agent::link`].
 
 mod discover;
 mod kubeadm;
 mod nodes;
 pub mod plan;
-mod watch;
+pub mod watch;
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent_link::{LinkStatus, VmRoute};
+use crate::agent::link::{LinkStatus, VmRoute};
 use crate::config::KindConfig;
-use crate::plan::SubnetDecision;
+use crate::routes::plan::SubnetDecision;
 pub use plan::{CidrState, ClusterSnapshot, ClusterStatus, KindPlan, Limits};
-pub use watch::KindWatch;
 
 /// A cluster still starting (no kubeadm.conf or podCIDRs yet) is looked at
 /// again this soon, then less and less often, up to the daemon's safety net.
@@ -171,11 +170,11 @@ pub fn render(report: &KindReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kind::plan::{CidrStatus, NodeStatus};
+    use crate::clusters::kind::plan::{CidrStatus, NodeStatus};
 
     #[test]
     fn a_starting_cluster_is_retried_sooner_then_backs_off() {
-        use crate::kind::plan::{ClusterSnapshot, NodeSnapshot};
+        use crate::clusters::kind::plan::{ClusterSnapshot, NodeSnapshot};
         let mut kind = Kind::new(KindConfig::default());
         let mut starting = ClusterSnapshot {
             name: "dev".into(),

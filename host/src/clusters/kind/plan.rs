@@ -13,9 +13,9 @@ use std::net::Ipv4Addr;
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
-use crate::agent_link::VmRoute;
+use crate::agent::link::VmRoute;
 use crate::config::KindConfig;
-use crate::plan::{DockerNetwork, SubnetDecision};
+use crate::routes::plan::{DockerNetwork, SubnetDecision};
 
 pub const ROLE_CONTROL_PLANE: &str = "control-plane";
 
@@ -136,7 +136,7 @@ pub struct Candidate {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KindPlan {
-    /// For [`crate::router::Router::sync_with`].
+    /// For [`crate::routes::router::Router::sync_with`].
     pub extra: Vec<DockerNetwork>,
     pub candidates: Vec<Candidate>,
     pub clusters: Vec<ClusterStatus>,
@@ -469,7 +469,7 @@ pub fn settle(plan: KindPlan, decisions: &[SubnetDecision]) -> (Vec<VmRoute>, Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::SkipReason;
+    use crate::routes::plan::SkipReason;
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()

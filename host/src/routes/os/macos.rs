@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 
 use super::route_socket::{self as rs, LinkAddr, RouteMessage};
-use super::{OsError, RouteEntry, TunConfig};
+use super::types::{OsError, RouteEntry, TunConfig};
 
 // route_socket.rs transcribes the headers by hand so Linux can test it; on the
 // Apple targets, hold the transcription against libc's at compile time.
@@ -91,7 +91,7 @@ const _: () = {
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn create_tun(config: &TunConfig) -> Result<connector_tunnel::tun::AsyncDevice, OsError> {
-    super::create_tun_with_tun_rs(config)
+    super::tun::create_tun_with_tun_rs(config)
 }
 
 /// The main (unscoped) routing table. Each operation opens its own routing

@@ -8,12 +8,12 @@ use bollard::Docker;
 
 use crate::agent::{LABEL_MANAGED, LABEL_OWNER};
 use crate::config::Config;
-use crate::os::RouteTable;
+use crate::routes::os::RouteTable;
 
 /// Removes agent containers, leftover VM rules, routes, the state directory
 /// and the control socket. Refuses while a daemon is running.
 pub async fn run(config: &Config) -> Result<Vec<String>> {
-    if crate::control::request(&config.control_socket, &crate::protocol::Request::Status)
+    if crate::control::request(&config.control_socket, &crate::control::protocol::Request::Status)
         .await
         .is_ok()
     {
@@ -29,7 +29,7 @@ pub async fn run(config: &Config) -> Result<Vec<String>> {
     }
     let mut done = Vec::new();
 
-    let docker = crate::docker::connect_configured(config.docker_host.as_deref())
+    let docker = crate::engine::connect_configured(config.docker_host.as_deref())
         .await
         .ok()
         .map(|engine| engine.docker);
@@ -95,7 +95,7 @@ async fn remove_agents(docker: &Docker, config: &Config) -> Result<Vec<String>> 
         .map(|key| {
             connector_tunnel::keys::encode_public(&connector_tunnel::keys::PublicKey::from(&key))
         });
-    let ours = crate::docker::containers_labelled(docker, &[format!("{LABEL_MANAGED}=true")], true)
+    let ours = crate::engine::containers_labelled(docker, &[format!("{LABEL_MANAGED}=true")], true)
         .await?;
     let mut done = Vec::new();
     for c in ours.into_iter().filter(|c| {

@@ -1,6 +1,9 @@
 //! Talking to the Docker engine: connecting (with API version negotiation)
 //! and taking the network snapshot the planner works from.
 
+pub mod events;
+pub mod snapshot;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -9,7 +12,7 @@ use bollard::query_parameters::ListNetworksOptions;
 use bollard::Docker;
 use ipnet::IpNet;
 
-use crate::plan::DockerNetwork;
+use crate::routes::plan::DockerNetwork;
 
 /// How long one API call may take before we call the engine unresponsive.
 const API_TIMEOUT_SECS: u64 = 30;
@@ -37,7 +40,7 @@ pub async fn connect(endpoint: &str) -> Result<Docker> {
 
 /// A connected engine, found the way the daemon finds it.
 pub struct Engine {
-    pub resolved: crate::discovery::Resolved,
+    pub resolved: crate::engine::snapshot::Resolved,
     pub docker: Docker,
     /// [`engine_version`] of it.
     pub version: String,
@@ -47,9 +50,9 @@ pub struct Engine {
 /// reads its version. A discovery failure stays a [`DiscoveryError`] inside
 /// the error, so callers can tell "not there yet" from misconfiguration.
 ///
-/// [`DiscoveryError`]: crate::discovery::DiscoveryError
+/// [`DiscoveryError`]: crate::engine::snapshot::DiscoveryError
 pub async fn connect_configured(configured: Option<&str>) -> Result<Engine> {
-    let resolved = crate::discovery::resolve(configured, &crate::discovery::SystemEnv)?;
+    let resolved = crate::engine::snapshot::resolve(configured, &crate::engine::snapshot::SystemEnv)?;
     let docker = connect(&resolved.endpoint).await?;
     let version = engine_version(&docker).await?;
     Ok(Engine {
@@ -74,9 +77,9 @@ pub async fn wait_for_engine(configured: Option<&str>) -> Result<Engine> {
                 return Ok(engine);
             }
             Err(e)
-                if e.downcast_ref::<crate::discovery::DiscoveryError>()
+                if e.downcast_ref::<crate::engine::snapshot::DiscoveryError>()
                     .is_some_and(|d| {
-                        !matches!(d, crate::discovery::DiscoveryError::NotFound { .. })
+                        !matches!(d, crate::engine::snapshot::DiscoveryError::NotFound { .. })
                     }) =>
             {
                 return Err(e).context("cannot find the Docker engine")

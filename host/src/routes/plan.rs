@@ -8,7 +8,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::config::NetworkFilter;
-use crate::os::RouteEntry;
+use crate::routes::os::RouteEntry;
 
 /// One Docker bridge network as seen in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,12 +12,12 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use super::{OsError, RouteEntry, TunConfig};
+use super::types::{OsError, RouteEntry, TunConfig};
 
 const MAIN_TABLE: u32 = 254;
 
 pub fn create_tun(config: &TunConfig) -> Result<connector_tunnel::tun::AsyncDevice, OsError> {
-    super::create_tun_with_tun_rs(config)
+    super::tun::create_tun_with_tun_rs(config)
 }
 
 /// The main routing table, through one netlink connection.

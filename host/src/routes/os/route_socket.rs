@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::RouteEntry;
+use super::types::RouteEntry;
 
 // ---- <net/route.h> ---------------------------------------------------------
 

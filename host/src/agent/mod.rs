@@ -6,6 +6,9 @@
 //! otherwise it is replaced. The agent's private key is generated per container
 //! and copied into it as a file, so it never appears in `docker inspect`.
 
+pub mod image;
+pub mod link;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -23,9 +26,9 @@ use connector_tunnel::keys::{self, PublicKey, StaticSecret};
 use futures_util::StreamExt;
 
 use crate::config::Config;
-use crate::docker::ExecOutput;
+use crate::engine::ExecOutput;
 use crate::progress::{Phase, Progress, PullTally};
-use crate::protocol::FirewallStatus;
+use crate::control::protocol::FirewallStatus;
 
 pub const LABEL_MANAGED: &str = "io.connector.managed";
 pub const LABEL_SPEC: &str = "io.connector.spec";
@@ -296,9 +299,9 @@ impl AgentManager {
             }
         }
         if let Some(e) = pull_error {
-            match crate::agent_image::source_dir() {
+            match crate::agent::image::source_dir() {
                 Some(dir) => {
-                    crate::agent_image::build(&self.docker, &self.image, &dir, &self.progress)
+                    crate::agent::image::build(&self.docker, &self.image, &dir, &self.progress)
                         .await
                         .with_context(|| {
                             format!(
@@ -467,7 +470,7 @@ impl AgentManager {
             format!("{LABEL_MANAGED}=true"),
             format!("{LABEL_OWNER}={}", self.owner),
         ];
-        let ours = crate::docker::containers_labelled(&self.docker, &labels, true).await?;
+        let ours = crate::engine::containers_labelled(&self.docker, &labels, true).await?;
         for c in ours {
             let names = c.names.unwrap_or_default();
             if names.iter().any(|n| n.trim_start_matches('/') == self.name) {
@@ -544,11 +547,11 @@ pub async fn verify(docker: &Docker, name: &str, run: &[String]) -> Result<ExecO
     let args = verify_command(run);
     let mut cmd: Vec<&str> = vec!["/usr/local/bin/connector-agent"];
     cmd.extend(args.iter().map(String::as_str));
-    let limits = crate::docker::ExecLimits {
+    let limits = crate::engine::ExecLimits {
         timeout: std::time::Duration::from_secs(10),
         max_output: 1 << 20,
     };
-    crate::docker::exec(docker, name, &cmd, limits).await
+    crate::engine::exec(docker, name, &cmd, limits).await
 }
 
 /// Turns `connector-agent verify` output into the status section.

@@ -28,8 +28,8 @@ use ipnet::IpNet;
 use super::kubeadm::{self, Networking};
 use super::nodes;
 use super::plan::{ClusterSnapshot, NodeSnapshot, ROLE_CONTROL_PLANE};
-use crate::docker::ExecLimits;
-use crate::events::KIND_CLUSTER_LABEL;
+use crate::engine::ExecLimits;
+use crate::engine::events::KIND_CLUSTER_LABEL;
 
 pub const KIND_ROLE_LABEL: &str = "io.x-k8s.kind.role";
 const ROLE_LOAD_BALANCER: &str = "external-load-balancer";
@@ -92,7 +92,7 @@ impl Discovery {
     /// a cluster that cannot be read completely carries a `problem`.
     pub async fn snapshot(&mut self, docker: &Docker) -> Result<Vec<ClusterSnapshot>> {
         let listed =
-            crate::docker::containers_labelled(docker, &[KIND_CLUSTER_LABEL.to_owned()], false)
+            crate::engine::containers_labelled(docker, &[KIND_CLUSTER_LABEL.to_owned()], false)
                 .await?;
         let network = std::env::var(NETWORK_ENV).unwrap_or_else(|_| DEFAULT_NETWORK.to_owned());
         let mut by_cluster: BTreeMap<String, Vec<Container>> = BTreeMap::new();
@@ -309,7 +309,7 @@ async fn exec_stdout(
     cmd: &[&str],
     limits: ExecLimits,
 ) -> Result<String> {
-    let out = crate::docker::exec(docker, container, cmd, limits).await?;
+    let out = crate::engine::exec(docker, container, cmd, limits).await?;
     if out.exit_code != 0 {
         bail!(
             "`{}` exited with {}: {}",

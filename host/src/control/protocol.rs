@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::plan::SkipReason;
+use crate::routes::plan::SkipReason;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "command", rename_all = "kebab-case")]
@@ -191,7 +191,7 @@ pub struct StatusReport {
     pub networks: Vec<NetworkStatus>,
     /// kind clusters and the VM routes held for them (absent from older daemons).
     #[serde(default)]
-    pub kind: crate::kind::KindReport,
+    pub kind: crate::clusters::kind::KindReport,
     #[serde(default)]
     pub health: HealthStatus,
     #[serde(default)]

@@ -1,5 +1,5 @@
 //! The routes subsystem: owns the host routes through the tun and applies
-//! [`crate::plan`] against a fresh Docker snapshot.
+//! [`crate::routes::plan`] against a fresh Docker snapshot.
 
 use std::collections::BTreeMap;
 
@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::config::NetworkFilter;
-use crate::os::RouteTable;
-use crate::plan::{self, ConflictPolicy, DockerNetwork, Plan, PlanInput, SubnetDecision};
-use crate::protocol::{RouteChange, Skipped, SyncReport};
+use crate::routes::os::RouteTable;
+use crate::routes::plan::{self, ConflictPolicy, DockerNetwork, Plan, PlanInput, SubnetDecision};
+use crate::control::protocol::{RouteChange, Skipped, SyncReport};
 
 pub struct Router {
     table: RouteTable,
