@@ -3,14 +3,7 @@
 //! device so only traffic that came through the tun (which WireGuard
 //! authenticated) can reach it, and answering only the host's tunnel address.
 //!
-//! Requests, one per line:
-//! - `{"op":"set-routes","routes":[{"destination":"10.244.1.0/24","via":"172.18.0.3"}]}`:
-//!   make the agent's routes exactly this set.
-//!   Reply: `{"ok":true,"applied":[…],"removed":[…],"errors":[{"destination","via","error"}]}`
-//!   (`applied`: requested routes now in place; `errors`: those refused).
-//! - `{"op":"get-routes"}` → `{"ok":true,"routes":[…],"protocol":N}`.
-//!
-//! A request that cannot be carried out at all gets `{"ok":false,"error":"…"}`.
+//! The messages are [`connector_protocol::vm_routes`]; this module serves them.
 
 use std::future::Future;
 use std::io;
@@ -18,93 +11,29 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use connector_protocol::lines::{self, LineError, LineReader};
+use connector_protocol::vm_routes::{decode_request, Reply, Request, VmRoute, MAX_REQUEST};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::routes::{ApplyReport, Failure, Route, RouteTable};
+use crate::routes::{ApplyReport, RouteTable};
 
-pub const CONTROL_PORT: u16 = 51872;
-/// Longest request line, newline included: far more than any VM route set
-/// (a few per kind node).
-const MAX_LINE: usize = 1 << 20;
-const MAX_ROUTES: usize = 4096;
-/// Longest error text in a reply: serde's messages quote the offending
-/// input, which must not make a reply as long as the request.
-const MAX_ERROR: usize = 300;
 /// A connection with no request for this long is closed.
 const IDLE: Duration = Duration::from_secs(30);
-
-#[derive(Debug, PartialEq, Eq, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-pub enum Request {
-    SetRoutes { routes: Vec<Route> },
-    GetRoutes,
-}
-
-#[derive(Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Reply {
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub applied: Option<Vec<Route>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub removed: Option<Vec<Route>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errors: Option<Vec<Failure>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub routes: Option<Vec<Route>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Reply {
-    fn error(message: impl Into<String>) -> Reply {
-        let mut message = message.into();
-        if let Some((cut, _)) = message.char_indices().nth(MAX_ERROR) {
-            message.truncate(cut);
-            message.push('…');
-        }
-        Reply {
-            ok: false,
-            error: Some(message),
-            ..Default::default()
-        }
-    }
-
-    fn too_long() -> Reply {
-        Reply::error(format!("request line of {MAX_LINE} bytes or more"))
-    }
-
-    /// The reply as sent: one line of JSON.
-    fn line(&self) -> String {
-        // serde_json escapes control characters, so the text holds no newline.
-        let mut text = serde_json::to_string(self).unwrap_or_else(|_| r#"{"ok":false}"#.to_owned());
-        text.push('\n');
-        text
-    }
-}
-
-/// A request line as read (at most MAX_LINE bytes) that is not all there:
-/// the rest of it is still unread.
-fn cut_short(line: &[u8]) -> bool {
-    line.strip_suffix(b"\n").unwrap_or(line).len() >= MAX_LINE
-}
 
 /// What the channel drives; the netlink [`RouteTable`] in the agent, a fake
 /// in tests.
 pub trait RouteService: Send + Sync + 'static {
-    fn set(&self, routes: Vec<Route>) -> impl Future<Output = Result<ApplyReport, String>> + Send;
-    fn get(&self) -> impl Future<Output = Result<Vec<Route>, String>> + Send;
+    fn set(&self, routes: Vec<VmRoute>) -> impl Future<Output = Result<ApplyReport, String>> + Send;
+    fn get(&self) -> impl Future<Output = Result<Vec<VmRoute>, String>> + Send;
     fn protocol(&self) -> u8;
 }
 
 impl RouteService for RouteTable {
-    async fn set(&self, routes: Vec<Route>) -> Result<ApplyReport, String> {
+    async fn set(&self, routes: Vec<VmRoute>) -> Result<ApplyReport, String> {
         self.apply(&routes).await.map_err(|e| e.to_string())
     }
-    async fn get(&self) -> Result<Vec<Route>, String> {
+    async fn get(&self) -> Result<Vec<VmRoute>, String> {
         self.ours().await.map_err(|e| e.to_string())
     }
     fn protocol(&self) -> u8 {
@@ -114,15 +43,8 @@ impl RouteService for RouteTable {
 
 /// Pure request handling, one line in, one reply out.
 pub async fn handle<S: RouteService>(line: &str, service: &S) -> Reply {
-    if line.len() >= MAX_LINE {
-        return Reply::too_long();
-    }
-    match serde_json::from_str::<Request>(line) {
-        Err(e) => Reply::error(format!("bad request: {e}")),
-        Ok(Request::SetRoutes { routes }) if routes.len() > MAX_ROUTES => Reply::error(format!(
-            "{} routes in one request; at most {MAX_ROUTES}",
-            routes.len()
-        )),
+    match decode_request(line) {
+        Err(e) => Reply::error(e),
         Ok(Request::SetRoutes { routes }) => match service.set(routes).await {
             Ok(report) => Reply {
                 ok: true,
@@ -142,6 +64,15 @@ pub async fn handle<S: RouteService>(line: &str, service: &S) -> Reply {
             },
             Err(e) => Reply::error(e),
         },
+    }
+}
+
+/// The reply to one line as it was read.
+async fn answer<S: RouteService>(line: Result<String, LineError>, service: &S) -> Reply {
+    match line {
+        Ok(text) => handle(&text, service).await,
+        Err(LineError::TooLong { .. }) => Reply::too_long(),
+        Err(e) => Reply::error(format!("bad request: {e}")),
     }
 }
 
@@ -175,20 +106,6 @@ fn bind_device(_socket: &socket2::Socket, _device: &str) -> io::Result<()> {
     ))
 }
 
-/// One request line as read from the wire (bytes, newline included if any)
-/// to its reply line.
-pub async fn respond<S: RouteService>(line: &[u8], service: &S) -> String {
-    let reply = if cut_short(line) {
-        Reply::too_long()
-    } else {
-        match std::str::from_utf8(line) {
-            Ok(text) => handle(text.trim(), service).await,
-            Err(e) => Reply::error(format!("bad request: not UTF-8: {e}")),
-        }
-    };
-    reply.line()
-}
-
 /// Only the host end of the tunnel may talk to the agent.
 pub fn peer_allowed(peer: SocketAddr, host: Ipv4Addr) -> bool {
     match peer.ip() {
@@ -217,18 +134,29 @@ pub async fn serve<S: RouteService>(listener: TcpListener, host: Ipv4Addr, servi
 }
 
 async fn connection<S: RouteService>(stream: TcpStream, service: Arc<S>) {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let (read, write) = stream.into_split();
+    converse(read, write, &*service).await;
+}
+
+/// Answers the requests of one connection in order, until it ends, idles
+/// for [`IDLE`], or sends a line that cannot be read (answered, then closed:
+/// the rest of it is never read).
+async fn converse<R, W, S>(read: R, mut write: W, service: &S)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    S: RouteService,
+{
+    let mut lines = LineReader::new(read, MAX_REQUEST);
     loop {
-        let mut line = Vec::new();
-        let mut limited = (&mut reader).take(MAX_LINE as u64);
-        match tokio::time::timeout(IDLE, limited.read_until(b'\n', &mut line)).await {
-            Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return,
-            Ok(Ok(_)) => {}
-        }
-        let reply = respond(&line, &*service).await;
-        // A line cut at MAX_LINE leaves the rest unread: answer, then close.
-        if write.write_all(reply.as_bytes()).await.is_err() || cut_short(&line) {
+        let line = match tokio::time::timeout(IDLE, lines.next_line()).await {
+            Err(_) | Ok(Ok(None)) | Ok(Err(LineError::Io(_))) => return,
+            Ok(Ok(Some(line))) => Ok(line),
+            Ok(Err(e)) => Err(e),
+        };
+        let last = line.is_err();
+        let reply = answer(line, service).await;
+        if lines::write(&mut write, &reply).await.is_err() || last {
             return;
         }
     }
@@ -237,15 +165,24 @@ async fn connection<S: RouteService>(stream: TcpStream, service: Arc<S>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    /// The reply line to the first line of `bytes` (an empty input is an
+    /// empty line).
+    async fn respond<S: RouteService>(bytes: &[u8], service: &S) -> String {
+        let line = LineReader::new(bytes, MAX_REQUEST).next_line().await;
+        let line = line.map(Option::unwrap_or_default);
+        lines::encode(&answer(line, service).await).unwrap()
+    }
     use std::sync::Mutex;
 
     #[derive(Default)]
     struct Fake {
-        routes: Mutex<Vec<Route>>,
+        routes: Mutex<Vec<VmRoute>>,
     }
 
     impl RouteService for Fake {
-        async fn set(&self, routes: Vec<Route>) -> Result<ApplyReport, String> {
+        async fn set(&self, routes: Vec<VmRoute>) -> Result<ApplyReport, String> {
             let mut held = self.routes.lock().unwrap();
             let removed = held
                 .iter()
@@ -259,7 +196,7 @@ mod tests {
                 errors: vec![],
             })
         }
-        async fn get(&self) -> Result<Vec<Route>, String> {
+        async fn get(&self) -> Result<Vec<VmRoute>, String> {
             Ok(self.routes.lock().unwrap().clone())
         }
         fn protocol(&self) -> u8 {
@@ -306,7 +243,7 @@ mod tests {
                 reply.error
             );
         }
-        let many: Vec<String> = (0..=MAX_ROUTES)
+        let many: Vec<String> = (0..=connector_protocol::vm_routes::MAX_ROUTES)
             .map(|i| {
                 format!(
                     r#"{{"destination":"10.{}.{}.0/24","via":"172.18.0.3"}}"#,
@@ -399,12 +336,12 @@ mod tests {
     #[tokio::test]
     async fn over_long_and_non_utf8_lines_get_a_reason() {
         let fake = Fake::default();
-        let reply = respond(&vec![b' '; MAX_LINE], &fake).await;
+        let reply = respond(&vec![b' '; MAX_REQUEST + 1], &fake).await;
         assert!(
-            reply.contains("request line of 1048576 bytes or more"),
+            reply.contains("request line of more than 1048576 bytes"),
             "{reply}"
         );
-        let mut fits = vec![b' '; MAX_LINE - 1];
+        let mut fits = vec![b' '; MAX_REQUEST];
         fits.push(b'\n');
         let reply = respond(&fits, &fake).await;
         assert!(reply.contains("bad request: EOF"), "{reply}");
@@ -432,8 +369,8 @@ mod tests {
                 .block_on(f)
         }
 
-        fn route() -> impl Strategy<Value = Route> {
-            (any::<u32>(), 0u8..=32, any::<u32>()).prop_map(|(addr, prefix, via)| Route {
+        fn route() -> impl Strategy<Value = VmRoute> {
+            (any::<u32>(), 0u8..=32, any::<u32>()).prop_map(|(addr, prefix, via)| VmRoute {
                 destination: Ipv4Net::new(addr.into(), prefix).unwrap(),
                 via: via.into(),
             })
@@ -547,13 +484,13 @@ mod tests {
                 let out = block_on(respond(format!("{request}\n").as_bytes(), &fake));
                 let reply: Value = serde_json::from_str(&out).unwrap();
                 prop_assert_eq!(&reply["ok"], &Value::Bool(true), "{}", out);
-                let applied: Vec<Route> = serde_json::from_value(reply["applied"].clone()).unwrap();
+                let applied: Vec<VmRoute> = serde_json::from_value(reply["applied"].clone()).unwrap();
                 prop_assert_eq!(&applied, &routes);
                 prop_assert_eq!(&reply["errors"], &serde_json::json!([]));
 
                 let out = block_on(respond(b"{\"op\":\"get-routes\"}\n", &fake));
                 let reply: Value = serde_json::from_str(&out).unwrap();
-                let listed: Vec<Route> = serde_json::from_value(reply["routes"].clone()).unwrap();
+                let listed: Vec<VmRoute> = serde_json::from_value(reply["routes"].clone()).unwrap();
                 prop_assert_eq!(listed, routes);
                 prop_assert_eq!(&reply["protocol"], &serde_json::json!(222));
             }

@@ -471,7 +471,7 @@ async fn serve(
                    prefix = args.prefix, mtu = args.mtu, "tun up");
     // The daemon's control channel rides inside the tunnel: bound to the
     // tun and its address, answering the host's tunnel address only.
-    let listen = SocketAddrV4::new(args.address, control::CONTROL_PORT);
+    let listen = SocketAddrV4::new(args.address, connector_protocol::vm_routes::CONTROL_PORT);
     let _control = match control::listen(listen, &args.tun_name) {
         Ok(listener) => {
             tracing::info!(%listen, tun = %args.tun_name, "control channel up");

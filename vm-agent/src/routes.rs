@@ -18,20 +18,8 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
-
-/// One route: `destination` via the gateway `via` (on the kind bridge).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Route {
-    pub destination: Ipv4Net,
-    pub via: Ipv4Addr,
-}
-
-impl fmt::Display for Route {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} via {}", self.destination, self.via)
-    }
-}
+use connector_protocol::vm_routes::{RouteFailure, VmRoute};
+use serde::Serialize;
 
 /// A route of the main table as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,35 +44,17 @@ impl fmt::Display for KernelRoute {
     }
 }
 
-/// A route that could not be put in place, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    pub destination: String,
-    pub via: String,
-    pub error: String,
-}
-
-impl Failure {
-    fn new(route: &Route, error: impl Into<String>) -> Failure {
-        Failure {
-            destination: route.destination.to_string(),
-            via: route.via.to_string(),
-            error: error.into(),
-        }
-    }
-}
-
 /// What one `set-routes` changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ApplyReport {
     /// The requested routes now in place.
-    pub applied: Vec<Route>,
+    pub applied: Vec<VmRoute>,
     /// Our routes that were taken out (no longer wanted, or a new gateway).
-    pub removed: Vec<Route>,
-    pub errors: Vec<Failure>,
+    pub removed: Vec<VmRoute>,
+    pub errors: Vec<RouteFailure>,
 }
 
-/// Route protocol numbers 200-249: unassigned in iproute2's `rt_protos` and
+/// VmRoute protocol numbers 200-249: unassigned in iproute2's `rt_protos` and
 /// by routing daemons (FRR uses 186-198, BIRD 12).
 pub fn protocol_for_tag(tag: &str) -> u8 {
     // FNV-1a: stable across builds and platforms.
@@ -97,7 +67,7 @@ pub fn protocol_for_tag(tag: &str) -> u8 {
 /// Refuses routes that could cut the agent off or make no sense. `protected`
 /// are the tunnel addresses: a route covering them would pull the tunnel's
 /// own traffic away from the tun.
-pub fn validate(route: &Route, protected: &[Ipv4Addr]) -> Result<(), String> {
+pub fn validate(route: &VmRoute, protected: &[Ipv4Addr]) -> Result<(), String> {
     let d = route.destination;
     if d.prefix_len() == 0 {
         return Err("refusing to replace the default route".into());
@@ -125,10 +95,10 @@ pub fn validate(route: &Route, protected: &[Ipv4Addr]) -> Result<(), String> {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     /// Already in place.
-    pub keep: Vec<Route>,
-    pub remove: Vec<Route>,
-    pub add: Vec<Route>,
-    pub refused: Vec<Failure>,
+    pub keep: Vec<VmRoute>,
+    pub remove: Vec<VmRoute>,
+    pub add: Vec<VmRoute>,
+    pub refused: Vec<RouteFailure>,
 }
 
 /// Pure: `kernel` is the main table as listed just now; routes carrying
@@ -136,22 +106,22 @@ pub struct Changes {
 /// touched. A route for the same destination and metric that is not ours
 /// (a Docker bridge, a user's route) makes ours impossible: refused.
 pub fn diff(
-    desired: &[Route],
+    desired: &[VmRoute],
     kernel: &[KernelRoute],
     protocol: u8,
     protected: &[Ipv4Addr],
 ) -> Changes {
     let mut changes = Changes::default();
     let ours: Vec<&KernelRoute> = kernel.iter().filter(|r| r.protocol == protocol).collect();
-    let mut wanted: Vec<&Route> = Vec::new();
+    let mut wanted: Vec<&VmRoute> = Vec::new();
     for route in desired {
         if let Err(e) = validate(route, protected) {
-            changes.refused.push(Failure::new(route, e));
+            changes.refused.push(RouteFailure::new(route, e));
             continue;
         }
         if let Some(first) = wanted.iter().find(|w| w.destination == route.destination) {
             if first.via != route.via {
-                changes.refused.push(Failure::new(
+                changes.refused.push(RouteFailure::new(
                     route,
                     format!(
                         "{} is already requested via {}",
@@ -164,7 +134,7 @@ pub fn diff(
         if let Some(foreign) = kernel.iter().find(|r| {
             r.protocol != protocol && r.destination == route.destination && r.priority == 0
         }) {
-            changes.refused.push(Failure::new(
+            changes.refused.push(RouteFailure::new(
                 route,
                 format!("conflicts with existing route {foreign}"),
             ));
@@ -182,7 +152,7 @@ pub fn diff(
             .iter()
             .any(|k| k.destination == o.destination && Some(k.via) == o.gateway);
         if !still {
-            changes.remove.push(Route {
+            changes.remove.push(VmRoute {
                 destination: o.destination,
                 via: o.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
             });
@@ -220,7 +190,7 @@ mod netlink {
     use rtnetlink::{Handle, RouteMessageBuilder};
     use tokio::sync::Mutex;
 
-    use super::{diff, ApplyReport, Failure, KernelRoute, Route, RouteError};
+    use super::{diff, ApplyReport, RouteFailure, KernelRoute, VmRoute, RouteError};
 
     const MAIN_TABLE: u32 = 254;
 
@@ -277,13 +247,13 @@ mod netlink {
         }
 
         /// Our routes as they are in the kernel now.
-        pub async fn ours(&self) -> Result<Vec<Route>, RouteError> {
-            let mut v: Vec<Route> = self
+        pub async fn ours(&self) -> Result<Vec<VmRoute>, RouteError> {
+            let mut v: Vec<VmRoute> = self
                 .list()
                 .await?
                 .into_iter()
                 .filter(|r| r.protocol == self.protocol)
-                .map(|r| Route {
+                .map(|r| VmRoute {
                     destination: r.destination,
                     via: r.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
                 })
@@ -293,7 +263,7 @@ mod netlink {
         }
 
         /// Makes our routes exactly `desired` (minus what is refused).
-        pub async fn apply(&self, desired: &[Route]) -> Result<ApplyReport, RouteError> {
+        pub async fn apply(&self, desired: &[VmRoute]) -> Result<ApplyReport, RouteError> {
             let _one_at_a_time = self.lock.lock().await;
             let kernel = self.list().await?;
             let changes = diff(desired, &kernel, self.protocol, &self.protected);
@@ -312,7 +282,7 @@ mod netlink {
                     }
                     Err(e) => report
                         .errors
-                        .push(Failure::new(&r, format!("cannot remove: {e}"))),
+                        .push(RouteFailure::new(&r, format!("cannot remove: {e}"))),
                 }
             }
             for r in changes.add {
@@ -321,7 +291,7 @@ mod netlink {
                         tracing::info!(destination = %r.destination, via = %r.via, protocol = self.protocol, "route added");
                         report.applied.push(r);
                     }
-                    Err(e) => report.errors.push(Failure::new(&r, e)),
+                    Err(e) => report.errors.push(RouteFailure::new(&r, e)),
                 }
             }
             report.applied.sort();
@@ -332,7 +302,7 @@ mod netlink {
         }
 
         /// Removes all our routes (shutdown, cleanup).
-        pub async fn flush(&self) -> Result<Vec<Route>, RouteError> {
+        pub async fn flush(&self) -> Result<Vec<VmRoute>, RouteError> {
             let _one_at_a_time = self.lock.lock().await;
             let mut removed = Vec::new();
             for r in self
@@ -341,7 +311,7 @@ mod netlink {
                 .into_iter()
                 .filter(|r| r.protocol == self.protocol)
             {
-                let route = Route {
+                let route = VmRoute {
                     destination: r.destination,
                     via: r.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
                 };
@@ -353,7 +323,7 @@ mod netlink {
             Ok(removed)
         }
 
-        fn message(&self, route: &Route) -> RouteMessage {
+        fn message(&self, route: &VmRoute) -> RouteMessage {
             let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(route.destination.addr(), route.destination.prefix_len())
                 .protocol(RouteProtocol::from(self.protocol))
@@ -364,7 +334,7 @@ mod netlink {
             b.build()
         }
 
-        async fn add(&self, route: &Route) -> Result<(), String> {
+        async fn add(&self, route: &VmRoute) -> Result<(), String> {
             self.handle
                 .route()
                 .add(self.message(route))
@@ -375,7 +345,7 @@ mod netlink {
 
         /// The kernel deletes only a route with our protocol, so this can
         /// never take away someone else's route for the same destination.
-        async fn delete(&self, route: &Route) -> Result<(), String> {
+        async fn delete(&self, route: &VmRoute) -> Result<(), String> {
             self.handle
                 .route()
                 .del(self.message(route))
@@ -385,7 +355,7 @@ mod netlink {
         }
     }
 
-    fn explain(e: rtnetlink::Error, route: &Route) -> String {
+    fn explain(e: rtnetlink::Error, route: &VmRoute) -> String {
         let text = e.to_string();
         if text.contains("Network is unreachable") || text.contains("os error 101") {
             format!(
@@ -445,13 +415,13 @@ impl RouteTable {
     pub fn protocol(&self) -> u8 {
         0
     }
-    pub async fn ours(&self) -> Result<Vec<Route>, RouteError> {
+    pub async fn ours(&self) -> Result<Vec<VmRoute>, RouteError> {
         Err(RouteError::Unsupported)
     }
-    pub async fn apply(&self, _desired: &[Route]) -> Result<ApplyReport, RouteError> {
+    pub async fn apply(&self, _desired: &[VmRoute]) -> Result<ApplyReport, RouteError> {
         Err(RouteError::Unsupported)
     }
-    pub async fn flush(&self) -> Result<Vec<Route>, RouteError> {
+    pub async fn flush(&self) -> Result<Vec<VmRoute>, RouteError> {
         Err(RouteError::Unsupported)
     }
 }
@@ -462,8 +432,8 @@ mod tests {
 
     const P: u8 = 222;
 
-    fn route(d: &str, v: &str) -> Route {
-        Route {
+    fn route(d: &str, v: &str) -> VmRoute {
+        VmRoute {
             destination: d.parse().unwrap(),
             via: v.parse().unwrap(),
         }
@@ -538,7 +508,7 @@ mod tests {
         assert!(c.add.is_empty());
         assert_eq!(
             c.refused,
-            vec![Failure {
+            vec![RouteFailure {
                 destination: "10.96.0.0/16".into(),
                 via: "172.18.0.2".into(),
                 error: "conflicts with existing route 10.96.0.0/16 dev br-other proto 2".into(),
@@ -638,22 +608,22 @@ mod tests {
             ]
         }
 
-        fn route(base: u32) -> impl Strategy<Value = Route> {
+        fn route(base: u32) -> impl Strategy<Value = VmRoute> {
             (addr(base), 0u8..=32, any::<bool>(), addr(base)).prop_map(|(a, prefix, exact, via)| {
                 let net = Ipv4Net::new(a, prefix).unwrap();
-                Route {
+                VmRoute {
                     destination: if exact { net.trunc() } else { net },
                     via,
                 }
             })
         }
 
-        fn case() -> impl Strategy<Value = (Route, Vec<Ipv4Addr>)> {
+        fn case() -> impl Strategy<Value = (VmRoute, Vec<Ipv4Addr>)> {
             any::<u32>()
                 .prop_flat_map(|base| (route(base), prop::collection::vec(addr(base), 0..3)))
         }
 
-        fn tables() -> impl Strategy<Value = (Vec<Route>, Vec<KernelRoute>, Vec<Ipv4Addr>)> {
+        fn tables() -> impl Strategy<Value = (Vec<VmRoute>, Vec<KernelRoute>, Vec<Ipv4Addr>)> {
             any::<u32>().prop_flat_map(|base| {
                 let kernel = (
                     route(base),
@@ -700,7 +670,7 @@ mod tests {
                 (desired, kernel, protected) in tables(),
             ) {
                 let c = diff(&desired, &kernel, P, &protected);
-                let placed: Vec<&Route> = c.keep.iter().chain(&c.add).collect();
+                let placed: Vec<&VmRoute> = c.keep.iter().chain(&c.add).collect();
                 for r in &placed {
                     prop_assert!(validate(r, &protected).is_ok(), "{}", r);
                     prop_assert_eq!(placed.iter().filter(|o| o.destination == r.destination).count(), 1);

@@ -8,23 +8,20 @@
 //! with backoff while the tunnel is not up, so the daemon's loop never waits
 //! on the network.
 //!
-//! Requests: `{"op":"set-routes","routes":[{"destination":"10.244.1.0/24","via":"172.18.0.3"}]}`
-//! (the agent makes its routes exactly this set) and `{"op":"get-routes"}`.
-//! Replies: `{"ok":true,"applied":[…],"removed":[…],"errors":[{"destination",
-//! "via","error"}]}`, `{"ok":true,"routes":[…]}`, or `{"ok":false,"error":"…"}`.
+//! The messages are [`connector_protocol::vm_routes`].
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use connector_protocol::lines::{self, LineReader};
+use connector_protocol::vm_routes::{decode_reply, Reply, Request, CONTROL_PORT, MAX_REPLY};
+pub use connector_protocol::vm_routes::{RouteFailure, VmRoute};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
-/// The agent listens here, on its tunnel address.
-pub const CONTROL_PORT: u16 = 51872;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -32,40 +29,6 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Failures for this long are logged as warnings, shorter ones (the tunnel
 /// coming up) at debug level.
 const WARN_AFTER: Duration = Duration::from_secs(20);
-const MAX_REPLY: u64 = 4 << 20;
-
-/// One route in the VM: `destination` via the gateway `via`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct VmRoute {
-    pub destination: Ipv4Net,
-    pub via: Ipv4Addr,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-enum Request<'a> {
-    SetRoutes { routes: &'a [VmRoute] },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteFailure {
-    pub destination: String,
-    pub via: String,
-    pub error: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Reply {
-    ok: bool,
-    #[serde(default)]
-    applied: Vec<VmRoute>,
-    #[serde(default)]
-    removed: Vec<VmRoute>,
-    #[serde(default)]
-    errors: Vec<RouteFailure>,
-    #[serde(default)]
-    error: Option<String>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -304,15 +267,24 @@ async fn deliver(
     }
 }
 
+/// What the agent did with a `set-routes`.
+struct Applied {
+    applied: Vec<VmRoute>,
+    removed: Vec<VmRoute>,
+    errors: Vec<RouteFailure>,
+}
+
 async fn set_routes(
     local: Ipv4Addr,
     agent: SocketAddr,
     routes: &[VmRoute],
-) -> Result<Reply, LinkError> {
-    let mut line = serde_json::to_string(&Request::SetRoutes { routes }).expect("routes serialise");
-    line.push('\n');
+) -> Result<Applied, LinkError> {
+    let request = Request::SetRoutes {
+        routes: routes.to_vec(),
+    };
+    let line = lines::encode(&request).expect("routes serialise");
     let reply = exchange(local, agent, &line).await?;
-    let reply: Reply = serde_json::from_str(reply.trim()).map_err(|e| LinkError::BadReply {
+    let reply: Reply = decode_reply(&reply).map_err(|e| LinkError::BadReply {
         error: e.to_string(),
         line: reply.chars().take(200).collect(),
     })?;
@@ -321,7 +293,11 @@ async fn set_routes(
             reply.error.unwrap_or_else(|| "no reason given".into()),
         ));
     }
-    Ok(reply)
+    Ok(Applied {
+        applied: reply.applied.unwrap_or_default(),
+        removed: reply.removed.unwrap_or_default(),
+        errors: reply.errors.unwrap_or_default(),
+    })
 }
 
 /// One request line out, one reply line back.
@@ -342,19 +318,14 @@ async fn exchange(local: Ipv4Addr, agent: SocketAddr, line: &str) -> Result<Stri
     let talk = async {
         let (read, mut write) = stream.into_split();
         write.write_all(line.as_bytes()).await.map_err(io)?;
-        let mut reply = String::new();
-        BufReader::new(read)
-            .take(MAX_REPLY)
-            .read_line(&mut reply)
-            .await
-            .map_err(io)?;
-        if reply.is_empty() {
-            return Err(io(std::io::Error::new(
+        match LineReader::new(read, MAX_REPLY).next_line().await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => Err(io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "connection closed without a reply",
-            )));
+            ))),
+            Err(e) => Err(io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
         }
-        Ok(reply)
     };
     tokio::time::timeout(REPLY_TIMEOUT, talk)
         .await
@@ -367,6 +338,7 @@ async fn exchange(local: Ipv4Addr, agent: SocketAddr, line: &str) -> Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
     use tokio::net::TcpListener;
 
     fn route(d: &str, v: &str) -> VmRoute {
@@ -374,15 +346,6 @@ mod tests {
             destination: d.parse().unwrap(),
             via: v.parse().unwrap(),
         }
-    }
-
-    #[test]
-    fn request_is_the_documented_json_line() {
-        let routes = [route("10.244.1.0/24", "172.18.0.3")];
-        assert_eq!(
-            serde_json::to_string(&Request::SetRoutes { routes: &routes }).unwrap(),
-            r#"{"op":"set-routes","routes":[{"destination":"10.244.1.0/24","via":"172.18.0.3"}]}"#
-        );
     }
 
     #[test]

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use connector_protocol::lines::{self, LineError, LineReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,7 +32,9 @@ pub type Inbox = mpsc::Receiver<(Request, oneshot::Sender<Response>)>;
 /// Answers `status` from the daemon's cached state.
 pub type StatusFn = Arc<dyn Fn() -> StatusReport + Send + Sync>;
 
-const MAX_REQUEST: u64 = 64 * 1024;
+const MAX_REQUEST: usize = 64 * 1024;
+/// Longest response the CLI reads (a status report of many networks).
+const MAX_RESPONSE: usize = 64 << 20;
 /// A client sends its one line at once; a connection that has not after
 /// this long is closed.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -230,20 +233,22 @@ async fn handle(
     _slot: Slot,
 ) {
     let (read, write) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(read).take(MAX_REQUEST);
-    let read = tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await;
+    let read = tokio::time::timeout(
+        READ_TIMEOUT,
+        LineReader::new(read, MAX_REQUEST).next_line(),
+    )
+    .await;
     let response = match read {
         Err(_) => Response::Error {
             message: format!("no request within {} s", READ_TIMEOUT.as_secs()),
         },
+        Ok(Err(LineError::TooLong { max })) => Response::Error {
+            message: format!("request larger than {max} bytes"),
+        },
         Ok(Err(e)) => Response::Error {
             message: format!("cannot read request: {e}"),
         },
-        Ok(Ok(_)) if !line.ends_with('\n') && line.len() as u64 >= MAX_REQUEST => Response::Error {
-            message: format!("request larger than {MAX_REQUEST} bytes"),
-        },
-        Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim()) {
+        Ok(Ok(line)) => match serde_json::from_str::<Request>(line.unwrap_or_default().trim()) {
             Err(e) => Response::Error {
                 message: format!("bad request: {e}"),
             },
@@ -287,9 +292,7 @@ async fn reply(stream: UnixStream, response: Response) {
 }
 
 async fn write_response(mut write: tokio::net::unix::OwnedWriteHalf, response: &Response) {
-    let mut text = serde_json::to_string(response).unwrap_or_default();
-    text.push('\n');
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(text.as_bytes())).await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, lines::write(&mut write, response)).await;
 }
 
 /// Client side: one request, one response.
@@ -312,17 +315,14 @@ pub async fn request(path: &PathBuf, request: &Request) -> Result<Response> {
     };
     let talk = async {
         let (read, mut write) = stream.into_split();
-        let mut text = serde_json::to_string(request)?;
-        text.push('\n');
-        write.write_all(text.as_bytes()).await?;
+        lines::write(&mut write, request).await?;
         write.shutdown().await?;
-        let mut line = String::new();
-        BufReader::new(read)
-            .take(64 << 20)
-            .read_line(&mut line)
+        let line = LineReader::new(read, MAX_RESPONSE)
+            .next_line()
             .await
+            .context("cannot read the daemon's response")?
             .context("the daemon closed the connection")?;
-        serde_json::from_str(line.trim())
+        serde_json::from_str(&line)
             .with_context(|| format!("bad response from the daemon: {line:?}"))
     };
     tokio::time::timeout(CLIENT_TIMEOUT, talk)
