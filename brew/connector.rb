@@ -26,7 +26,7 @@ class Connector < Formula
     # The daemon builds the agent image from these when the release image
     # cannot be pulled. The whole workspace goes along (host included) so that
     # `cargo build --locked -p connector-agent` works with the shipped lock file.
-    (pkgshare/"agent-src").install "Cargo.toml", "Cargo.lock", "host", "tunnel", "vm-agent"
+    (pkgshare/"agent-src").install "Cargo.toml", "Cargo.lock", "host", "protocol", "tunnel", "vm-agent"
 
     # Homebrew keeps an edited etc file on upgrade and puts the new one next
     # to it as config.toml.default.

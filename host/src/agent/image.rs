@@ -13,7 +13,14 @@ use futures_util::StreamExt;
 use crate::progress::{build_step, Phase, Progress};
 
 /// Entries of the build context, relative to the source directory.
-const CONTEXT: &[&str] = &["Cargo.toml", "Cargo.lock", "host", "tunnel", "vm-agent"];
+const CONTEXT: &[&str] = &[
+    "Cargo.toml",
+    "Cargo.lock",
+    "host",
+    "protocol",
+    "tunnel",
+    "vm-agent",
+];
 const DOCKERFILE: &str = "vm-agent/Dockerfile";
 
 /// Where the agent sources are: `CONNECTOR_AGENT_SRC`, else Homebrew's
@@ -146,7 +153,13 @@ mod tests {
             .collect();
         assert!(names.iter().any(|n| n == DOCKERFILE), "{names:?}");
         assert!(names.iter().any(|n| n == "Cargo.lock"));
-        assert!(names.iter().any(|n| n == "tunnel/src/lib.rs"));
+        // Every workspace member: cargo cannot load the workspace without one.
+        let manifest: toml::Table =
+            std::fs::read_to_string(repo.join("Cargo.toml")).unwrap().parse().unwrap();
+        for member in manifest["workspace"]["members"].as_array().unwrap() {
+            let cargo_toml = format!("{}/Cargo.toml", member.as_str().unwrap());
+            assert!(names.contains(&cargo_toml), "{cargo_toml} missing");
+        }
         assert!(!names
             .iter()
             .any(|n| n.contains("/target/") || n.starts_with("target/")));
