@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use connector_tunnel::{keys, Tunnel, TunnelConfig};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -407,8 +408,13 @@ fn log_report(report: &firewall::EnsureReport, reassert: bool) {
 
 /// Initial resolution: the tunnel needs an endpoint to initiate, so wait for one.
 async fn first_endpoint(endpoint: &str, shutdown: &mut Shutdown) -> Result<Option<SocketAddr>> {
-    let mut delay = Duration::from_secs(1);
+    let mut delays = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(RESOLVE_EVERY)
+        .without_max_times()
+        .build();
     loop {
+        let delay = delays.next().unwrap_or(RESOLVE_EVERY);
         match resolve(endpoint).await {
             Ok(addr) => return Ok(Some(addr)),
             Err(e) => tracing::warn!(
@@ -424,7 +430,6 @@ async fn first_endpoint(endpoint: &str, shutdown: &mut Shutdown) -> Result<Optio
             }
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(RESOLVE_EVERY);
     }
 }
 

@@ -14,6 +14,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use connector_protocol::lines::{self, LineReader};
 use connector_protocol::vm_routes::{decode_reply, Reply, Request, CONTROL_PORT, MAX_REPLY};
 pub use connector_protocol::vm_routes::{RouteFailure, VmRoute};
@@ -24,8 +25,11 @@ use tokio::sync::watch;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
-const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+const RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(500))
+    .with_max_delay(RETRY_MAX)
+    .without_max_times();
 /// Failures for this long are logged as warnings, shorter ones (the tunnel
 /// coming up) at debug level.
 const WARN_AFTER: Duration = Duration::from_secs(20);
@@ -188,7 +192,7 @@ async fn deliver(
 ) {
     let update = |f: &dyn Fn(&mut Shared)| f(&mut shared.lock().unwrap_or_else(|p| p.into_inner()));
     while rx.changed().await.is_ok() {
-        let mut delay = RETRY_FIRST;
+        let mut delays = RETRY.build();
         let mut failing_since: Option<Instant> = None;
         let mut warned = false;
         loop {
@@ -244,6 +248,7 @@ async fn deliver(
                     break;
                 }
                 Err(e) => {
+                    let delay = delays.next().unwrap_or(RETRY_MAX);
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= WARN_AFTER && !warned {
                         tracing::warn!(error = %e, "cannot push VM routes to the agent; retrying");
@@ -260,7 +265,6 @@ async fn deliver(
                         _ = tokio::time::sleep(delay) => {}
                         changed = rx.changed() => if changed.is_err() { return },
                     }
-                    delay = (delay * 2).min(RETRY_MAX);
                 }
             }
         }

@@ -16,6 +16,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
+
 use crate::control::protocol::HealthStatus;
 
 #[derive(Debug, Clone)]
@@ -27,10 +29,8 @@ pub struct HealthConfig {
     pub replace_after: Duration,
     /// …but never sooner than this after the nudge.
     pub nudge_grace: Duration,
-    /// The pause after the first replacement, doubled after each further
-    /// one, up to `backoff_max`.
-    pub backoff_first: Duration,
-    pub backoff_max: Duration,
+    /// The pauses after each replacement.
+    pub backoff: ExponentialBuilder,
     /// How late a tick may be before it means "we were not running".
     pub max_tick_gap: Duration,
 }
@@ -41,8 +41,10 @@ impl Default for HealthConfig {
             nudge_after: Duration::from_secs(25),
             replace_after: Duration::from_secs(45),
             nudge_grace: Duration::from_secs(15),
-            backoff_first: Duration::from_secs(60),
-            backoff_max: Duration::from_secs(15 * 60),
+            backoff: ExponentialBuilder::new()
+                .with_min_delay(Duration::from_secs(60))
+                .with_max_delay(Duration::from_secs(15 * 60))
+                .without_max_times(),
             max_tick_gap: Duration::from_secs(15),
         }
     }
@@ -160,11 +162,9 @@ impl Health {
             return Action::Nothing;
         }
         self.replacements += 1;
-        let pause = self
-            .config
-            .backoff_first
-            .saturating_mul(1 << (self.replacements - 1).min(16))
-            .min(self.config.backoff_max);
+        // The n-th pause of the sequence; past 16 it is at the cap anyway.
+        let nth = (self.replacements - 1).min(16) as usize;
+        let pause = self.config.backoff.build().nth(nth).unwrap_or_default();
         self.not_before = Some(now + pause);
         self.last_replaced = Some(now);
         self.since = now;

@@ -5,8 +5,8 @@
 //! daemon runs a full reconcile.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
+use backon::BackoffBuilder;
 use bollard::models::EventMessageTypeEnum;
 use bollard::query_parameters::EventsOptions;
 use bollard::Docker;
@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::agent::LABEL_MANAGED;
+use crate::engine::{ENGINE_BACKOFF, ENGINE_BACKOFF_MAX};
 
 /// Label kind puts on its node containers.
 pub const KIND_CLUSTER_LABEL: &str = "io.x-k8s.kind.cluster";
@@ -37,8 +38,6 @@ pub enum Trigger {
     Resync,
 }
 
-const BACKOFF_START: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Pure: maps one event to a trigger, ignoring what we do not route on.
 pub fn classify(
@@ -82,7 +81,7 @@ pub async fn follow(docker: Docker, tx: mpsc::Sender<Trigger>) {
         vec!["network".to_owned(), "container".to_owned()],
     )]);
     let mut up = true; // the daemon connected before starting us
-    let mut backoff = BACKOFF_START;
+    let mut backoff = ENGINE_BACKOFF.build();
     // The engine's time of the last event seen: a new subscription starts
     // there, so nothing that happened while re-subscribing is lost.
     let mut last_seen: Option<i64> = None;
@@ -104,7 +103,7 @@ pub async fn follow(docker: Docker, tx: mpsc::Sender<Trigger>) {
         if healthy && !up {
             tracing::info!("Docker is reachable again");
             up = true;
-            backoff = BACKOFF_START;
+            backoff = ENGINE_BACKOFF.build();
             if tx.send(Trigger::DockerUp).await.is_err() {
                 return;
             }
@@ -128,7 +127,7 @@ pub async fn follow(docker: Docker, tx: mpsc::Sender<Trigger>) {
                                 return;
                             }
                         }
-                        backoff = BACKOFF_START;
+                        backoff = ENGINE_BACKOFF.build();
                     }
                     Err(error) => {
                         tracing::debug!(%error, "docker event stream ended");
@@ -154,8 +153,7 @@ pub async fn follow(docker: Docker, tx: mpsc::Sender<Trigger>) {
                         return;
                     }
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(backoff.next().unwrap_or(ENGINE_BACKOFF_MAX)).await;
             }
         }
     }

@@ -8,11 +8,19 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use bollard::query_parameters::ListNetworksOptions;
 use bollard::Docker;
 use ipnet::IpNet;
 
 use crate::routes::plan::DockerNetwork;
+
+pub const ENGINE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Pauses between attempts to reach an engine that does not answer yet.
+pub const ENGINE_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(250))
+    .with_max_delay(ENGINE_BACKOFF_MAX)
+    .without_max_times();
 
 /// How long one API call may take before we call the engine unresponsive.
 const API_TIMEOUT_SECS: u64 = 30;
@@ -68,7 +76,7 @@ pub async fn connect_configured(configured: Option<&str>) -> Result<Engine> {
 /// `DOCKER_HOST`) is fatal; a broken docker context file is skipped by
 /// discovery.
 pub async fn wait_for_engine(configured: Option<&str>) -> Result<Engine> {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = ENGINE_BACKOFF.build();
     let mut waiting = false;
     loop {
         match connect_configured(configured).await {
@@ -94,8 +102,7 @@ pub async fn wait_for_engine(configured: Option<&str>) -> Result<Engine> {
                 }
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.next().unwrap_or(ENGINE_BACKOFF_MAX)).await;
     }
 }
 

@@ -16,6 +16,7 @@ pub mod watch;
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::link::{LinkStatus, VmRoute};
@@ -25,8 +26,10 @@ pub use plan::{CidrState, ClusterSnapshot, ClusterStatus, KindPlan, Limits};
 
 /// A cluster still starting (no kubeadm.conf or podCIDRs yet) is looked at
 /// again this soon, then less and less often, up to the daemon's safety net.
-const RETRY_FIRST: Duration = Duration::from_secs(3);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+const RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_secs(3))
+    .with_max_delay(Duration::from_secs(30))
+    .without_max_times();
 
 /// The kind part of `connector status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -42,7 +45,7 @@ pub struct Kind {
     config: KindConfig,
     clusters: Vec<ClusterStatus>,
     pending: bool,
-    retry: Option<Duration>,
+    retry: Option<ExponentialBackoff>,
 }
 
 impl Kind {
@@ -114,9 +117,7 @@ impl Kind {
         if !self.pending {
             return None;
         }
-        let next = self.retry.map_or(RETRY_FIRST, |d| (d * 2).min(RETRY_MAX));
-        self.retry = Some(next);
-        Some(next)
+        self.retry.get_or_insert_with(|| RETRY.build()).next()
     }
 }
 
