@@ -110,8 +110,7 @@ fn require_root(euid: u32, launchd_job: Option<&str>) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Run = cli.command {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
+        let euid = nix::unistd::geteuid().as_raw();
         if let Err(message) = require_root(euid, std::env::var("XPC_SERVICE_NAME").ok().as_deref())
         {
             eprintln!("error: {message}");

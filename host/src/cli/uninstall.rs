@@ -23,8 +23,7 @@ pub async fn run(config: &Config) -> Result<Vec<String>> {
             config.control_socket.display()
         );
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("uninstall removes routes and the state directory: run it with sudo");
     }
     let mut done = Vec::new();

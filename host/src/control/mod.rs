@@ -220,8 +220,7 @@ pub fn serve(
 }
 
 fn allowed(peer_uid: Option<u32>) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     matches!(peer_uid, Some(uid) if uid == 0 || uid == me)
 }
 

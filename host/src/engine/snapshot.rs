@@ -563,55 +563,16 @@ fn console_user() -> Option<User> {
     if uid == 0 {
         return None;
     }
-    let (name, home) =
-        passwd(|pwd, buf, len, result| unsafe { libc::getpwuid_r(uid, pwd, buf, len, result) })?;
+    let user = nix::unistd::User::from_uid(uid.into()).ok()??;
     Some(User {
-        name,
-        home,
+        name: user.name,
+        home: user.dir,
         role: "console user",
     })
 }
 
 fn home_of(name: &str) -> Option<PathBuf> {
-    let cname = std::ffi::CString::new(name).ok()?;
-    passwd(|pwd, buf, len, result| unsafe {
-        libc::getpwnam_r(cname.as_ptr(), pwd, buf, len, result)
-    })
-    .map(|(_, home)| home)
-}
-
-/// Name and home directory from the password database (`getpw*_r`).
-fn passwd(
-    lookup: impl Fn(
-        *mut libc::passwd,
-        *mut libc::c_char,
-        libc::size_t,
-        *mut *mut libc::passwd,
-    ) -> libc::c_int,
-) -> Option<(String, PathBuf)> {
-    use std::ffi::CStr;
-    use std::os::unix::ffi::OsStrExt;
-    let mut buf = vec![0 as libc::c_char; 4096];
-    loop {
-        // SAFETY: `pwd` is plain data filled in by libc; its pointers point
-        // into `buf`, which outlives every use below.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = lookup(&mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() || pwd.pw_name.is_null() || pwd.pw_dir.is_null() {
-            return None;
-        }
-        // SAFETY: non-null, NUL-terminated strings inside `buf`.
-        let (name, dir) = unsafe { (CStr::from_ptr(pwd.pw_name), CStr::from_ptr(pwd.pw_dir)) };
-        return Some((
-            name.to_string_lossy().into_owned(),
-            PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())),
-        ));
-    }
+    nix::unistd::User::from_name(name).ok()?.map(|user| user.dir)
 }
 
 #[cfg(test)]
