@@ -147,7 +147,10 @@ mod tests {
             encode(&set).unwrap(),
             "{\"op\":\"set-routes\",\"routes\":[{\"destination\":\"10.244.1.0/24\",\"via\":\"172.18.0.3\"}]}\n"
         );
-        assert_eq!(encode(&Request::GetRoutes).unwrap(), "{\"op\":\"get-routes\"}\n");
+        assert_eq!(
+            encode(&Request::GetRoutes).unwrap(),
+            "{\"op\":\"get-routes\"}\n"
+        );
     }
 
     #[test]
@@ -171,7 +174,10 @@ mod tests {
         };
         assert_eq!(
             decode_request(&encode(&many).unwrap()).unwrap_err(),
-            format!("{} routes in one request; at most {MAX_ROUTES}", MAX_ROUTES + 1)
+            format!(
+                "{} routes in one request; at most {MAX_ROUTES}",
+                MAX_ROUTES + 1
+            )
         );
     }
 

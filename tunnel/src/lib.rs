@@ -16,6 +16,8 @@
 //! - Elsewhere (`plain`, i.e. macOS: utun has no offload): two tokio tasks,
 //!   one packet per system call, no copy beyond the cipher's.
 
+#[cfg(target_os = "linux")]
+pub mod kernel_routes;
 pub mod keys;
 #[cfg(target_os = "linux")]
 mod linux;

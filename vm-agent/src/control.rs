@@ -24,7 +24,8 @@ const IDLE: Duration = Duration::from_secs(30);
 /// What the channel drives; the netlink [`RouteTable`] in the agent, a fake
 /// in tests.
 pub trait RouteService: Send + Sync + 'static {
-    fn set(&self, routes: Vec<VmRoute>) -> impl Future<Output = Result<ApplyReport, String>> + Send;
+    fn set(&self, routes: Vec<VmRoute>)
+        -> impl Future<Output = Result<ApplyReport, String>> + Send;
     fn get(&self) -> impl Future<Output = Result<Vec<VmRoute>, String>> + Send;
     fn protocol(&self) -> u8;
 }

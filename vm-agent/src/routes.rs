@@ -17,8 +17,8 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
 use connector_protocol::vm_routes::{RouteFailure, VmRoute};
+use ipnet::Ipv4Net;
 use serde::Serialize;
 
 /// A route of the main table as the kernel reports it.
@@ -177,22 +177,15 @@ pub use netlink::RouteTable;
 
 #[cfg(target_os = "linux")]
 mod netlink {
-    use std::collections::HashMap;
-    use std::net::Ipv4Addr;
+    use std::net::{IpAddr, Ipv4Addr};
 
-    use futures_util::TryStreamExt;
-    use ipnet::Ipv4Net;
-    use rtnetlink::packet_route::link::LinkAttribute;
-    use rtnetlink::packet_route::route::{
-        RouteAddress, RouteAttribute, RouteMessage, RouteProtocol,
-    };
-    use rtnetlink::packet_route::AddressFamily;
+    use connector_tunnel::kernel_routes::{self, Families, MainRoute, MAIN_TABLE};
+    use ipnet::IpNet;
+    use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol};
     use rtnetlink::{Handle, RouteMessageBuilder};
     use tokio::sync::Mutex;
 
-    use super::{diff, ApplyReport, RouteFailure, KernelRoute, VmRoute, RouteError};
-
-    const MAIN_TABLE: u32 = 254;
+    use super::{diff, ApplyReport, KernelRoute, RouteError, RouteFailure, VmRoute};
 
     /// The agent's routes in the VM's main table. One `apply` at a time.
     pub struct RouteTable {
@@ -222,28 +215,10 @@ mod netlink {
 
         /// IPv4 routes of the main table.
         pub async fn list(&self) -> Result<Vec<KernelRoute>, RouteError> {
-            let list_err = |e: rtnetlink::Error| RouteError::List(e.to_string());
-            let mut names = HashMap::new();
-            let mut links = self.handle.link().get().execute();
-            while let Some(link) = links.try_next().await.map_err(list_err)? {
-                for attr in &link.attributes {
-                    if let LinkAttribute::IfName(name) = attr {
-                        names.insert(link.header.index, name.clone());
-                    }
-                }
-            }
-            let mut routes = self
-                .handle
-                .route()
-                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                .execute();
-            let mut out = Vec::new();
-            while let Some(msg) = routes.try_next().await.map_err(list_err)? {
-                if let Some(r) = kernel_route(&msg, &names) {
-                    out.push(r);
-                }
-            }
-            Ok(out)
+            let routes = kernel_routes::main_table(&self.handle, Families::V4)
+                .await
+                .map_err(|e| RouteError::List(e.to_string()))?;
+            Ok(routes.into_iter().filter_map(kernel_route).collect())
         }
 
         /// Our routes as they are in the kernel now.
@@ -367,37 +342,19 @@ mod netlink {
         }
     }
 
-    fn kernel_route(msg: &RouteMessage, names: &HashMap<u32, String>) -> Option<KernelRoute> {
-        if msg.header.address_family != AddressFamily::Inet {
+    fn kernel_route(route: MainRoute) -> Option<KernelRoute> {
+        let (IpNet::V4(destination), gateway) = (route.destination, route.gateway) else {
             return None;
-        }
-        let mut table = u32::from(msg.header.table);
-        let mut destination = None;
-        let mut gateway = None;
-        let mut priority = 0;
-        let mut oif = None;
-        for attr in &msg.attributes {
-            match attr {
-                RouteAttribute::Table(t) => table = *t,
-                RouteAttribute::Destination(RouteAddress::Inet(a)) => destination = Some(*a),
-                RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
-                RouteAttribute::Priority(p) => priority = *p,
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                _ => {}
-            }
-        }
-        if table != MAIN_TABLE {
-            return None;
-        }
-        let prefix = msg.header.destination_prefix_length;
-        let addr = destination.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let destination = Ipv4Net::new(addr, prefix).ok()?.trunc();
+        };
         Some(KernelRoute {
             destination,
-            gateway,
-            protocol: u8::from(msg.header.protocol),
-            priority,
-            device: oif.and_then(|i| names.get(&i).cloned()),
+            gateway: match gateway {
+                Some(IpAddr::V4(a)) => Some(a),
+                _ => None,
+            },
+            protocol: route.protocol,
+            priority: route.priority,
+            device: route.interface,
         })
     }
 }

@@ -154,8 +154,10 @@ mod tests {
         assert!(names.iter().any(|n| n == DOCKERFILE), "{names:?}");
         assert!(names.iter().any(|n| n == "Cargo.lock"));
         // Every workspace member: cargo cannot load the workspace without one.
-        let manifest: toml::Table =
-            std::fs::read_to_string(repo.join("Cargo.toml")).unwrap().parse().unwrap();
+        let manifest: toml::Table = std::fs::read_to_string(repo.join("Cargo.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
         for member in manifest["workspace"]["members"].as_array().unwrap() {
             let cargo_toml = format!("{}/Cargo.toml", member.as_str().unwrap());
             assert!(names.contains(&cargo_toml), "{cargo_toml} missing");

@@ -26,9 +26,9 @@ use connector_tunnel::keys::{self, PublicKey, StaticSecret};
 use futures_util::StreamExt;
 
 use crate::config::Config;
+use crate::control::protocol::FirewallStatus;
 use crate::engine::ExecOutput;
 use crate::progress::{Phase, Progress, PullTally};
-use crate::control::protocol::FirewallStatus;
 
 pub const LABEL_MANAGED: &str = "io.connector.managed";
 pub const LABEL_SPEC: &str = "io.connector.spec";

@@ -9,9 +9,9 @@ use bollard::Docker;
 use ipnet::IpNet;
 
 use crate::config::Config;
+use crate::control::protocol::{FirewallStatus, Request, Response, StatusReport};
 use crate::routes::os::{RouteEntry, RouteTable};
 use crate::routes::plan::ConflictPolicy;
-use crate::control::protocol::{FirewallStatus, Request, Response, StatusReport};
 
 /// One step of the walk.
 pub struct Check {

@@ -13,9 +13,12 @@ use crate::routes::os::RouteTable;
 /// Removes agent containers, leftover VM rules, routes, the state directory
 /// and the control socket. Refuses while a daemon is running.
 pub async fn run(config: &Config) -> Result<Vec<String>> {
-    if crate::control::request(&config.control_socket, &crate::control::protocol::Request::Status)
-        .await
-        .is_ok()
+    if crate::control::request(
+        &config.control_socket,
+        &crate::control::protocol::Request::Status,
+    )
+    .await
+    .is_ok()
     {
         bail!(
             "the daemon is running (it answers on {}); stop it first: `sudo brew services stop connector` \

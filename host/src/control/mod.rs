@@ -232,11 +232,8 @@ async fn handle(
     _slot: Slot,
 ) {
     let (read, write) = stream.into_split();
-    let read = tokio::time::timeout(
-        READ_TIMEOUT,
-        LineReader::new(read, MAX_REQUEST).next_line(),
-    )
-    .await;
+    let read =
+        tokio::time::timeout(READ_TIMEOUT, LineReader::new(read, MAX_REQUEST).next_line()).await;
     let response = match read {
         Err(_) => Response::Error {
             message: format!("no request within {} s", READ_TIMEOUT.as_secs()),

@@ -16,15 +16,15 @@ use super::health::{Health, HealthConfig};
 use super::schedule::{Job, Scheduler};
 use super::status::{self, StatusBoard, Verifier};
 use super::{Running, HEALTH_EVERY, SAFETY_NET, TEARDOWN_BUDGET};
-use crate::agent::AgentManager;
 use crate::agent::link::AgentLink;
-use crate::config::Config;
-use crate::control::{self, SocketFile};
+use crate::agent::AgentManager;
 use crate::clusters::kind::watch::KindWatch;
 use crate::clusters::kind::Kind;
+use crate::config::Config;
+use crate::control::{self, SocketFile};
+use crate::progress::{Phase, Progress};
 use crate::routes::os::{self, RouteTable, TunConfig};
 use crate::routes::plan::ConflictPolicy;
-use crate::progress::{Phase, Progress};
 use crate::routes::router::Router;
 
 /// On Linux we pick the name so routes and tests can refer to it; macOS

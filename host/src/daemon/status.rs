@@ -12,15 +12,15 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::health::Health;
-use crate::agent::{Agent, AgentManager};
 use crate::agent::link::LinkStatus;
-use crate::config::Config;
+use crate::agent::{Agent, AgentManager};
 use crate::clusters::kind::KindReport;
-use crate::routes::plan::{SkipReason, SubnetDecision};
+use crate::config::Config;
 use crate::control::protocol::{
     AgentStatus, FirewallStatus, HealthStatus, NetworkStatus, PhaseStatus, StatusReport,
     TunnelStatus,
 };
+use crate::routes::plan::{SkipReason, SubnetDecision};
 
 /// How often the agent is asked about its rules (and after it changes)…
 const VERIFY_EVERY: Duration = Duration::from_secs(30);

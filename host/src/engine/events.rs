@@ -38,7 +38,6 @@ pub enum Trigger {
     Resync,
 }
 
-
 /// Pure: maps one event to a trigger, ignoring what we do not route on.
 pub fn classify(
     typ: Option<EventMessageTypeEnum>,

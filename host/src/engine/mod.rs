@@ -60,7 +60,8 @@ pub struct Engine {
 ///
 /// [`DiscoveryError`]: crate::engine::snapshot::DiscoveryError
 pub async fn connect_configured(configured: Option<&str>) -> Result<Engine> {
-    let resolved = crate::engine::snapshot::resolve(configured, &crate::engine::snapshot::SystemEnv)?;
+    let resolved =
+        crate::engine::snapshot::resolve(configured, &crate::engine::snapshot::SystemEnv)?;
     let docker = connect(&resolved.endpoint).await?;
     let version = engine_version(&docker).await?;
     Ok(Engine {

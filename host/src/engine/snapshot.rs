@@ -572,7 +572,9 @@ fn console_user() -> Option<User> {
 }
 
 fn home_of(name: &str) -> Option<PathBuf> {
-    nix::unistd::User::from_name(name).ok()?.map(|user| user.dir)
+    nix::unistd::User::from_name(name)
+        .ok()?
+        .map(|user| user.dir)
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::config::NetworkFilter;
+use crate::control::protocol::{RouteChange, Skipped, SyncReport};
 use crate::routes::os::RouteTable;
 use crate::routes::plan::{self, ConflictPolicy, DockerNetwork, Plan, PlanInput, SubnetDecision};
-use crate::control::protocol::{RouteChange, Skipped, SyncReport};
 
 pub struct Router {
     table: RouteTable,

@@ -28,8 +28,8 @@ use ipnet::IpNet;
 use super::kubeadm::{self, Networking};
 use super::nodes;
 use super::plan::{ClusterSnapshot, NodeSnapshot, ROLE_CONTROL_PLANE};
-use crate::engine::ExecLimits;
 use crate::engine::events::KIND_CLUSTER_LABEL;
+use crate::engine::ExecLimits;
 
 pub const KIND_ROLE_LABEL: &str = "io.x-k8s.kind.role";
 const ROLE_LOAD_BALANCER: &str = "external-load-balancer";

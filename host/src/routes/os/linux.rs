@@ -1,20 +1,15 @@
 //! Linux: tun through tun-rs, routes through rtnetlink.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
+use connector_tunnel::kernel_routes::{self, Families, MAIN_TABLE};
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
+use rtnetlink::packet_route::route::{RouteMessage, RouteProtocol, RouteScope, RouteType};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::types::{OsError, RouteEntry, TunConfig};
-
-const MAIN_TABLE: u32 = 254;
 
 pub fn create_tun(config: &TunConfig) -> Result<connector_tunnel::tun::AsyncDevice, OsError> {
     super::tun::create_tun_with_tun_rs(config)
@@ -36,19 +31,6 @@ impl RouteTable {
         Ok(RouteTable { handle })
     }
 
-    async fn interface_names(&self) -> io::Result<HashMap<u32, String>> {
-        let mut links = self.handle.link().get().execute();
-        let mut names = HashMap::new();
-        while let Some(link) = links.try_next().await.map_err(netlink_io)? {
-            for attr in &link.attributes {
-                if let LinkAttribute::IfName(name) = attr {
-                    names.insert(link.header.index, name.clone());
-                }
-            }
-        }
-        Ok(names)
-    }
-
     async fn interface_index(&self, name: &str) -> io::Result<u32> {
         let mut links = self
             .handle
@@ -66,24 +48,18 @@ impl RouteTable {
     }
 
     pub async fn list(&self) -> Result<Vec<RouteEntry>, OsError> {
-        let names = self.interface_names().await.map_err(OsError::ListRoutes)?;
-        let mut entries = Vec::new();
-        for query in [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        ] {
-            let mut routes = self.handle.route().get(query).execute();
-            while let Some(route) = routes
-                .try_next()
-                .await
-                .map_err(|e| OsError::ListRoutes(netlink_io(e)))?
-            {
-                if let Some(entry) = to_entry(&route, &names) {
-                    entries.push(entry);
-                }
-            }
-        }
-        Ok(entries)
+        let routes = kernel_routes::main_table(&self.handle, Families::Both)
+            .await
+            .map_err(|e| OsError::ListRoutes(netlink_io(e)))?;
+        Ok(routes
+            .into_iter()
+            .filter(|r| r.unicast)
+            .map(|r| RouteEntry {
+                destination: r.destination,
+                interface: r.interface,
+                gateway: r.gateway,
+            })
+            .collect())
     }
 
     fn message(destination: IpNet, index: u32) -> Result<RouteMessage, io::Error> {
@@ -158,43 +134,4 @@ impl RouteTable {
             .await
             .map_err(|e| err(netlink_io(e)))
     }
-}
-
-fn to_entry(route: &RouteMessage, names: &HashMap<u32, String>) -> Option<RouteEntry> {
-    let mut table = u32::from(route.header.table);
-    let mut destination = None;
-    let mut gateway = None;
-    let mut oif = None;
-    for attr in &route.attributes {
-        match attr {
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => {
-                destination = Some(IpAddr::V4(*a))
-            }
-            RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
-                destination = Some(IpAddr::V6(*a))
-            }
-            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(IpAddr::V4(*a)),
-            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gateway = Some(IpAddr::V6(*a)),
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            _ => {}
-        }
-    }
-    if table != MAIN_TABLE || route.header.kind != RouteType::Unicast {
-        return None;
-    }
-    let prefix = route.header.destination_prefix_length;
-    let destination = match destination {
-        Some(addr) => IpNet::new(addr, prefix).ok()?.trunc(),
-        None if prefix == 0 => match route.header.address_family {
-            rtnetlink::packet_route::AddressFamily::Inet6 => "::/0".parse().ok()?,
-            _ => "0.0.0.0/0".parse().ok()?,
-        },
-        None => return None,
-    };
-    Some(RouteEntry {
-        destination,
-        interface: oif.and_then(|i| names.get(&i).cloned()),
-        gateway,
-    })
 }
