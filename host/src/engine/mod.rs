@@ -283,3 +283,23 @@ pub async fn container_ips(docker: &Docker) -> Result<Vec<(String, std::net::IpA
     }
     Ok(out)
 }
+/// [`exec`] for its stdout; a non-zero exit is an
+/// error carrying the last line of stderr.
+pub async fn exec_stdout(
+    docker: &Docker,
+    container: &str,
+    cmd: &[&str],
+    limits: ExecLimits,
+) -> Result<String> {
+    let out = exec(docker, container, cmd, limits).await?;
+    if out.exit_code != 0 {
+        bail!(
+            "`{}` exited with {}: {}",
+            cmd.join(" "),
+            out.exit_code,
+            out.stderr.trim().lines().last().unwrap_or("(no stderr)")
+        );
+    }
+    Ok(out.stdout)
+}
+

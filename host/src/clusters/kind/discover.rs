@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bollard::models::ContainerSummary;
 use bollard::Docker;
 use futures_util::future::join_all;
@@ -187,7 +187,7 @@ impl Discovery {
         let mut learnt_cidrs: Vec<(String, Vec<IpNet>)> = Vec::new();
         if let Some(cp) = control_plane {
             if nodes.iter().any(|n| stale(&n.id)) {
-                match exec_stdout(docker, &cp.id, &KUBECTL, KUBECTL_LIMITS)
+                match crate::engine::exec_stdout(docker, &cp.id, &KUBECTL, KUBECTL_LIMITS)
                     .await
                     .and_then(|out| Ok(nodes::parse(&out)?))
                 {
@@ -241,7 +241,7 @@ impl Discovery {
 }
 
 async fn read_networking(docker: &Docker, cp: &Container) -> Result<Networking> {
-    let text = exec_stdout(docker, &cp.id, &["cat", KUBEADM_CONF], KUBEADM_LIMITS)
+    let text = crate::engine::exec_stdout(docker, &cp.id, &["cat", KUBEADM_CONF], KUBEADM_LIMITS)
         .await
         .with_context(|| format!("cannot read {KUBEADM_CONF} in {}", cp.name))?;
     kubeadm::parse(&text).with_context(|| format!("in {}", cp.name))
@@ -299,26 +299,6 @@ fn container(c: &ContainerSummary, network: &str) -> Option<Container> {
         created: c.created.unwrap_or_default(),
         ip,
     })
-}
-
-/// Runs a command in a node and returns its stdout; a non-zero exit is an
-/// error carrying the last line of stderr.
-async fn exec_stdout(
-    docker: &Docker,
-    container: &str,
-    cmd: &[&str],
-    limits: ExecLimits,
-) -> Result<String> {
-    let out = crate::engine::exec(docker, container, cmd, limits).await?;
-    if out.exit_code != 0 {
-        bail!(
-            "`{}` exited with {}: {}",
-            cmd.join(" "),
-            out.exit_code,
-            out.stderr.trim().lines().last().unwrap_or("(no stderr)")
-        );
-    }
-    Ok(out.stdout)
 }
 
 #[cfg(test)]
