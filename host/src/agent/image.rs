@@ -130,7 +130,7 @@ pub async fn build(docker: &Docker, image: &str, dir: &Path, progress: &Progress
                 progress.set(Phase::Building { step, of });
             }
             progress.message(line);
-            tracing::info!(target: "connector::agent_image", "{line}");
+            tracing::info!(target: "connector::agent::image", "{line}");
         }
     }
     tracing::info!(%image, "agent image built");

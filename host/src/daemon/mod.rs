@@ -9,8 +9,8 @@
 //!
 //! The decisions live in pure types: [`schedule::Scheduler`] says when each
 //! kind of work is due, [`health::Health`] what to do about a silent agent,
-//! the planners (`plan`, `kind::plan`) what routes should exist. This file
-//! only wires them to I/O.
+//! the planners (`routes::plan`, `clusters::kind::plan`) what routes should
+//! exist. This file only wires them to I/O.
 
 mod health;
 mod schedule;

@@ -7,7 +7,7 @@
 //! untrusted: every `docker exec` is bounded in time and output, the number
 //! of clusters and nodes looked at is capped, and clusters are read
 //! concurrently so one slow node delays no other cluster. (What may be
-//! *routed* from it is the planner's policy, in `plan.rs`.)
+//! *routed* from it is the planner's policy, in `plan.rs` beside this file.)
 //!
 //! Node IPs are read from Docker on every call (they change when Docker
 //! restarts). What cannot change for a container's life is cached by
