@@ -11,6 +11,7 @@
 //! A request that cannot be carried out at all gets `{"ok":false,"error":"…"}`.
 
 use std::fmt;
+use std::str::FromStr;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -39,6 +40,24 @@ pub struct VmRoute {
 impl fmt::Display for VmRoute {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} via {}", self.destination, self.via)
+    }
+}
+
+/// `10.244.1.0/24 via 172.18.0.3`, as [`VmRoute`] displays.
+impl FromStr for VmRoute {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<VmRoute, String> {
+        let (destination, via) = text
+            .split_once(" via ")
+            .ok_or_else(|| format!("{text:?} is not `<destination> via <gateway>`"))?;
+        Ok(VmRoute {
+            destination: destination
+                .trim()
+                .parse()
+                .map_err(|e| format!("destination {destination:?}: {e}"))?,
+            via: via.trim().parse().map_err(|e| format!("gateway {via:?}: {e}"))?,
+        })
     }
 }
 
@@ -132,10 +151,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn route(d: &str, v: &str) -> VmRoute {
-        VmRoute {
-            destination: d.parse().unwrap(),
-            via: v.parse().unwrap(),
-        }
+        format!("{d} via {v}").parse().unwrap()
     }
 
     #[test]
@@ -182,6 +198,18 @@ mod tests {
     }
 
     #[test]
+    fn a_route_that_does_not_read_is_named() {
+        assert_eq!(
+            "10.0.0.0/8 to 1.2.3.4".parse::<VmRoute>().unwrap_err(),
+            "\"10.0.0.0/8 to 1.2.3.4\" is not `<destination> via <gateway>`"
+        );
+        assert!("10.0.0.0/33 via 1.2.3.4"
+            .parse::<VmRoute>()
+            .unwrap_err()
+            .starts_with("destination \"10.0.0.0/33\""));
+    }
+
+    #[test]
     fn error_text_is_cut() {
         let reply = Reply::error("x".repeat(10_000));
         assert_eq!(reply.error.unwrap().chars().count(), MAX_ERROR + 1);
@@ -195,6 +223,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn routes_read_back_as_displayed(route in any_route()) {
+            prop_assert_eq!(route.to_string().parse::<VmRoute>().unwrap(), route);
+        }
+
         #[test]
         fn requests_round_trip(routes in proptest::collection::vec(any_route(), 0..20)) {
             let request = Request::SetRoutes { routes };

@@ -390,10 +390,7 @@ mod tests {
     const P: u8 = 222;
 
     fn route(d: &str, v: &str) -> VmRoute {
-        VmRoute {
-            destination: d.parse().unwrap(),
-            via: v.parse().unwrap(),
-        }
+        format!("{d} via {v}").parse().unwrap()
     }
 
     fn kernel(d: &str, gw: Option<&str>, protocol: u8, dev: &str) -> KernelRoute {

@@ -346,10 +346,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     fn route(d: &str, v: &str) -> VmRoute {
-        VmRoute {
-            destination: d.parse().unwrap(),
-            via: v.parse().unwrap(),
-        }
+        format!("{d} via {v}").parse().unwrap()
     }
 
     #[test]

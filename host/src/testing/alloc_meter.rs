@@ -88,32 +88,39 @@ pub fn measure<T>(f: impl FnOnce() -> T) -> (T, usize) {
     (result, (peak - start).max(0) as usize)
 }
 
-/// Runs `parse` over `input` and asserts that its peak allocation stays
-/// within `per_byte` times the input's length plus `base`; prints the figure
-/// (`cargo test -- --nocapture` shows it).
-pub fn assert_bounded<T, E: std::fmt::Display>(
-    what: &str,
-    input: &str,
-    per_byte: usize,
-    base: usize,
-    parse: impl FnOnce(&str) -> Result<T, E>,
+/// Peak memory a parser of untrusted text may use: a few times the input
+/// (a parser holds a scalar while it grows) plus a constant.
+pub fn parser_peak_allowed(input_len: usize) -> usize {
+    4 * input_len + 64 * 1024
+}
+
+/// Runs `parse` over each worst case (each at most `max_bytes` long) and
+/// asserts that its peak allocation stays within [`parser_peak_allowed`];
+/// prints the figures (`cargo test -- --nocapture` shows them).
+pub fn assert_worst_cases_bounded<T, E: std::fmt::Display>(
+    cases: Vec<(&str, String)>,
+    max_bytes: usize,
+    parse: impl Fn(&str) -> Result<T, E>,
 ) {
-    let start = std::time::Instant::now();
-    let (result, peak) = measure(|| parse(input));
-    let outcome = match &result {
-        Ok(_) => "ok".to_owned(),
-        Err(e) => e.to_string().chars().take(80).collect(),
-    };
-    eprintln!(
-        "{what} ({} bytes): peak {peak} bytes, {:?}: {outcome}",
-        input.len(),
-        start.elapsed()
-    );
-    assert!(
-        peak <= per_byte * input.len() + base,
-        "{what}: peak {peak} bytes for {} bytes of input",
-        input.len()
-    );
+    for (what, input) in cases {
+        assert!(input.len() <= max_bytes, "{what}");
+        let start = std::time::Instant::now();
+        let (result, peak) = measure(|| parse(&input));
+        let outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.to_string().chars().take(80).collect(),
+        };
+        eprintln!(
+            "{what} ({} bytes): peak {peak} bytes, {:?}: {outcome}",
+            input.len(),
+            start.elapsed()
+        );
+        assert!(
+            peak <= parser_peak_allowed(input.len()),
+            "{what}: peak {peak} bytes for {} bytes of input",
+            input.len()
+        );
+    }
 }
 
 #[cfg(test)]

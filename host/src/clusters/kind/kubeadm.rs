@@ -624,19 +624,12 @@ iptables:
 
     #[test]
     fn worst_case_inputs_stay_bounded() {
-        for (what, text) in worst_cases() {
-            assert!(text.len() <= MAX_BYTES, "{what}");
-            assert_bounded(what, &text, PEAK_PER_BYTE, PEAK_BASE, parse);
-        }
+        assert_worst_cases_bounded(worst_cases(), MAX_BYTES, parse);
     }
 
-    use crate::testing::alloc_meter::{assert_bounded, measure};
+    use crate::testing::alloc_meter::{assert_worst_cases_bounded, measure, parser_peak_allowed};
     use proptest::prelude::*;
 
-    /// Peak memory allowed for a parse: a few times the input (the parser
-    /// holds a scalar while it grows) plus a constant.
-    const PEAK_PER_BYTE: usize = 4;
-    const PEAK_BASE: usize = 64 * 1024;
 
     /// Any characters. Short: proptest's generation, not the parse, is what
     /// takes the time; long inputs are [`worst_cases`].
@@ -840,13 +833,13 @@ iptables:
         #[test]
         fn arbitrary_text_never_panics_and_stays_bounded(text in arbitrary_text()) {
             let (_, peak) = measure(|| parse(&text));
-            prop_assert!(peak <= PEAK_PER_BYTE * text.len() + PEAK_BASE, "{peak}");
+            prop_assert!(peak <= parser_peak_allowed(text.len()), "{peak}");
         }
 
         #[test]
         fn yamlish_text_never_panics_and_stays_bounded(text in yamlish()) {
             let (_, peak) = measure(|| parse(&text));
-            prop_assert!(peak <= PEAK_PER_BYTE * text.len() + PEAK_BASE, "{peak}");
+            prop_assert!(peak <= parser_peak_allowed(text.len()), "{peak}");
         }
 
         #[test]

@@ -392,20 +392,14 @@ mod tests {
 
     #[test]
     fn worst_case_inputs_stay_bounded() {
-        for (what, text) in worst_cases() {
-            assert!(text.len() <= MAX_BYTES, "{what}");
-            assert_bounded(what, &text, PEAK_PER_BYTE, PEAK_BASE, parse);
-        }
+        assert_worst_cases_bounded(worst_cases(), MAX_BYTES, parse);
     }
 
-    use crate::testing::alloc_meter::{assert_bounded, measure};
+    use crate::testing::alloc_meter::{assert_worst_cases_bounded, measure, parser_peak_allowed};
     use crate::testing::json_of::json_of;
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
-    /// Peak memory allowed for a parse: a few times the input plus a constant.
-    const PEAK_PER_BYTE: usize = 4;
-    const PEAK_BASE: usize = 64 * 1024;
 
     /// JSON made of the names this module reads, in any shape.
     fn json_value() -> impl Strategy<Value = Value> {
@@ -454,7 +448,7 @@ mod tests {
             text in prop::collection::vec(any::<char>(), 0..512).prop_map(String::from_iter)
         ) {
             let (_, peak) = measure(|| parse(&text));
-            prop_assert!(peak <= PEAK_PER_BYTE * text.len() + PEAK_BASE, "{peak}");
+            prop_assert!(peak <= parser_peak_allowed(text.len()), "{peak}");
         }
 
         #[test]
@@ -466,7 +460,7 @@ mod tests {
             let value = if wrap { json!({"kind": "List", "items": [value]}) } else { value };
             let text = value.to_string();
             let (_, peak) = measure(|| parse(&text));
-            prop_assert!(peak <= PEAK_PER_BYTE * text.len() + PEAK_BASE, "{peak}");
+            prop_assert!(peak <= parser_peak_allowed(text.len()), "{peak}");
         }
 
     }
