@@ -5,33 +5,15 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+pub use connector_protocol::agent_args::NatMode;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use ipnet::{IpNet, Ipv4Net};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 pub const DEFAULT_MTU: u16 = 1420;
 /// Docker Desktop's user-space relay drops larger UDP payloads; see README.
 pub const MAX_MTU: u16 = 1420;
 pub const MIN_MTU: u16 = 1280;
-
-/// What connector does with the source address of host traffic in the VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NatMode {
-    /// Containers see the bridge gateway; replies always find their way back.
-    Masquerade,
-    /// Containers see the host's tunnel address.
-    Routed,
-}
-
-impl NatMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NatMode::Masquerade => "masquerade",
-            NatMode::Routed => "routed",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -329,15 +311,10 @@ impl Config {
                 )
             })?;
         let nat = match raw.nat.as_deref() {
-            None | Some("masquerade") => NatMode::Masquerade,
-            Some("routed") => NatMode::Routed,
-            Some(other) => {
-                return Err(invalid(
-                    "nat",
-                    &other,
-                    "expected \"masquerade\" or \"routed\"",
-                ))
-            }
+            None => NatMode::Masquerade,
+            Some(text) => text
+                .parse()
+                .map_err(|_| invalid("nat", &text, "expected \"masquerade\" or \"routed\""))?,
         };
         let state_dir = raw.state_dir.unwrap_or_else(default_state_dir);
         if !state_dir.is_absolute() {

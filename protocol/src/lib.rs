@@ -5,5 +5,6 @@
 //! messages ([`vm_routes`]) and the bounded line framing both ends read them
 //! with ([`lines`]) are defined here once, so the two crates cannot drift.
 
+pub mod agent_args;
 pub mod lines;
 pub mod vm_routes;

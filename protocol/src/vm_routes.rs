@@ -11,8 +11,8 @@
 //! A request that cannot be carried out at all gets `{"ok":false,"error":"…"}`.
 
 use std::fmt;
-use std::str::FromStr;
 use std::net::Ipv4Addr;
+use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -56,7 +56,10 @@ impl FromStr for VmRoute {
                 .trim()
                 .parse()
                 .map_err(|e| format!("destination {destination:?}: {e}"))?,
-            via: via.trim().parse().map_err(|e| format!("gateway {via:?}: {e}"))?,
+            via: via
+                .trim()
+                .parse()
+                .map_err(|e| format!("gateway {via:?}: {e}"))?,
         })
     }
 }

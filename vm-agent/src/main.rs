@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use backon::{BackoffBuilder, ExponentialBuilder};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use connector_tunnel::{keys, Tunnel, TunnelConfig};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
@@ -89,23 +89,6 @@ impl IptablesArgs {
     }
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-enum NatArg {
-    /// Source-NAT tunnel traffic leaving the VM (replies always come back).
-    Masquerade,
-    /// No NAT: containers see the host's tunnel address.
-    Routed,
-}
-
-impl From<NatArg> for NatMode {
-    fn from(n: NatArg) -> NatMode {
-        match n {
-            NatArg::Masquerade => NatMode::Masquerade,
-            NatArg::Routed => NatMode::Routed,
-        }
-    }
-}
-
 #[derive(Args, Debug)]
 struct RunArgs {
     /// Name of the agent's tun interface in the VM.
@@ -144,8 +127,8 @@ struct RunArgs {
         default_value = "/etc/connector/agent.key"
     )]
     private_key_file: PathBuf,
-    #[arg(long, env = "CONNECTOR_AGENT_NAT", value_enum, default_value_t = NatArg::Masquerade)]
-    nat: NatArg,
+    #[arg(long, env = "CONNECTOR_AGENT_NAT", default_value_t = NatMode::Masquerade)]
+    nat: NatMode,
     /// Comment that marks the agent's firewall rules.
     #[arg(long, env = "CONNECTOR_AGENT_TAG", default_value = "connector")]
     tag: String,
@@ -580,7 +563,7 @@ async fn detect_firewall(args: &RunArgs) -> Result<Firewall> {
     let spec = FirewallSpec {
         tun: args.tun_name.clone(),
         host_tunnel_ip: args.peer_address,
-        nat: args.nat.into(),
+        nat: args.nat,
         tag: args.tag.clone(),
         allow_container_connections: args.allow_container_connections,
     };
@@ -726,7 +709,7 @@ mod tests {
         let Command::Run(run) = cli.command else {
             panic!("expected run")
         };
-        assert_eq!(run.nat, NatArg::Routed);
+        assert_eq!(run.nat, NatMode::Routed);
         assert_eq!((run.prefix, run.mtu, run.keepalive), (30, 1420, 20));
         let bins = run.iptables.binaries().unwrap();
         assert_eq!(bins.legacy.program, PathBuf::from("xtables-legacy-multi"));
@@ -741,7 +724,7 @@ mod tests {
             panic!("expected run")
         };
         assert_eq!(run.tun_name, "connector-vm");
-        assert_eq!(run.nat, NatArg::Masquerade);
+        assert_eq!(run.nat, NatMode::Masquerade);
         assert_eq!(run.iptables.iptables_legacy, "iptables-legacy");
         assert_eq!(
             run.private_key_file,

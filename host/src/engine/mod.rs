@@ -302,4 +302,3 @@ pub async fn exec_stdout(
     }
     Ok(out.stdout)
 }
-

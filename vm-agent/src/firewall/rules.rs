@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
 /// Tables the agent touches or cleans up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,43 +36,7 @@ impl fmt::Display for Table {
     }
 }
 
-/// How traffic from the host's tunnel address leaves the VM towards containers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NatMode {
-    /// Source-NAT to the VM's outgoing address: replies from containers with
-    /// several networks come back through the tunnel whatever their default route.
-    Masquerade,
-    /// Containers see the host's tunnel address; they must route it back via the VM.
-    Routed,
-}
-
-impl NatMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NatMode::Masquerade => "masquerade",
-            NatMode::Routed => "routed",
-        }
-    }
-}
-
-impl fmt::Display for NatMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for NatMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "masquerade" => Ok(NatMode::Masquerade),
-            "routed" => Ok(NatMode::Routed),
-            other => Err(format!(
-                "unknown NAT mode {other:?} (expected masquerade or routed)"
-            )),
-        }
-    }
-}
+pub use connector_protocol::agent_args::NatMode;
 
 /// Everything the rule set depends on.
 #[derive(Clone, Debug, PartialEq, Eq)]

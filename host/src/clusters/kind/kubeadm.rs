@@ -630,7 +630,6 @@ iptables:
     use crate::testing::alloc_meter::{assert_worst_cases_bounded, measure, parser_peak_allowed};
     use proptest::prelude::*;
 
-
     /// Any characters. Short: proptest's generation, not the parse, is what
     /// takes the time; long inputs are [`worst_cases`].
     fn arbitrary_text() -> impl Strategy<Value = String> {

@@ -400,7 +400,6 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
-
     /// JSON made of the names this module reads, in any shape.
     fn json_value() -> impl Strategy<Value = Value> {
         const WORDS: &[&str] = &[
