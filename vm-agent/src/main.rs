@@ -15,8 +15,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use clap::{Args, Parser, Subcommand};
+use connector_protocol::signals::{self, Shutdown};
 use connector_tunnel::{keys, Tunnel, TunnelConfig};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::signal::unix::signal;
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 
 use firewall::{Backend, Binaries, Firewall, FirewallSpec, IptablesCmd, NatMode, Table};
@@ -200,29 +201,6 @@ fn init_tracing(level: &str) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM (docker stop) or SIGINT. As PID 1 in a container, unhandled signals
-/// are ignored, so the handlers are installed before anything else happens.
-struct Shutdown {
-    term: Signal,
-    int: Signal,
-}
-
-impl Shutdown {
-    fn install() -> Result<Shutdown> {
-        Ok(Shutdown {
-            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-        })
-    }
-
-    async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        }
-    }
-}
-
 /// Longest DNS name (RFC 1035).
 const MAX_HOST: usize = 253;
 
@@ -275,7 +253,7 @@ async fn resolve(endpoint: &str) -> Result<SocketAddr> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let mut shutdown = Shutdown::install()?;
+    let mut shutdown = Shutdown::install().context("installing the SIGTERM/SIGINT handlers")?;
     check_endpoint(&args.endpoint)?;
     if args.address == args.peer_address {
         bail!("--address and --peer-address are both {}", args.address);
@@ -497,7 +475,7 @@ async fn serve(
     tracing::info!(endpoint = %endpoint, name = %args.endpoint, local = ?local, keepalive_s = args.keepalive, "tunnel started");
 
     let stats = tunnel.stats();
-    let mut usr1 = signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    let mut usr1 = signal(signals::nudge_kind()).context("installing the SIGUSR1 handler")?;
     let mut had_handshake = false;
     let mut reassert = tokio::time::interval_at(Instant::now() + REASSERT_EVERY, REASSERT_EVERY);
     reassert.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -457,7 +457,7 @@ impl AgentManager {
             .kill_container(
                 &self.name,
                 Some(KillContainerOptions {
-                    signal: "SIGUSR1".to_owned(),
+                    signal: connector_protocol::signals::NUDGE.to_owned(),
                 }),
             )
             .await

@@ -14,7 +14,6 @@
 
 mod health;
 mod schedule;
-mod shutdown;
 mod start;
 mod status;
 
@@ -24,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use bollard::Docker;
+use connector_protocol::signals::Shutdown;
 use connector_tunnel::Tunnel;
 use ipnet::IpNet;
 use tokio::sync::mpsc;
@@ -41,7 +41,6 @@ use crate::routes::os;
 use crate::routes::router::Router;
 use health::{Action, Health, Why};
 use schedule::{Job, Scheduler};
-use shutdown::Shutdown;
 use status::{StatusBoard, Verifier};
 
 /// A full reconcile (agent, kind, routes) runs this often even without events.
@@ -55,7 +54,7 @@ const TEARDOWN_BUDGET: Duration = Duration::from_secs(14);
 
 pub async fn run(config: Config) -> Result<()> {
     // First: from here on no signal is lost.
-    let mut shutdown = Shutdown::install()?;
+    let mut shutdown = Shutdown::install().context("installing the SIGTERM/SIGINT handlers")?;
     let started = Instant::now();
     let progress = Arc::new(Progress::new(std::io::stderr().is_terminal()));
     let mut made = start::Made::default();
