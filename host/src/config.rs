@@ -2,12 +2,12 @@
 //! gives the embedded defaults. Unknown keys and bad values are errors that
 //! name the key and the value.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 pub use connector_protocol::agent_args::NatMode;
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 pub const DEFAULT_MTU: u16 = 1420;
@@ -33,6 +33,8 @@ struct RawConfig {
     listen_address: Option<String>,
     listen_port: Option<i64>,
     tunnel: Option<String>,
+    tunnel_v6: Option<String>,
+    ipv6: Option<bool>,
     mtu: Option<i64>,
     nat: Option<String>,
     state_dir: Option<PathBuf>,
@@ -127,6 +129,9 @@ pub struct Config {
     pub listen_address: IpAddr,
     pub listen_port: u16,
     pub tunnel: Ipv4Net,
+    /// The tunnel's IPv6 network (host = ::1, agent = ::2 of it); `None`
+    /// when `ipv6 = false`: no IPv6 address, route or rule anywhere.
+    pub tunnel_v6: Option<Ipv6Net>,
     pub mtu: u16,
     pub nat: NatMode,
     pub state_dir: PathBuf,
@@ -165,6 +170,9 @@ pub const DEFAULT_LISTEN_PORT: u16 = 51871;
 /// A /30 from a corner of 10/8 that home routers, VPNs and Docker's own
 /// address pools rarely use.
 pub const DEFAULT_TUNNEL: &str = "10.254.253.0/30";
+/// A ULA /126 whose global ID is random (RFC 4193), so it collides with
+/// nothing a user or a VPN is likely to have.
+pub const DEFAULT_TUNNEL_V6: &str = "fd5c:9a2e:83b1:fe53::/126";
 
 pub fn default_state_dir() -> PathBuf {
     if cfg!(target_os = "macos") {
@@ -299,6 +307,39 @@ impl Config {
                 &format!("has host bits set; did you mean {}?", tunnel.trunc()),
             ));
         }
+        let tunnel_v6_text = raw
+            .tunnel_v6
+            .unwrap_or_else(|| DEFAULT_TUNNEL_V6.to_owned());
+        let tunnel_v6: Ipv6Net = tunnel_v6_text.parse().map_err(|_| {
+            invalid(
+                "tunnel_v6",
+                &tunnel_v6_text,
+                &format!("expected an IPv6 CIDR such as {DEFAULT_TUNNEL_V6}"),
+            )
+        })?;
+        if tunnel_v6.prefix_len() > 126 {
+            return Err(invalid(
+                "tunnel_v6",
+                &tunnel_v6_text,
+                "needs room for two addresses: use a prefix of /126 or shorter",
+            ));
+        }
+        if tunnel_v6.trunc() != tunnel_v6 {
+            return Err(invalid(
+                "tunnel_v6",
+                &tunnel_v6_text,
+                &format!("has host bits set; did you mean {}?", tunnel_v6.trunc()),
+            ));
+        }
+        let first = tunnel_v6.network().segments()[0];
+        if first & 0xffc0 == 0xfe80 || first & 0xff00 == 0xff00 || tunnel_v6.network().is_loopback() {
+            return Err(invalid(
+                "tunnel_v6",
+                &tunnel_v6_text,
+                "must be a unicast range (a ULA under fd00::/8 is best), not link-local, multicast or loopback",
+            ));
+        }
+        let tunnel_v6 = raw.ipv6.unwrap_or(true).then_some(tunnel_v6);
         let mtu = raw.mtu.unwrap_or(DEFAULT_MTU.into());
         let mtu = u16::try_from(mtu)
             .ok()
@@ -392,6 +433,7 @@ impl Config {
             listen_address,
             listen_port,
             tunnel,
+            tunnel_v6,
             mtu,
             nat,
             state_dir,
@@ -413,9 +455,24 @@ impl Config {
         self.tunnel.hosts().nth(1).expect("validated: prefix <= 30")
     }
 
+    /// The host's IPv6 address inside the tunnel (`::1` of `tunnel_v6`), when
+    /// IPv6 is on.
+    pub fn host_tunnel_ip6(&self) -> Option<Ipv6Addr> {
+        self.tunnel_v6.map(|net| nth_v6(net, 1))
+    }
+
+    /// The agent's IPv6 address inside the tunnel (`::2` of `tunnel_v6`).
+    pub fn agent_tunnel_ip6(&self) -> Option<Ipv6Addr> {
+        self.tunnel_v6.map(|net| nth_v6(net, 2))
+    }
+
     pub fn host_key_path(&self) -> PathBuf {
         self.state_dir.join("host.key")
     }
+}
+
+fn nth_v6(net: Ipv6Net, n: u128) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(net.network()) + n)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Creating the tun device (Linux `tun`, macOS `utun`) through tun-rs.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::TunnelError;
 
@@ -16,6 +16,9 @@ pub struct TunSpec {
     /// The other end's address (point-to-point destination).
     pub peer: Ipv4Addr,
     pub prefix: u8,
+    /// Our IPv6 address inside the tunnel and its prefix length; `None` = no
+    /// IPv6 on the device.
+    pub address6: Option<(Ipv6Addr, u8)>,
     pub mtu: u16,
 }
 
@@ -31,6 +34,9 @@ pub fn create(spec: &TunSpec) -> Result<AsyncDevice, TunnelError> {
         let mut builder = tun_rs::DeviceBuilder::new()
             .ipv4(spec.address, spec.prefix, Some(spec.peer))
             .mtu(spec.mtu);
+        if let Some((address, prefix)) = spec.address6 {
+            builder = builder.ipv6(address, prefix);
+        }
         if let Some(name) = &spec.name {
             builder = builder.name(name.clone());
         }

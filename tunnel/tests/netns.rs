@@ -197,6 +197,7 @@ fn start_end(
             address,
             peer,
             prefix: 30,
+            address6: None,
             mtu: 1420,
         })
         .expect("create the tun");

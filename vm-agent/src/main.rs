@@ -425,6 +425,7 @@ async fn serve(
         address: args.address,
         peer: args.peer_address,
         prefix: args.prefix,
+        address6: None,
         mtu: args.mtu,
     })
     .with_context(|| {

@@ -141,7 +141,23 @@ pub fn agent_command(config: &Config, host_public: &PublicKey) -> Vec<String> {
             .allow_container_connections
             .then(|| "--allow-container-connections".to_owned()),
     )
+    .chain(ipv6_args(config))
     .collect()
+}
+
+/// The agent's IPv6 end of the tunnel; none when IPv6 is off.
+fn ipv6_args(config: &Config) -> Vec<String> {
+    match (config.agent_tunnel_ip6(), config.host_tunnel_ip6(), config.tunnel_v6) {
+        (Some(address), Some(peer), Some(net)) => vec![
+            "--address6".into(),
+            address.to_string(),
+            "--peer-address6".into(),
+            peer.to_string(),
+            "--prefix6".into(),
+            net.prefix_len().to_string(),
+        ],
+        _ => Vec::new(),
+    }
 }
 
 /// `connector-agent verify` takes the same arguments as `run`.
@@ -637,8 +653,13 @@ mod tests {
         assert!(joined.contains(&keys::encode_public(&host)));
         assert!(joined.contains("--keepalive 20"));
         assert!(!joined.contains("--allow-container-connections"));
+        assert!(joined.ends_with(
+            "--address6 fd5c:9a2e:83b1:fe53::2 --peer-address6 fd5c:9a2e:83b1:fe53::1 --prefix6 126"
+        ));
         let cmd = agent_command(&config("allow_container_connections = true"), &host);
-        assert_eq!(cmd.last().unwrap(), "--allow-container-connections");
+        assert!(cmd.contains(&"--allow-container-connections".to_owned()));
+        let joined = agent_command(&config("ipv6 = false"), &host).join(" ");
+        assert!(!joined.contains("--address6"), "{joined}");
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub(super) async fn start(
         address: config.host_tunnel_ip(),
         peer: config.agent_tunnel_ip(),
         prefix: config.tunnel.prefix_len(),
+        address6: config
+            .host_tunnel_ip6()
+            .zip(config.tunnel_v6.map(|n| n.prefix_len())),
         mtu: config.mtu,
     })?;
     let udp = UdpSocket::bind((config.listen_address, config.listen_port))

@@ -12,6 +12,7 @@ pub(super) fn create_tun_with_tun_rs(
         address: config.address,
         peer: config.peer,
         prefix: config.prefix,
+        address6: config.address6,
         mtu: config.mtu,
     })
     .map_err(|e| match e {

@@ -1,7 +1,7 @@
 //! What every OS file of the facade speaks: the tun's spec, a route of the
 //! host's table, and the error.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
@@ -16,6 +16,9 @@ pub struct TunConfig {
     pub peer: Ipv4Addr,
     /// Prefix length of the tunnel network.
     pub prefix: u8,
+    /// Our IPv6 address inside the tunnel and the tunnel's IPv6 prefix
+    /// length; `None` = IPv6 is off.
+    pub address6: Option<(Ipv6Addr, u8)>,
     pub mtu: u16,
 }
 
