@@ -466,6 +466,14 @@ impl Config {
         self.tunnel_v6.map(|net| nth_v6(net, 2))
     }
 
+    /// The agent's own tunnel addresses (both families), as host routes: what
+    /// it may send from besides the routed subnets.
+    pub fn agent_tunnel_nets(&self) -> Vec<IpNet> {
+        std::iter::once(IpNet::from(IpAddr::V4(self.agent_tunnel_ip())))
+            .chain(self.agent_tunnel_ip6().map(|a| IpNet::from(IpAddr::V6(a))))
+            .collect()
+    }
+
     pub fn host_key_path(&self) -> PathBuf {
         self.state_dir.join("host.key")
     }

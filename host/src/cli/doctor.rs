@@ -178,10 +178,10 @@ pub async fn run(config_path: Option<&Path>) -> Vec<Check> {
         )
     });
 
-    checks.push(match &docker {
-        None => Check::skipped("probe", "Docker is unreachable"),
-        Some(docker) => probe_check(docker, &status, &config).await,
-    });
+    match &docker {
+        None => checks.push(Check::skipped("probe", "Docker is unreachable")),
+        Some(docker) => checks.extend(probe_checks(docker, &status, &config).await),
+    }
     checks
 }
 
@@ -348,30 +348,44 @@ fn conflicts_check(status: &StatusReport, routes: &[RouteEntry], config: &Config
     )
 }
 
-/// Pings a container (else the agent's tunnel address) through the tunnel.
-async fn probe_check(docker: &Docker, status: &StatusReport, config: &Config) -> Check {
+/// Pings a container (else the agent's tunnel address) through the tunnel;
+/// over IPv6 as well when a container has an address in a routed IPv6 subnet.
+async fn probe_checks(docker: &Docker, status: &StatusReport, config: &Config) -> Vec<Check> {
     let subnets: Vec<IpNet> = routed(status).map(|(_, s)| s).collect();
-    let target = match crate::engine::container_ips(docker).await {
-        Ok(ips) => ips.into_iter().find(|(name, ip)| {
-            name != &config.agent_name && subnets.iter().any(|s| s.contains(ip))
-        }),
-        Err(_) => None,
+    let ips = crate::engine::container_ips(docker).await.unwrap_or_default();
+    let target = |v6: bool| {
+        ips.iter()
+            .find(|(name, ip)| {
+                name != &config.agent_name
+                    && ip.is_ipv6() == v6
+                    && subnets.iter().any(|s| s.contains(ip))
+            })
+            .cloned()
     };
-    let (what, ip) = match target {
+    let mut checks = Vec::new();
+    let v4 = match target(false) {
         Some((name, ip)) => (format!("container {name}"), ip),
         None => (
             "the agent's tunnel address".to_owned(),
             IpAddr::V4(config.agent_tunnel_ip()),
         ),
     };
+    checks.push(probe("probe", v4, config).await);
+    if let Some((name, ip)) = target(true) {
+        checks.push(probe("probe6", (format!("container {name}"), ip), config).await);
+    }
+    checks
+}
+
+async fn probe(check: &'static str, (what, ip): (String, IpAddr), config: &Config) -> Check {
     if ping(ip).await {
         Check::ok(
-            "probe",
+            check,
             format!("{what} ({ip}) answers ping through the tunnel"),
         )
     } else {
         Check::failed(
-            "probe",
+            check,
             format!("{what} ({ip}) does not answer ping through the tunnel"),
             format!(
                 "ping {ip}; check the steps above, then: docker restart {}",
@@ -382,10 +396,9 @@ async fn probe_check(docker: &Docker, status: &StatusReport, config: &Config) ->
 }
 
 async fn ping(ip: IpAddr) -> bool {
-    let IpAddr::V4(v4) = ip else { return false };
     for _ in 0..3 {
         let attempt =
-            tokio::task::spawn_blocking(move || crate::cli::icmp::ping(v4, Duration::from_secs(2)))
+            tokio::task::spawn_blocking(move || crate::cli::icmp::ping(ip, Duration::from_secs(2)))
                 .await;
         match attempt {
             Ok(Ok(true)) => return true,

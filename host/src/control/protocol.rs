@@ -228,7 +228,7 @@ mod tests {
             skipped: vec![Skipped {
                 network: "lan".into(),
                 subnet: "192.168.0.0/16".parse().unwrap(),
-                reason: SkipReason::Ipv6NotSupported,
+                reason: SkipReason::Ipv6Off,
                 message: "why".into(),
             }],
             routed: vec![],
@@ -276,7 +276,8 @@ mod tests {
                 }
             ),
             text().prop_map(|tunnel| SkipReason::TunnelOverlap { tunnel }),
-            Just(SkipReason::Ipv6NotSupported),
+            Just(SkipReason::Ipv6Off),
+            Just(SkipReason::Unroutable),
         ]
     }
 

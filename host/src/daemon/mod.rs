@@ -303,7 +303,7 @@ impl Running {
         // WireGuard's allowed IPs: the agent may send from what we route to
         // it (replies) and from its own tunnel address.
         let mut sources: Vec<IpNet> = self.router.routed().collect();
-        sources.push(IpNet::V4(self.config.agent_tunnel_ip().into()));
+        sources.extend(self.config.agent_tunnel_nets());
         self.tunnel.set_allowed_sources(sources);
         self.publish_routes();
         self.schedule_kind_retry();

@@ -8,7 +8,6 @@ use std::time::{Instant, SystemTime};
 use anyhow::{Context, Result};
 use connector_tunnel::keys::PublicKey;
 use connector_tunnel::{Tunnel, TunnelConfig};
-use ipnet::IpNet;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
@@ -24,7 +23,7 @@ use crate::config::Config;
 use crate::control::{self, SocketFile};
 use crate::progress::{Phase, Progress};
 use crate::routes::os::{self, RouteTable, TunConfig};
-use crate::routes::plan::ConflictPolicy;
+use crate::routes::plan::{ConflictPolicy, TunnelNets};
 use crate::routes::router::Router;
 
 /// On Linux we pick the name so routes and tests can refer to it; macOS
@@ -142,7 +141,6 @@ pub(super) async fn start(
     if agent.adopted {
         tracing::info!(container = %agent.container_id, "adopted the running agent container");
     }
-    let agent_net = IpNet::V4(config.agent_tunnel_ip().into());
     let tunnel = Tunnel::spawn(
         device,
         udp,
@@ -152,7 +150,7 @@ pub(super) async fn start(
             keepalive: None,
             endpoint: None,
             // Widened to the routed subnets after the first route sync.
-            allowed_sources: vec![agent_net],
+            allowed_sources: config.agent_tunnel_nets(),
         },
     );
     let agent_link = AgentLink::spawn(config.host_tunnel_ip(), config.agent_tunnel_ip());
@@ -179,7 +177,7 @@ pub(super) async fn start(
         router: Router::new(
             table,
             interface,
-            config.tunnel,
+            TunnelNets::of(config),
             config.networks.clone(),
             ConflictPolicy::new(config.allow_conflicts.clone()),
         ),

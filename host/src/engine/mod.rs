@@ -276,8 +276,10 @@ pub async fn container_ips(docker: &Docker) -> Result<Vec<(String, std::net::IpA
             .and_then(|s| s.networks)
             .unwrap_or_default();
         for endpoint in networks.values() {
-            if let Some(ip) = endpoint.ip_address.as_deref().and_then(|a| a.parse().ok()) {
-                out.push((name.clone(), ip));
+            for address in [&endpoint.ip_address, &endpoint.global_ipv6_address] {
+                if let Some(ip) = address.as_deref().and_then(|a| a.parse().ok()) {
+                    out.push((name.clone(), ip));
+                }
             }
         }
     }

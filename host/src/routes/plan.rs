@@ -4,10 +4,10 @@
 
 use std::collections::BTreeSet;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::config::NetworkFilter;
+use crate::config::{Config, NetworkFilter};
 use crate::routes::os::RouteEntry;
 
 /// One Docker bridge network as seen in a snapshot.
@@ -34,8 +34,10 @@ pub enum SkipReason {
     },
     /// The subnet overlaps connector's own tunnel network.
     TunnelOverlap { tunnel: String },
-    /// IPv6 is carried in the types but not routed yet.
-    Ipv6NotSupported,
+    /// `ipv6 = false` in the configuration.
+    Ipv6Off,
+    /// Link-local and multicast ranges are never routed.
+    Unroutable,
 }
 
 impl std::fmt::Display for SkipReason {
@@ -62,7 +64,10 @@ impl std::fmt::Display for SkipReason {
                     "overlaps connector's tunnel network {tunnel} (change `tunnel`)"
                 )
             }
-            SkipReason::Ipv6NotSupported => write!(f, "IPv6 subnets are not routed yet"),
+            SkipReason::Ipv6Off => write!(f, "IPv6 is off (`ipv6 = false`)"),
+            SkipReason::Unroutable => {
+                write!(f, "link-local and multicast ranges are never routed")
+            }
         }
     }
 }
@@ -123,11 +128,35 @@ pub fn is_catch_all(destination: &IpNet) -> bool {
     destination.prefix_len() <= 1
 }
 
+/// connector's own tunnel networks; `v6` is `None` when IPv6 is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelNets {
+    pub v4: Ipv4Net,
+    pub v6: Option<Ipv6Net>,
+}
+
+impl TunnelNets {
+    pub fn of(config: &Config) -> Self {
+        TunnelNets {
+            v4: config.tunnel,
+            v6: config.tunnel_v6,
+        }
+    }
+
+    /// The tunnel network of `subnet`'s family that overlaps it, if any.
+    pub fn overlapping(&self, subnet: &IpNet) -> Option<IpNet> {
+        [Some(IpNet::V4(self.v4)), self.v6.map(IpNet::V6)]
+            .into_iter()
+            .flatten()
+            .find(|t| overlaps(t, subnet))
+    }
+}
+
 /// Inputs of [`plan`].
 pub struct PlanInput<'a> {
     pub networks: &'a [DockerNetwork],
     pub filter: &'a NetworkFilter,
-    pub tunnel: Ipv4Net,
+    pub tunnel: TunnelNets,
     /// The tun interface's name: routes on it are ours.
     pub interface: &'a str,
     /// The host's routing table as read just now.
@@ -146,7 +175,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let owned: BTreeSet<IpNet> = input
         .host_routes
         .iter()
-        .filter(|r| ours(r) && !is_interface_route(&r.destination, input.tunnel))
+        .filter(|r| ours(r) && !is_interface_route(&r.destination, &input.tunnel))
         .map(|r| r.destination)
         .collect();
 
@@ -174,11 +203,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 Some(SkipReason::Excluded {
                     rule: rule.to_owned(),
                 })
-            } else if let IpNet::V6(_) = subnet {
-                Some(SkipReason::Ipv6NotSupported)
-            } else if overlaps(&subnet, &IpNet::V4(input.tunnel)) {
+            } else if subnet.addr().is_ipv6() && input.tunnel.v6.is_none() {
+                Some(SkipReason::Ipv6Off)
+            } else if is_link_scoped(&subnet) {
+                Some(SkipReason::Unroutable)
+            } else if let Some(tunnel) = input.tunnel.overlapping(&subnet) {
                 Some(SkipReason::TunnelOverlap {
-                    tunnel: input.tunnel.to_string(),
+                    tunnel: tunnel.to_string(),
                 })
             } else if let Some(other) = wanted.iter().find(|w| overlaps(w, &subnet)) {
                 Some(SkipReason::Conflict {
@@ -213,13 +244,20 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     }
 }
 
-/// Routes the OS puts on the tun by itself (the tunnel network, the peer's
-/// host route, IPv6 link-local and multicast): never ours to add or remove.
-pub fn is_interface_route(destination: &IpNet, tunnel: Ipv4Net) -> bool {
-    match destination {
-        IpNet::V4(v4) => {
-            tunnel.contains(v4) || v4.addr().is_multicast() || v4.addr().is_link_local()
-        }
+/// Routes the OS puts on the tun by itself (the tunnel networks, the peer's
+/// host route, link-local and multicast): never ours to add or remove.
+pub fn is_interface_route(destination: &IpNet, tunnel: &TunnelNets) -> bool {
+    let inside = match destination {
+        IpNet::V4(v4) => tunnel.v4.contains(v4),
+        IpNet::V6(v6) => tunnel.v6.is_some_and(|t| t.contains(v6)),
+    };
+    inside || is_link_scoped(destination)
+}
+
+/// Link-local and multicast ranges: they never leave the link.
+pub fn is_link_scoped(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(v4) => v4.addr().is_multicast() || v4.addr().is_link_local(),
         IpNet::V6(v6) => {
             let first = v6.addr().segments()[0];
             (first & 0xffc0) == 0xfe80 || (first & 0xff00) == 0xff00
@@ -260,7 +298,7 @@ mod tests {
         plan(&PlanInput {
             networks,
             filter,
-            tunnel: "10.254.253.0/30".parse().unwrap(),
+            tunnel: tunnel(),
             interface: "connector0",
             host_routes: routes,
             extra: &[],
@@ -268,29 +306,84 @@ mod tests {
         })
     }
 
+    fn tunnel() -> TunnelNets {
+        TunnelNets {
+            v4: "10.254.253.0/30".parse().unwrap(),
+            v6: Some("fd5c:9a2e:83b1:fe53::/126".parse().unwrap()),
+        }
+    }
+
     fn nets(v: &[&str]) -> Vec<IpNet> {
         v.iter().map(|s| s.parse().unwrap()).collect()
     }
 
     #[test]
-    fn routes_every_ipv4_subnet_and_ignores_the_default_route() {
+    fn routes_every_subnet_of_both_families_and_ignores_default_and_tunnel_routes() {
         let networks = [
             net("bridge", &["172.17.0.0/16"]),
             net("app", &["172.20.0.0/16", "fd00:1::/64"]),
         ];
         let routes = [
             route("0.0.0.0/0", "en0"),
+            route("::/0", "en0"),
             route("10.254.253.0/30", "connector0"),
+            route("fd5c:9a2e:83b1:fe53::/126", "connector0"),
+            route("fe80::/64", "connector0"),
         ];
         let p = run(&networks, &all(), &routes);
-        assert_eq!(p.add, nets(&["172.17.0.0/16", "172.20.0.0/16"]));
-        assert!(p.remove.is_empty());
-        let v6 = p
+        assert_eq!(
+            p.add,
+            nets(&["172.17.0.0/16", "172.20.0.0/16", "fd00:1::/64"])
+        );
+        assert!(p.remove.is_empty(), "{:?}", p.remove);
+    }
+
+    #[test]
+    fn ipv6_follows_the_same_rules_and_can_be_turned_off() {
+        let networks = [
+            net("a", &["fd00:1::/64", "fe80:1::/64", "fd5c:9a2e:83b1:fe53::/64"]),
+            net("b", &["fd00:2::/64"]),
+        ];
+        // A VPN's fd00::/8 conflicts; its ::/1 + 8000::/1 halves do not.
+        let routes = [
+            route("::/1", "utun9"),
+            route("8000::/1", "utun9"),
+            route("fd00:2::/48", "utun9"),
+        ];
+        let p = run(&networks, &all(), &routes);
+        let reason = |s: &str| {
+            p.decisions
+                .iter()
+                .find(|d| d.subnet.to_string() == s)
+                .unwrap()
+                .skipped
+                .clone()
+        };
+        assert_eq!(reason("fd00:1::/64"), None);
+        assert_eq!(reason("fe80:1::/64"), Some(SkipReason::Unroutable));
+        assert_eq!(
+            reason("fd5c:9a2e:83b1:fe53::/64"),
+            Some(SkipReason::TunnelOverlap {
+                tunnel: "fd5c:9a2e:83b1:fe53::/126".into()
+            })
+        );
+        assert!(matches!(reason("fd00:2::/64"), Some(SkipReason::Conflict { .. })));
+
+        let off = plan(&PlanInput {
+            networks: &networks,
+            filter: &all(),
+            tunnel: TunnelNets { v6: None, ..tunnel() },
+            interface: "connector0",
+            host_routes: &[route("fd00:1::/64", "connector0")],
+            extra: &[],
+            policy: &ConflictPolicy::default(),
+        });
+        assert!(off.add.is_empty());
+        assert_eq!(off.remove, nets(&["fd00:1::/64"]), "a route left from before goes");
+        assert!(off
             .decisions
             .iter()
-            .find(|d| d.subnet.to_string() == "fd00:1::/64")
-            .unwrap();
-        assert_eq!(v6.skipped, Some(SkipReason::Ipv6NotSupported));
+            .all(|d| d.skipped == Some(SkipReason::Ipv6Off)));
     }
 
     #[test]
@@ -390,7 +483,7 @@ mod tests {
                 net("other", &["172.21.0.0/16"]),
             ],
             filter: &filter,
-            tunnel: "10.254.253.0/30".parse().unwrap(),
+            tunnel: tunnel(),
             interface: "connector0",
             host_routes: &[route("192.168.1.0/24", "en0")],
             extra: &extra,
@@ -455,7 +548,7 @@ mod tests {
         let p = plan(&PlanInput {
             networks: &networks,
             filter: &all(),
-            tunnel: "10.254.253.0/30".parse().unwrap(),
+            tunnel: tunnel(),
             interface: "connector0",
             host_routes: &routes,
             extra: &[],
@@ -485,7 +578,7 @@ mod tests {
         let p = plan(&PlanInput {
             networks: &[net("zzz", &["172.30.0.0/16"])],
             filter: &all(),
-            tunnel: "10.254.253.0/30".parse().unwrap(),
+            tunnel: tunnel(),
             interface: "connector0",
             host_routes: &[],
             extra: &extra,

@@ -4,17 +4,19 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use crate::config::NetworkFilter;
 use crate::control::protocol::{RouteChange, Skipped, SyncReport};
 use crate::routes::os::RouteTable;
-use crate::routes::plan::{self, ConflictPolicy, DockerNetwork, Plan, PlanInput, SubnetDecision};
+use crate::routes::plan::{
+    self, ConflictPolicy, DockerNetwork, Plan, PlanInput, SubnetDecision, TunnelNets,
+};
 
 pub struct Router {
     table: RouteTable,
     interface: String,
-    tunnel: Ipv4Net,
+    tunnel: TunnelNets,
     filter: NetworkFilter,
     policy: ConflictPolicy,
     /// Which network each routed subnet came from, kept so a removal can be
@@ -27,7 +29,7 @@ impl Router {
     pub fn new(
         table: RouteTable,
         interface: String,
-        tunnel: Ipv4Net,
+        tunnel: TunnelNets,
         filter: NetworkFilter,
         policy: ConflictPolicy,
     ) -> Self {
@@ -165,7 +167,7 @@ impl Router {
         let mut removed = 0;
         for r in routes {
             if r.interface.as_deref() == Some(self.interface.as_str())
-                && !plan::is_interface_route(&r.destination, self.tunnel)
+                && !plan::is_interface_route(&r.destination, &self.tunnel)
             {
                 match self.table.delete(r.destination, &self.interface).await {
                     Ok(()) => removed += 1,
