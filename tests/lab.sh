@@ -106,13 +106,20 @@ lab_lock() {
 
 # ------------------------------------------------------------------------- iptables
 # The variants present on this machine (nft first: Debian 12's default and the one
-# Docker 20.10 uses here).
+# Docker 20.10 uses here), each for IPv4 (nft, legacy) and IPv6 (nft6, legacy6).
 lab_ipt_variants() {
   local v
   for v in nft legacy; do
     command -v "iptables-$v-save" >/dev/null 2>&1 && echo "$v"
+    command -v "ip6tables-$v-save" >/dev/null 2>&1 && echo "${v}6"
   done
 }
+
+# The command of a variant: nft → iptables-nft, nft6 → ip6tables-nft.
+lab_ipt_cmd() { case $1 in *6) echo "ip6tables-${1%6}" ;; *) echo "iptables-$1" ;; esac; }
+
+# The IPv6 twin of the variant that holds Docker's chains.
+lab_docker_ip6t() { local v; v=$(lab_docker_ipt); echo "ip6${v}"; }
 
 # The variant that holds Docker's chains.
 lab_docker_ipt() {
@@ -130,7 +137,7 @@ lab_docker_ipt() {
 lab_rules_tagged() { # TAG [IFACE]
   local tag=$1 iface=${2:-} v
   for v in $(lab_ipt_variants); do
-    "iptables-$v-save" 2>/dev/null | awk -v v="$v" -v tag="$tag" -v iface="$iface" '
+    "$(lab_ipt_cmd "$v")-save" 2>/dev/null | awk -v v="$v" -v tag="$tag" -v iface="$iface" '
       /^\*/ { table = substr($0, 2); next }
       /^-A / {
         hit = 0
@@ -174,7 +181,7 @@ lab_delete_rules() {
     [ -n "$rule" ] || continue
     [ -z "${3:-}" ] || [[ " $rule " == *" $3 "* ]] || continue
     # iptables-save quotes arguments with spaces; eval re-splits them the same way.
-    if eval "iptables-$v -w -t $table ${rule/#-A /-D }" 2>/dev/null; then n=$((n + 1)); fi
+    if eval "$(lab_ipt_cmd "$v") -w -t $table ${rule/#-A /-D }" 2>/dev/null; then n=$((n + 1)); fi
   done < <(lab_rules_tagged "$1" "$2")
   [ "$n" = 0 ] || lab_log "removed $n iptables rule(s) tagged '$1'${2:+ or naming $2}"
 }
@@ -183,6 +190,11 @@ lab_delete_rules() {
 net_subnets() { # NET — its IPv4 subnets
   docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' "$1" 2>/dev/null \
     | tr ' ' '\n' | grep '\.' || true
+}
+
+net_subnets6() { # NET — its IPv6 subnets
+  docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' "$1" 2>/dev/null \
+    | tr ' ' '\n' | grep ':' || true
 }
 
 net_bridge() { # NET — the Linux bridge behind a bridge network
@@ -198,23 +210,38 @@ container_ip() { # CONTAINER NET
   docker inspect -f "{{with index .NetworkSettings.Networks \"$2\"}}{{.IPAddress}}{{end}}" "$1"
 }
 
+container_ip6() { # CONTAINER NET
+  docker inspect -f "{{with index .NetworkSettings.Networks \"$2\"}}{{.GlobalIPv6Address}}{{end}}" "$1"
+}
+
 # ---------------------------------------------------------- engine 28.2 emulation
 # emulate_28_2 NET — what Engine 28.2 adds for a bridge network:
 #   raw PREROUTING -d <subnet> ! -i <bridge> -j DROP   (not for --internal networks)
 #   filter DOCKER  ! -i <bridge> -o <bridge> -j DROP   (last rule of DOCKER)
+# and their ip6tables twins for its IPv6 subnets. The lab's engine (20.10) writes no
+# ip6tables rules at all, so the IPv6 forward drop goes at the end of FORWARD.
 emulate_28_2() {
-  local net=$1 br ipt subnet c=(-m comment --comment "$LAB_EMU_TAG")
+  local net=$1 br ipt ip6t subnet c=(-m comment --comment "$LAB_EMU_TAG")
   [ "$(docker network inspect -f '{{.Driver}}' "$net" 2>/dev/null)" = bridge ] || return 0
   br=$(net_bridge "$net")
   ipt=$(lab_docker_ipt)
+  ip6t=$(lab_docker_ip6t)
   if ! net_internal "$net"; then
     for subnet in $(net_subnets "$net"); do
       "$ipt" -w -t raw -C PREROUTING -d "$subnet" ! -i "$br" "${c[@]}" -j DROP 2>/dev/null \
         || "$ipt" -w -t raw -A PREROUTING -d "$subnet" ! -i "$br" "${c[@]}" -j DROP
     done
+    for subnet in $(net_subnets6 "$net"); do
+      "$ip6t" -w -t raw -C PREROUTING -d "$subnet" ! -i "$br" "${c[@]}" -j DROP 2>/dev/null \
+        || "$ip6t" -w -t raw -A PREROUTING -d "$subnet" ! -i "$br" "${c[@]}" -j DROP
+    done
   fi
   "$ipt" -w -t filter -C DOCKER ! -i "$br" -o "$br" "${c[@]}" -j DROP 2>/dev/null \
     || "$ipt" -w -t filter -A DOCKER ! -i "$br" -o "$br" "${c[@]}" -j DROP
+  if [ -n "$(net_subnets6 "$net")" ]; then
+    "$ip6t" -w -t filter -C FORWARD ! -i "$br" -o "$br" "${c[@]}" -j DROP 2>/dev/null \
+      || "$ip6t" -w -t filter -A FORWARD ! -i "$br" -o "$br" "${c[@]}" -j DROP
+  fi
 }
 
 # Emulate 28.2 on every bridge network of the engine (default bridge included).
@@ -243,6 +270,13 @@ lab_topology_up() {
   ip -n "$LAB_NS" addr add "$LAB_MAC_IP/30" dev "$LAB_VETH_MAC"
   ip -n "$LAB_NS" link set "$LAB_VETH_MAC" up
   ip -n "$LAB_NS" route add default via "$LAB_VM_IP"
+  # A suite that tests IPv6 gives the veth IPv6 addresses too (LAB_VM_IP6, LAB_MAC_IP6
+  # in a /126), and the Mac an IPv6 default route via the VM.
+  if [ -n "${LAB_VM_IP6:-}" ]; then
+    ip addr add "$LAB_VM_IP6/126" dev "$LAB_VETH_VM" nodad
+    ip -n "$LAB_NS" addr add "$LAB_MAC_IP6/126" dev "$LAB_VETH_MAC" nodad
+    ip -n "$LAB_NS" -6 route add default via "$LAB_VM_IP6"
+  fi
   wait_until 5 ping_probe "$LAB_VM_IP" || lab_die "the Mac namespace cannot ping the VM side of the veth"
   [ "$(sysctl -n net.ipv4.ip_forward)" = 1 ] || lab_die "net.ipv4.ip_forward is off in the VM (root) namespace"
 }
@@ -266,9 +300,12 @@ lab_network() { # NAME SUBNET [docker network create options...]
 # Probes run from the Mac namespace; set PROBE_NS= (empty) to probe from the VM.
 probe_in() { if [ -n "${PROBE_NS-$LAB_NS}" ]; then ip netns exec "${PROBE_NS-$LAB_NS}" "$@"; else "$@"; fi; }
 
+# An address as a URL's host: IPv6 in brackets.
+url_host() { case $1 in *:*) echo "[$1]" ;; *) echo "$1" ;; esac; }
+
 http_probe() { # IP EXPECTED-BODY-SUBSTRING [SECONDS]
   local body
-  body=$(probe_in timeout "$(( ${3:-2} + 1 ))" curl -sS --noproxy '*' -m "${3:-2}" "http://$1/" 2>/dev/null) || return 1
+  body=$(probe_in timeout "$(( ${3:-2} + 1 ))" curl -gsS --noproxy '*' -m "${3:-2}" "http://$(url_host "$1")/" 2>/dev/null) || return 1
   [[ "$body" == *"$2"* ]]
 }
 
@@ -282,7 +319,7 @@ udp_probe() { # IP TOKEN [SECONDS] — UDP echo on port 7
 # the route exists would otherwise wait for the 1 s retransmission).
 http_probe_fast() { # IP EXPECTED-BODY-SUBSTRING
   local body
-  body=$(probe_in timeout 3 curl -sS --noproxy '*' --connect-timeout 0.3 -m 2 "http://$1/" 2>/dev/null) || return 1
+  body=$(probe_in timeout 3 curl -gsS --noproxy '*' --connect-timeout 0.3 -m 2 "http://$(url_host "$1")/" 2>/dev/null) || return 1
   [[ "$body" == *"$2"* ]]
 }
 
