@@ -6,9 +6,11 @@
 //! VM agent (initiator: knows the host endpoint, starts the handshake and keeps
 //! the UDP mapping alive).
 //!
-//! The packet loops and a timer task share one `Tunn` behind a mutex that is
-//! taken per packet and never held across an `.await` or a system call. The
-//! loops own their buffers, so the steady state does not allocate.
+//! The packet loops and a timer task share one [`peer`] (boringtun's `Tunn`
+//! behind a mutex that is taken per packet and never held across an `.await`
+//! or a system call). The loops own their buffers, so the steady state does
+//! not allocate. Modules depend downwards only: `worker` (the [`Tunnel`]
+//! facade) on the data paths, the data paths on `peer` and `failure`.
 //!
 //! - Linux (`linux`): one thread per tunnel runs both directions in batches —
 //!   tun offload (TSO super-packets cut in place, TCP segments merged back),
@@ -16,9 +18,11 @@
 //! - Elsewhere (`plain`, i.e. macOS: utun has no offload): two tokio tasks,
 //!   one packet per system call, no copy beyond the cipher's.
 
+mod failure;
 pub mod keys;
 #[cfg(target_os = "linux")]
 mod linux;
+mod peer;
 #[cfg(not(target_os = "linux"))]
 mod plain;
 mod sources;

@@ -13,7 +13,8 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tun_rs::AsyncDevice;
 
-use crate::worker::{from_peer, is_fatal, report, FailSender, Shared, Step};
+use crate::failure::{is_fatal, report, FailSender};
+use crate::peer::{from_peer, Peer, Step};
 
 /// Largest datagram or IP packet a loop handles; buffers are this size once.
 const BUF_SIZE: usize = 65_536 + 256;
@@ -38,82 +39,89 @@ impl Io {
             tracing::debug!(endpoint = %to, %error, "udp send failed");
         }
     }
+
+    /// Sends `datagram` to the peer, if we know where it is.
+    pub(crate) async fn send_to_peer(&self, peer: &Peer, datagram: &[u8]) {
+        if let Some(endpoint) = peer.endpoint() {
+            self.send_to(datagram, endpoint).await;
+        }
+    }
 }
 
 /// The running loops: two tokio tasks.
 pub(crate) struct Loops(Vec<JoinHandle<()>>);
 
-pub(crate) fn start(shared: &Arc<Shared>, fail: &FailSender) -> Loops {
+pub(crate) fn start(peer: &Arc<Peer>, io: &Arc<Io>, fail: &FailSender) -> Loops {
     Loops(vec![
-        tokio::spawn(outbound(shared.clone(), fail.clone())),
-        tokio::spawn(inbound(shared.clone(), fail.clone())),
+        tokio::spawn(outbound(peer.clone(), io.clone(), fail.clone())),
+        tokio::spawn(inbound(peer.clone(), io.clone(), fail.clone())),
     ])
 }
 
 impl Loops {
-    pub(crate) fn stop(&self, _shared: &Shared) {
+    pub(crate) fn stop(&self) {
         for task in &self.0 {
             task.abort();
         }
     }
 
-    pub(crate) async fn join(self, shared: &Shared) {
-        self.stop(shared);
+    pub(crate) async fn join(self) {
+        self.stop();
         for task in self.0 {
             let _ = task.await;
         }
     }
 }
 
-async fn outbound(shared: Arc<Shared>, fail: FailSender) {
+async fn outbound(peer: Arc<Peer>, io: Arc<Io>, fail: FailSender) {
     let mut packet = vec![0u8; BUF_SIZE].into_boxed_slice();
     let mut datagram = vec![0u8; BUF_SIZE].into_boxed_slice();
     loop {
-        let n = match shared.io.device.recv(&mut packet).await {
+        let n = match io.device.recv(&mut packet).await {
             Ok(n) => n,
             Err(error) if is_fatal(&error) => return report(&fail, "tun read", &error),
             Err(_) => continue,
         };
-        if let Some(len) = shared.encapsulate(&packet[..n], &mut datagram) {
-            shared.stats.add_tx(n, 1);
-            shared.send_to_peer(&datagram[..len]).await;
+        if let Some(len) = peer.encapsulate(&packet[..n], &mut datagram) {
+            peer.stats.add_tx(n, 1);
+            io.send_to_peer(&peer, &datagram[..len]).await;
         }
     }
 }
 
-async fn inbound(shared: Arc<Shared>, fail: FailSender) {
+async fn inbound(peer: Arc<Peer>, io: Arc<Io>, fail: FailSender) {
     let mut datagram = vec![0u8; BUF_SIZE].into_boxed_slice();
     let mut packet = vec![0u8; BUF_SIZE].into_boxed_slice();
     loop {
-        let (n, from) = match shared.io.socket.recv_from(&mut datagram).await {
+        let (n, from) = match io.socket.recv_from(&mut datagram).await {
             Ok(r) => r,
             Err(error) if is_fatal(&error) => return report(&fail, "udp receive", &error),
             Err(_) => continue,
         };
         let mut input: &[u8] = &datagram[..n];
         loop {
-            let step = shared.decapsulate(from, input, &mut packet);
+            let step = peer.decapsulate(from, input, &mut packet);
             if from_peer(input, &step, &packet) {
-                shared.heard_from(from);
+                peer.heard_from(from);
             }
             match step {
                 Step::Network(len) => {
                     // Handshake replies and packets queued during the
                     // handshake; boringtun wants to be called again until Done.
-                    shared.send_to(&packet[..len], from).await;
+                    io.send_to(&packet[..len], from).await;
                     input = &[];
                 }
                 Step::Tunnel(len) => {
-                    if !shared.sources().allows(&packet[..len]) {
-                        shared.drop_for_source(from, &packet[..len]);
+                    if !peer.sources().allows(&packet[..len]) {
+                        peer.drop_for_source(from, &packet[..len]);
                         break;
                     }
-                    if let Err(error) = shared.io.device.send(&packet[..len]).await {
+                    if let Err(error) = io.device.send(&packet[..len]).await {
                         if is_fatal(&error) {
                             return report(&fail, "tun write", &error);
                         }
                     }
-                    shared.stats.add_rx(len, 1);
+                    peer.stats.add_rx(len, 1);
                     break;
                 }
                 Step::Done => break,
