@@ -18,6 +18,7 @@
 //! - Elsewhere (`plain`, i.e. macOS: utun has no offload): two tokio tasks,
 //!   one packet per system call, no copy beyond the cipher's.
 
+pub mod checksum;
 mod failure;
 pub mod keys;
 #[cfg(target_os = "linux")]

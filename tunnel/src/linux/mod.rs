@@ -31,7 +31,6 @@
 //! end either way. The descriptors are taken out of tokio's reactor so that
 //! it is not woken for them as well.
 
-mod checksum;
 mod offload;
 mod udp;
 

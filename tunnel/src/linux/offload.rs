@@ -12,7 +12,7 @@
 use std::io;
 use std::ops::Range;
 
-use super::checksum;
+use crate::checksum;
 
 /// Size of `struct virtio_net_hdr` (no `num_buffers`: tun does not use it).
 pub const VNET_HDR_LEN: usize = 10;

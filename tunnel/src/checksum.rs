@@ -1,10 +1,13 @@
-//! The Internet checksum (RFC 1071).
+//! The Internet checksum (RFC 1071), one implementation for the whole
+//! workspace.
 //!
-//! With tun offload the kernel hands us TCP/UDP super-packets whose checksums
-//! are left for "the hardware" to fill in, so we compute them when we cut a
+//! The Linux data path sums in parts: with tun offload the kernel hands us
+//! TCP/UDP super-packets whose checksums are left for "the hardware" to fill
+//! in, so we compute them (pseudo-header, then segment) when we cut a
 //! super-packet into wire-sized packets, and we verify them before merging
 //! packets into one (a merged packet's checksum is recomputed by the kernel,
-//! which would otherwise hide a corrupt segment).
+//! which would otherwise hide a corrupt segment). The daemon's ICMP probe
+//! wants the one-shot [`checksum`].
 //!
 //! The sum is taken over native-endian 64-bit words with end-around carry; a
 //! one's-complement sum does not depend on byte order (RFC 1071 §2(B)), so only
@@ -62,8 +65,16 @@ pub fn verifies(acc: u64) -> bool {
     fold(acc) == 0xffff
 }
 
+/// The checksum of `data` alone, as a number (`.to_be_bytes()` gives the
+/// field); over a message that holds its own checksum it is 0.
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(add(0, data))
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     /// Straightforward 16-bit big-endian reference implementation.
@@ -111,5 +122,61 @@ mod tests {
         assert!(verifies(add(0, &data)));
         data[40] ^= 1;
         assert!(!verifies(add(0, &data)));
+    }
+
+    #[test]
+    fn the_one_shot_form_pads_an_odd_tail_and_checks_to_zero() {
+        assert_eq!(checksum(&[0xff]), !0xff00);
+        assert_eq!(checksum(&[]), 0xffff);
+        let mut data = vec![8, 0, 0, 0, 0x12, 0x34, 0, 7, b'x'];
+        let sum = checksum(&data);
+        data[2..4].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(checksum(&data), 0);
+        assert_eq!(finish(add(0, &data[..])), [0, 0]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Summing in parts that start on 16-bit boundaries (a pseudo-header,
+        /// then headers, then payload, as the Linux data path does) gives the
+        /// one-shot sum, which is RFC 1071's.
+        #[test]
+        fn partial_sums_agree_with_the_one_shot_form(
+            data in proptest::collection::vec(any::<u8>(), 0..400),
+            cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..6),
+        ) {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(data.len() / 2 + 1) * 2).collect();
+            at.push(0);
+            at.push(data.len());
+            at.sort_unstable();
+            let acc = at.windows(2).fold(0, |acc, w| add(acc, &data[w[0]..w[1]]));
+            prop_assert_eq!(fold(acc), fold(add(0, &data)));
+            prop_assert_eq!(fold(acc), reference(&data));
+            prop_assert_eq!(checksum(&data), !reference(&data));
+        }
+
+        /// The pseudo-header as a running sum is the sum of its RFC 793 /
+        /// RFC 8200 bytes.
+        #[test]
+        fn the_pseudo_header_sums_as_its_bytes(
+            v6 in any::<bool>(),
+            src in any::<[u8; 16]>(),
+            dst in any::<[u8; 16]>(),
+            protocol in any::<u8>(),
+            length in any::<u16>(),
+        ) {
+            let n = if v6 { 16 } else { 4 };
+            let mut bytes = [&src[..n], &dst[..n]].concat();
+            if v6 {
+                bytes.extend_from_slice(&u32::from(length).to_be_bytes());
+                bytes.extend_from_slice(&[0, 0, 0, protocol]);
+            } else {
+                bytes.extend_from_slice(&[0, protocol]);
+                bytes.extend_from_slice(&length.to_be_bytes());
+            }
+            let pseudo = pseudo_header(&src[..n], &dst[..n], protocol, u32::from(length));
+            prop_assert_eq!(fold(pseudo), reference(&bytes));
+        }
     }
 }
