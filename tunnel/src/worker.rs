@@ -2,7 +2,8 @@
 //! around one [`Peer`].
 //!
 //! The loops themselves live in `linux` (batched, tun offload, one thread)
-//! and `plain` (tokio tasks, one packet per system call, every other platform).
+//! and `plain` (tokio tasks, one packet per system call: every other
+//! platform, and Linux when [`TunnelConfig::per_packet`] asks for it).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,11 +17,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tun_rs::AsyncDevice;
 
+use crate::failure::FailSender;
 #[cfg(target_os = "linux")]
-use crate::linux as sys;
+use crate::linux;
 use crate::peer::{Peer, HANDSHAKE_BUF};
-#[cfg(not(target_os = "linux"))]
-use crate::plain as sys;
+use crate::plain;
 use crate::stats::Stats;
 use crate::TunnelError;
 
@@ -43,14 +44,92 @@ pub struct TunnelConfig {
     /// allowed IPs); other decrypted packets are dropped. Empty: none.
     /// Changed later with [`Tunnel::set_allowed_sources`].
     pub allowed_sources: Vec<IpNet>,
+    /// Force the one-packet-per-system-call path macOS uses (no tun offload,
+    /// no UDP GSO/GRO, two tokio tasks); for measurement. On Linux the
+    /// batched path runs otherwise; elsewhere this is the only path.
+    pub per_packet: bool,
+}
+
+/// The data path's tun and socket; the timers send handshakes through it.
+#[derive(Clone)]
+enum Io {
+    #[cfg(target_os = "linux")]
+    Batched(Arc<linux::Io>),
+    PerPacket(Arc<plain::Io>),
+}
+
+/// The data path's running loops.
+enum Loops {
+    #[cfg(target_os = "linux")]
+    Batched(linux::Loops),
+    PerPacket(plain::Loops),
+}
+
+/// Starts the data path `per_packet` asks for (on Linux).
+fn start(
+    device: AsyncDevice,
+    socket: UdpSocket,
+    per_packet: bool,
+    peer: &Arc<Peer>,
+    fail: &FailSender,
+) -> (Io, Loops) {
+    #[cfg(target_os = "linux")]
+    if !per_packet {
+        let io = Arc::new(linux::Io::new(device, socket));
+        let loops = linux::start(peer, &io, fail);
+        return (Io::Batched(io), Loops::Batched(loops));
+    }
+    if cfg!(target_os = "linux") && per_packet {
+        tracing::info!("data path: one packet per system call, as on macOS (per_packet)");
+    }
+    let io = Arc::new(plain::Io::new(device, socket));
+    let loops = plain::start(peer, &io, fail);
+    (Io::PerPacket(io), Loops::PerPacket(loops))
+}
+
+impl Io {
+    /// Sends `datagram` to the peer, if we know where it is.
+    async fn send_to_peer(&self, peer: &Peer, datagram: &[u8]) {
+        match self {
+            #[cfg(target_os = "linux")]
+            Io::Batched(io) => io.send_to_peer(peer, datagram),
+            Io::PerPacket(io) => io.send_to_peer(peer, datagram).await,
+        }
+    }
+
+    fn name(&self) -> std::io::Result<String> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Io::Batched(io) => io.name(),
+            Io::PerPacket(io) => io.name(),
+        }
+    }
+}
+
+impl Loops {
+    fn stop(&self) {
+        match self {
+            #[cfg(target_os = "linux")]
+            Loops::Batched(loops) => loops.stop(),
+            Loops::PerPacket(loops) => loops.stop(),
+        }
+    }
+
+    async fn join(self) {
+        match self {
+            #[cfg(target_os = "linux")]
+            Loops::Batched(loops) => loops.join().await,
+            Loops::PerPacket(loops) => loops.join().await,
+        }
+    }
 }
 
 /// A running tunnel. Dropping it without [`Tunnel::shutdown`] also stops the
 /// loops and closes the tun (once the loops have let go of it, right after).
 pub struct Tunnel {
     peer: Arc<Peer>,
-    io: Arc<sys::Io>,
-    loops: Option<sys::Loops>,
+    io: Io,
+    loops: Option<Loops>,
     timers: JoinHandle<()>,
     failed: watch::Receiver<Option<String>>,
 }
@@ -65,10 +144,9 @@ impl Tunnel {
             config.endpoint,
             &config.allowed_sources,
         ));
-        let io = Arc::new(sys::Io::new(device, socket));
         let (fail_tx, failed) = watch::channel(None);
         let fail_tx = Arc::new(fail_tx);
-        let loops = sys::start(&peer, &io, &fail_tx);
+        let (io, loops) = start(device, socket, config.per_packet, &peer, &fail_tx);
         let timers = tokio::spawn(timers(peer.clone(), io.clone()));
         Tunnel {
             peer,
@@ -113,7 +191,7 @@ impl Tunnel {
             TunnResult::WriteToNetwork(out) => out.len(),
             _ => return,
         };
-        send_to_peer(&self.io, &self.peer, &datagram[..len]).await;
+        self.io.send_to_peer(&self.peer, &datagram[..len]).await;
     }
 
     /// Name of the tun interface (e.g. `utun5` on macOS).
@@ -154,15 +232,7 @@ impl Drop for Tunnel {
     }
 }
 
-/// Sends `datagram` to the peer, if we know where it is.
-async fn send_to_peer(io: &sys::Io, peer: &Peer, datagram: &[u8]) {
-    #[cfg(target_os = "linux")]
-    io.send_to_peer(peer, datagram);
-    #[cfg(not(target_os = "linux"))]
-    io.send_to_peer(peer, datagram).await;
-}
-
-async fn timers(peer: Arc<Peer>, io: Arc<sys::Io>) {
+async fn timers(peer: Arc<Peer>, io: Io) {
     let mut datagram = [0u8; HANDSHAKE_BUF];
     let mut last_initiation: Option<Instant> = None;
     let mut tick = tokio::time::interval(TIMER_TICK);
@@ -192,7 +262,7 @@ async fn timers(peer: Arc<Peer>, io: Arc<sys::Io>) {
             result
         };
         if let Some(len) = len {
-            send_to_peer(&io, &peer, &datagram[..len]).await;
+            io.send_to_peer(&peer, &datagram[..len]).await;
         }
     }
 }

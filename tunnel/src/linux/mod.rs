@@ -31,7 +31,7 @@
 //! end either way. The descriptors are taken out of tokio's reactor so that
 //! it is not woken for them as well.
 
-mod offload;
+pub(crate) mod offload;
 mod udp;
 
 use std::io;
