@@ -9,27 +9,33 @@
 //! which would otherwise hide a corrupt segment). The daemon's ICMP probe
 //! wants the one-shot [`checksum`].
 //!
-//! The sum is taken over native-endian 64-bit words with end-around carry; a
-//! one's-complement sum does not depend on byte order (RFC 1071 §2(B)), so only
-//! the folded result is converted to network order.
+//! The sum is taken over native-endian words: a one's-complement sum does not
+//! depend on byte order (RFC 1071 §2(B)), so only the folded result is
+//! converted to network order. Each 64-bit word is added as its two 32-bit
+//! halves into a 64-bit total, which cannot overflow before 16 GiB: without a
+//! carry chain the compiler vectorises the loop, two to three times as fast
+//! as adding with end-around carry (`tunnel/examples/io-compare.rs` found the
+//! checksum to be most of the offload code's own time).
 
 /// Adds `data` to a running sum. `data` must start on a 16-bit boundary of the
 /// checksummed stream (every caller passes whole headers or whole segments).
-pub fn add(mut acc: u64, data: &[u8]) -> u64 {
+pub fn add(acc: u64, data: &[u8]) -> u64 {
+    let halves = |word: u64| (word & 0xffff_ffff) + (word >> 32);
     let mut words = data.chunks_exact(8);
+    let mut sum = 0u64;
     for word in &mut words {
-        let (sum, carry) = acc.overflowing_add(u64::from_ne_bytes(word.try_into().unwrap()));
-        acc = sum + u64::from(carry);
+        sum += halves(u64::from_ne_bytes(word.try_into().unwrap()));
     }
     let rest = words.remainder();
     if !rest.is_empty() {
         // Zero padding at the end is what RFC 1071 prescribes for an odd tail.
         let mut last = [0u8; 8];
         last[..rest.len()].copy_from_slice(rest);
-        let (sum, carry) = acc.overflowing_add(u64::from_ne_bytes(last));
-        acc = sum + u64::from(carry);
+        sum += halves(u64::from_ne_bytes(last));
     }
-    acc
+    // Into the running sum with end-around carry: 2^64 ≡ 1 (mod 2^16 - 1).
+    let (total, carry) = acc.overflowing_add(sum);
+    total + u64::from(carry)
 }
 
 /// Folds a running sum to 16 bits, in network byte order (not complemented).
@@ -154,6 +160,18 @@ mod tests {
             prop_assert_eq!(fold(acc), fold(add(0, &data)));
             prop_assert_eq!(fold(acc), reference(&data));
             prop_assert_eq!(checksum(&data), !reference(&data));
+        }
+
+        /// Any running sum, however large, carries over as the sum of its
+        /// own bytes would (the end-around carry).
+        #[test]
+        fn any_running_sum_carries_over(
+            acc in any::<u64>(),
+            data in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let as_bytes = [&acc.to_ne_bytes()[..], &data].concat();
+            prop_assert_eq!(fold(add(acc, &data)), fold(add(0, &as_bytes)));
+            prop_assert_eq!(fold(add(acc, &data)), reference(&as_bytes));
         }
 
         /// The pseudo-header as a running sum is the sum of its RFC 793 /
