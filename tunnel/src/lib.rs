@@ -34,6 +34,16 @@ mod worker;
 pub use stats::{Stats, StatsSnapshot};
 pub use worker::{Tunnel, TunnelConfig};
 
+/// The Linux data path's batched I/O pieces, public only so that
+/// `examples/io-compare.rs` can measure them against well-kept crates doing
+/// the same; not an API.
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub mod linux_io {
+    pub use crate::linux::offload::{Coalescer, Segmenter, FRAME_LEN};
+    pub use crate::linux::udp::{configure, RxBatch, TxBatch, RX_MESSAGES};
+}
+
 /// Errors of the data path.
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {

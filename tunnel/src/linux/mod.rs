@@ -32,7 +32,7 @@
 //! it is not woken for them as well.
 
 pub(crate) mod offload;
-mod udp;
+pub(crate) mod udp;
 
 use std::io;
 use std::net::SocketAddr;
@@ -295,7 +295,7 @@ fn run(peer: &Peer, io: &Io, fail: &FailSender) {
         fds,
         frame: vec![0u8; FRAME_LEN].into_boxed_slice(),
         tx: TxBatch::new(io.caps.gso),
-        rx: RxBatch::new(),
+        rx: RxBatch::default(),
         merge: Coalescer::new(io.vnet),
         last_read: None,
         last_recv: None,
@@ -410,7 +410,7 @@ impl Data<'_> {
                 Err(error) if is_fatal(&error) => return Err(("udp receive", error)),
                 Err(_) => break,
             }
-            for m in 0..self.rx.len() {
+            for m in 0..self.rx.messages() {
                 if let Err(error) = decrypt_message(
                     self.peer,
                     self.io,
