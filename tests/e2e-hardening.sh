@@ -241,7 +241,7 @@ case_sigterm_during_start() {
 BUILT_IMAGE="connector-agent:hard-built-$P"
 
 agent_sources() { # DIR
-  mkdir -p "$1/host" "$1/tunnel" "$1/vm-agent"
+  mkdir -p "$1/host" "$1/protocol" "$1/tunnel" "$1/vm-agent"
   : >"$1/Cargo.toml"; : >"$1/Cargo.lock"
   cat >"$1/vm-agent/Dockerfile" <<DOCKERFILE
 FROM $LAB_WORKLOAD_IMAGE AS slow

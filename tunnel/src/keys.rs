@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 pub use boringtun::x25519::{PublicKey, StaticSecret};
 
-use crate::TunnelError;
+use crate::error::TunnelError;
 
 /// A fresh private key from the OS random source.
 pub fn generate() -> StaticSecret {

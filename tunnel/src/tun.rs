@@ -2,7 +2,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use crate::TunnelError;
+use crate::error::TunnelError;
 
 pub use tun_rs::AsyncDevice;
 

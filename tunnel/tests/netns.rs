@@ -1,6 +1,9 @@
 //! The data path end to end, without Docker: two tunnels in two network
 //! namespaces made for the test, joined by a veth pair. TCP payloads (large
-//! enough for TSO/GRO super-packets) cross both ways, and a UDP datagram.
+//! enough for TSO/GRO super-packets) cross both ways, and a UDP datagram,
+//! through the batched path, the per-packet path macOS runs, and the two
+//! facing each other (as the daemon with `CONNECTOR_DATA_PATH=per-packet`
+//! and the agent do in `scripts/bench`).
 //!
 //! Linux only, and only as root (namespaces, tun); otherwise it says so and
 //! passes. The namespaces are deleted when the test ends, also on failure.
@@ -213,11 +216,13 @@ fn start_end(
 }
 
 /// Initiator A (keepalive, knows B's address, as the agent) and responder B
-/// (learns A's address, as the daemon); also returns B's public key.
+/// (learns A's address, as the daemon), each on the per-packet path if
+/// `per_packet` says so; also returns B's public key.
 fn start_pair(
     rt: &tokio::runtime::Handle,
     ns: &Namespaces,
     tag: char,
+    per_packet: Ends,
 ) -> (Tunnel, Tunnel, PublicKey) {
     let (key_a, key_b) = (keys::generate(), keys::generate());
     let (pub_a, pub_b) = (PublicKey::from(&key_a), PublicKey::from(&key_b));
@@ -234,6 +239,7 @@ fn start_pair(
             keepalive: None,
             endpoint: None,
             allowed_sources: vec![ipnet::IpNet::V4(TUN_A.into())],
+            per_packet: per_packet.b,
         },
     );
     let tunnel_a = start_end(
@@ -248,6 +254,7 @@ fn start_pair(
             keepalive: Some(20),
             endpoint: Some(SocketAddr::from((VETH_B, PORT_B))),
             allowed_sources: vec![ipnet::IpNet::V4(TUN_B.into())],
+            per_packet: per_packet.a,
         },
     );
     (tunnel_a, tunnel_b, pub_b)
@@ -261,14 +268,82 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Which ends run the per-packet path (A: the initiator, B: the responder).
+#[derive(Clone, Copy, Debug)]
+struct Ends {
+    a: bool,
+    b: bool,
+}
+
+const BATCHED: Ends = Ends { a: false, b: false };
+
+/// Whether `interface` in namespace `ns` has TCP segmentation offload on
+/// (`ethtool -k`, through the ioctl: ethtool itself may be missing).
+fn tso_on(ns: &str, interface: String) -> bool {
+    in_netns(ns, move || {
+        const ETHTOOL_GTSO: u32 = 0x1e;
+        #[repr(C)]
+        struct EthtoolValue {
+            cmd: u32,
+            data: u32,
+        }
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_GTSO,
+            data: 0,
+        };
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        // SAFETY: all-zero is a valid ifreq.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(interface.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+        // SAFETY: ifreq names the device and points at a live ethtool_value.
+        let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+        assert_eq!(
+            rc,
+            0,
+            "ETHTOOL_GTSO {interface}: {}",
+            std::io::Error::last_os_error()
+        );
+        value.data != 0
+    })
+    .join()
+    .unwrap()
+}
+
 #[test]
 fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
+    cross_the_tunnel('t', BATCHED);
+}
+
+#[test]
+fn tcp_and_udp_cross_the_per_packet_path() {
+    cross_the_tunnel('p', Ends { a: true, b: true });
+}
+
+/// The daemon on the path macOS runs, the agent batched, as in `scripts/bench`.
+#[test]
+fn tcp_and_udp_cross_between_the_per_packet_and_the_batched_path() {
+    cross_the_tunnel('m', Ends { a: false, b: true });
+}
+
+fn cross_the_tunnel(tag: char, per_packet: Ends) {
     if !can_run() {
         return;
     }
-    let ns = Namespaces::create('t');
+    let ns = Namespaces::create(tag);
     let rt = runtime();
-    let (tunnel_a, tunnel_b, _) = start_pair(rt.handle(), &ns, 't');
+    let (tunnel_a, tunnel_b, _) = start_pair(rt.handle(), &ns, tag, per_packet);
+    // The per-packet path turns the tun's offloads off; the batched one
+    // keeps them: which path runs shows there.
+    for (name, tunnel, per_packet) in [
+        (&ns.a, &tunnel_a, per_packet.a),
+        (&ns.b, &tunnel_b, per_packet.b),
+    ] {
+        let interface = tunnel.interface_name().unwrap();
+        assert_eq!(tso_on(name, interface), !per_packet, "{per_packet:?}");
+    }
 
     // Server in B: echoes every TCP byte, and UDP datagrams until "done".
     let listener = in_netns(&ns.b, || TcpListener::bind((TUN_B, 7000)).unwrap())
@@ -363,7 +438,7 @@ fn tcp_and_udp_cross_the_tunnel_between_two_namespaces() {
     assert!(same, "the echoed bytes are the ones sent");
     let mbit = (2 * PAYLOAD) as f64 * 8.0 / elapsed.as_secs_f64() / 1e6;
     eprintln!(
-        "{} MiB each way in {elapsed:.2?} ({mbit:.0} Mbit/s in all)",
+        "{per_packet:?}: {} MiB each way in {elapsed:.2?} ({mbit:.0} Mbit/s in all)",
         PAYLOAD >> 20
     );
 
@@ -409,7 +484,7 @@ fn forged_initiations_do_not_move_the_endpoint() {
     }
     let ns = Namespaces::create('f');
     let rt = runtime();
-    let (tunnel_a, tunnel_b, pub_b) = start_pair(rt.handle(), &ns, 'f');
+    let (tunnel_a, tunnel_b, pub_b) = start_pair(rt.handle(), &ns, 'f', BATCHED);
     let (client, echo) = echo_through_tunnel(&ns);
     let endpoint = tunnel_b.stats().snapshot().endpoint.expect("B knows A");
 
@@ -484,7 +559,7 @@ fn packets_from_sources_outside_the_allowed_set_are_dropped() {
     let ns = Namespaces::create('s');
     ns.without_ipv6();
     let rt = runtime();
-    let (tunnel_a, tunnel_b, _) = start_pair(rt.handle(), &ns, 's');
+    let (tunnel_a, tunnel_b, _) = start_pair(rt.handle(), &ns, 's', BATCHED);
     let (client, echo) = echo_through_tunnel(&ns);
     let wait = Duration::from_millis(300);
     let dropped = |t: &Tunnel| t.stats().snapshot().rx_dropped_source;

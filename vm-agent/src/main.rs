@@ -471,6 +471,8 @@ async fn serve(
             endpoint: Some(endpoint),
             // Inside the tunnel only the host speaks to the agent.
             allowed_sources: vec![ipnet::IpNet::V4(args.peer_address.into())],
+            // The VM is Linux even on a Mac: always the batched path.
+            per_packet: false,
         },
     );
     tracing::info!(endpoint = %endpoint, name = %args.endpoint, local = ?local, keepalive_s = args.keepalive, "tunnel started");

@@ -151,6 +151,8 @@ pub(super) async fn start(
             endpoint: None,
             // Widened to the routed subnets after the first route sync.
             allowed_sources: config.agent_tunnel_nets(),
+            // For scripts/bench: measure on Linux the path macOS runs.
+            per_packet: std::env::var("CONNECTOR_DATA_PATH").is_ok_and(|v| v == "per-packet"),
         },
     );
     let agent_link = AgentLink::spawn(config.host_tunnel_ip(), config.agent_tunnel_ip());

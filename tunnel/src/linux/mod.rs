@@ -31,9 +31,8 @@
 //! end either way. The descriptors are taken out of tokio's reactor so that
 //! it is not woken for them as well.
 
-mod checksum;
-mod offload;
-mod udp;
+pub(crate) mod offload;
+pub(crate) mod udp;
 
 use std::io;
 use std::net::SocketAddr;
@@ -44,8 +43,9 @@ use std::time::{Duration, Instant};
 
 use tun_rs::AsyncDevice;
 
+use crate::failure::{is_fatal, report, FailSender};
+use crate::peer::{from_peer, Peer, Step, HANDSHAKE_BUF};
 use crate::sources::SourceFilter;
-use crate::worker::{from_peer, is_fatal, report, FailSender, Shared, Step, HANDSHAKE_BUF};
 use offload::{Coalescer, FrameError, Segmenter, FRAME_LEN};
 use udp::{Caps, RxBatch, TxBatch};
 
@@ -139,6 +139,13 @@ impl Io {
         }
     }
 
+    /// Sends `datagram` to the peer, if we know where it is.
+    pub(crate) fn send_to_peer(&self, peer: &Peer, datagram: &[u8]) {
+        if let Some(endpoint) = peer.endpoint() {
+            self.send_to(datagram, endpoint);
+        }
+    }
+
     fn stop(&self) {
         if let Some(stop) = &self.stop {
             let one = 1u64.to_ne_bytes();
@@ -219,36 +226,39 @@ fn poll(fds: &mut [libc::pollfd]) -> Option<()> {
 
 /// The running loop.
 pub(crate) struct Loops {
+    io: Arc<Io>,
     thread: Option<JoinHandle<()>>,
 }
 
-pub(crate) fn start(shared: &Arc<Shared>, fail: &FailSender) -> Loops {
-    let (shared_, fail_) = (shared.clone(), fail.clone());
+pub(crate) fn start(peer: &Arc<Peer>, io: &Arc<Io>, fail: &FailSender) -> Loops {
+    let (peer_, io_, fail_) = (peer.clone(), io.clone(), fail.clone());
     let spawned = std::thread::Builder::new()
         .name("connector-data".into())
         .stack_size(THREAD_STACK)
-        .spawn(move || run(&shared_, &fail_));
-    match spawned {
-        Ok(thread) => Loops {
-            thread: Some(thread),
-        },
+        .spawn(move || run(&peer_, &io_, &fail_));
+    let thread = match spawned {
+        Ok(thread) => Some(thread),
         Err(error) => {
             report(fail, "starting the packet loop", &error);
-            Loops { thread: None }
+            None
         }
+    };
+    Loops {
+        io: io.clone(),
+        thread,
     }
 }
 
 impl Loops {
     /// Asks the thread to stop; it does within one poll.
-    pub(crate) fn stop(&self, shared: &Shared) {
-        shared.io.stop();
+    pub(crate) fn stop(&self) {
+        self.io.stop();
     }
 
     /// Stops the thread and waits for it (and so for the descriptors it holds
     /// to be released).
-    pub(crate) async fn join(self, shared: &Shared) {
-        self.stop(shared);
+    pub(crate) async fn join(self) {
+        self.stop();
         if let Some(thread) = self.thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -257,7 +267,8 @@ impl Loops {
 
 /// Buffers and state of the loop.
 struct Data<'a> {
-    shared: &'a Shared,
+    peer: &'a Peer,
+    io: &'a Io,
     fds: Fds,
     frame: Box<[u8]>,
     tx: TxBatch,
@@ -268,8 +279,7 @@ struct Data<'a> {
     last_recv: Option<Instant>,
 }
 
-fn run(shared: &Shared, fail: &FailSender) {
-    let io = &shared.io;
+fn run(peer: &Peer, io: &Io, fail: &FailSender) {
     let (Some(tun), Some(udp), Some(stop)) = (&io.tun, &io.udp, &io.stop) else {
         let error = io::Error::other("a descriptor is missing (see the log)");
         return report(fail, "tunnel setup", &error);
@@ -280,12 +290,13 @@ fn run(shared: &Shared, fail: &FailSender) {
         stop: stop.as_raw_fd(),
     };
     let mut data = Data {
-        shared,
+        peer,
+        io,
         fds,
         frame: vec![0u8; FRAME_LEN].into_boxed_slice(),
-        tx: TxBatch::new(shared.io.caps.gso),
-        rx: RxBatch::new(),
-        merge: Coalescer::new(shared.io.vnet),
+        tx: TxBatch::new(io.caps.gso),
+        rx: RxBatch::default(),
+        merge: Coalescer::new(io.vnet),
         last_read: None,
         last_recv: None,
     };
@@ -350,7 +361,7 @@ impl Data<'_> {
     /// Encrypts every packet of the tun read in `frame[..len]` into `tx`.
     fn encrypt_frame(&mut self, len: usize) {
         let frame = &mut self.frame[..len];
-        let mut packets = match Segmenter::new(frame, self.shared.io.vnet) {
+        let mut packets = match Segmenter::new(frame, self.io.vnet) {
             Ok(s) => s,
             Err(FrameError(why)) => {
                 tracing::debug!(why, len, "tun read dropped");
@@ -360,22 +371,19 @@ impl Data<'_> {
         let (mut bytes, mut count) = (0, 0);
         while let Some(range) = packets.next(frame) {
             if self.tx.room() < (range.len() + DATA_OVERHEAD).max(HANDSHAKE_BUF) {
-                flush(self.shared, self.fds, &mut self.tx);
+                flush(self.peer, self.fds, &mut self.tx);
             }
-            if let Some(n) = self
-                .shared
-                .encapsulate(&frame[range.clone()], self.tx.slot())
-            {
+            if let Some(n) = self.peer.encapsulate(&frame[range.clone()], self.tx.slot()) {
                 self.tx.commit(n);
                 bytes += range.len();
                 count += 1;
             }
         }
-        self.shared.stats.add_tx(bytes, count);
+        self.peer.stats.add_tx(bytes, count);
     }
 
     fn flush(&mut self) {
-        flush(self.shared, self.fds, &mut self.tx);
+        flush(self.peer, self.fds, &mut self.tx);
     }
 
     /// Receives what the socket has queued (a bounded amount), decrypts it
@@ -387,7 +395,7 @@ impl Data<'_> {
     fn inbound(&mut self) -> Result<(), (&'static str, io::Error)> {
         let tun = self.fds.tun;
         let mut write = |frame: &[u8]| write_tun(tun, frame);
-        let sources = self.shared.sources();
+        let sources = self.peer.sources();
         let mut result = Ok(());
         let streaming = self.last_recv.is_some_and(|t| t.elapsed() < STREAM_GAP);
         let (calls, messages) = if streaming {
@@ -402,9 +410,10 @@ impl Data<'_> {
                 Err(error) if is_fatal(&error) => return Err(("udp receive", error)),
                 Err(_) => break,
             }
-            for m in 0..self.rx.len() {
+            for m in 0..self.rx.messages() {
                 if let Err(error) = decrypt_message(
-                    self.shared,
+                    self.peer,
+                    self.io,
                     &sources,
                     &self.rx,
                     m,
@@ -425,11 +434,11 @@ impl Data<'_> {
     }
 }
 
-fn flush(shared: &Shared, fds: Fds, tx: &mut TxBatch) {
+fn flush(peer: &Peer, fds: Fds, tx: &mut TxBatch) {
     if tx.is_empty() {
         return;
     }
-    match shared.endpoint() {
+    match peer.endpoint() {
         Some(endpoint) => tx.flush(fds.udp, endpoint, || fds.wait_writable()),
         // Nobody to send to yet (the responder before the first handshake).
         None => tx.clear(),
@@ -439,7 +448,8 @@ fn flush(shared: &Shared, fds: Fds, tx: &mut TxBatch) {
 /// Decrypts the datagrams of message `m` into `merge`, the packets from
 /// allowed `sources` only.
 fn decrypt_message(
-    shared: &Shared,
+    peer: &Peer,
+    io: &Io,
     sources: &SourceFilter,
     rx: &RxBatch,
     m: usize,
@@ -452,12 +462,12 @@ fn decrypt_message(
     let (mut bytes, mut count, mut heard) = (0, 0, false);
     let mut result = Ok(());
     for datagram in rx.datagrams(m) {
-        let step = shared.decapsulate(from, datagram, merge.scratch());
+        let step = peer.decapsulate(from, datagram, merge.scratch());
         heard |= from_peer(datagram, &step, merge.scratch());
         match step {
             Step::Tunnel(len) => {
                 if !sources.allows(&merge.scratch()[..len]) {
-                    shared.drop_for_source(from, &merge.scratch()[..len]);
+                    peer.drop_for_source(from, &merge.scratch()[..len]);
                     continue;
                 }
                 bytes += len;
@@ -471,8 +481,8 @@ fn decrypt_message(
                 // A handshake reply, then the packets boringtun queued while
                 // it waited for the session; it wants calls until Done.
                 loop {
-                    shared.io.send_to(&merge.scratch()[..len], from);
-                    match shared.decapsulate(from, &[], merge.scratch()) {
+                    io.send_to(&merge.scratch()[..len], from);
+                    match peer.decapsulate(from, &[], merge.scratch()) {
                         Step::Network(next) => len = next,
                         _ => break,
                     }
@@ -482,9 +492,9 @@ fn decrypt_message(
             Step::Rejected(error) => tracing::debug!(?error, %from, "datagram rejected"),
         }
     }
-    shared.stats.add_rx(bytes, count);
+    peer.stats.add_rx(bytes, count);
     if heard {
-        shared.heard_from(from);
+        peer.heard_from(from);
     }
     result
 }
@@ -492,7 +502,7 @@ fn decrypt_message(
 /// One write to the tun. Only a vanished device is an error; anything else
 /// (a packet the kernel refuses) drops that packet, as a router would.
 fn write_tun(fd: RawFd, frame: &[u8]) -> io::Result<()> {
-    // SAFETY: a valid buffer; `fd` stays open as long as `Shared` lives.
+    // SAFETY: a valid buffer; `fd` stays open as long as the `Io` lives (the loop holds it).
     let n = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
     if n >= 0 {
         return Ok(());

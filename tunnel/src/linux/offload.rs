@@ -11,8 +11,9 @@
 
 use std::io;
 use std::ops::Range;
+use std::os::fd::RawFd;
 
-use super::checksum;
+use crate::checksum;
 
 /// Size of `struct virtio_net_hdr` (no `num_buffers`: tun does not use it).
 pub const VNET_HDR_LEN: usize = 10;
@@ -228,6 +229,30 @@ impl Segmenter {
             Kind::Single(range) => range.take(),
             Kind::Split(split) => split.next(frame),
         }
+    }
+}
+
+/// Turns the tun's offloads off (`TUNSETOFFLOAD` 0), for a loop that wants
+/// one packet per read: the kernel then segments and checksums before it
+/// hands packets over, as to a tun opened without offload. The virtio-net
+/// header stays on every read and write (`IFF_VNET_HDR` is fixed when the
+/// device is made).
+pub fn turn_off(tun: RawFd) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value.
+    if unsafe { libc::ioctl(tun, libc::TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The packet in `frame`, a read from a tun whose offloads are off (see
+/// [`turn_off`]), with its checksum completed if the kernel left that to us.
+/// `None` for what only a read from before [`turn_off`] can be: a GSO
+/// super-packet, or a frame the segmenter refuses.
+pub fn single_packet(frame: &mut [u8]) -> Option<Range<usize>> {
+    match Segmenter::new(frame, true).ok()?.kind {
+        Kind::Single(range) => range,
+        Kind::Split(_) => None,
     }
 }
 

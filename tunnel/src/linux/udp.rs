@@ -481,8 +481,8 @@ struct Message {
     from: Option<SocketAddr>,
 }
 
-impl RxBatch {
-    pub fn new() -> RxBatch {
+impl Default for RxBatch {
+    fn default() -> RxBatch {
         RxBatch {
             buf: vec![0u8; RX_MESSAGES * MAX_DATAGRAM].into_boxed_slice(),
             messages: [Message::default(); RX_MESSAGES],
@@ -490,9 +490,11 @@ impl RxBatch {
             asked: 0,
         }
     }
+}
 
+impl RxBatch {
     /// Number of messages of the last receive.
-    pub fn len(&self) -> usize {
+    pub fn messages(&self) -> usize {
         self.count
     }
 
@@ -828,7 +830,7 @@ mod tests {
         batch.flush(tx.as_raw_fd(), rx.local_addr().unwrap(), || true);
 
         let mut got = Vec::new();
-        let mut rb = RxBatch::new();
+        let mut rb = RxBatch::default();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while got.len() < sizes.len() {
             match rb.recv(rx.as_raw_fd(), RX_MESSAGES) {
@@ -840,7 +842,7 @@ mod tests {
                 }
                 Err(e) => panic!("{e}"),
             }
-            for m in 0..rb.len() {
+            for m in 0..rb.messages() {
                 assert_eq!(rb.from(m), Some(tx.local_addr().unwrap()));
                 for d in rb.datagrams(m) {
                     got.push((d.len(), d[0]));

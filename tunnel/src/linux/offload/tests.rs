@@ -359,3 +359,30 @@ fn many_flows_use_a_bounded_number_of_slots() {
     let total: usize = out.0.iter().map(|f| f.len() - VNET_HDR_LEN - 52).sum();
     assert_eq!(total, 60 * 100, "every byte written exactly once");
 }
+
+#[test]
+fn a_single_packet_is_found_after_the_header_and_a_super_packet_is_not() {
+    let packet = tcp_packet(false, 1, TCP_ACK, &payload(100), 1);
+    let mut frame = vec![0u8; VNET_HDR_LEN];
+    frame.extend_from_slice(&packet);
+    assert_eq!(single_packet(&mut frame), Some(VNET_HDR_LEN..frame.len()));
+
+    // A checksum left partial is completed in place.
+    let mut partial = frame.clone();
+    let pseudo = checksum::pseudo_header(&SRC4, &DST4, PROTO_TCP, (packet.len() - 20) as u32);
+    partial[VNET_HDR_LEN + 36..VNET_HDR_LEN + 38]
+        .copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+    VnetHdr {
+        flags: F_NEEDS_CSUM,
+        csum_start: 20,
+        csum_offset: 16,
+        ..VnetHdr::default()
+    }
+    .encode(&mut partial);
+    let range = single_packet(&mut partial).expect("a single packet");
+    assert_eq!(partial[range], packet[..]);
+
+    let mut tso = tso_frame(false, 1000, &payload(3000), 1000, TCP_ACK);
+    assert_eq!(single_packet(&mut tso), None);
+    assert_eq!(single_packet(&mut [0u8; VNET_HDR_LEN]), None);
+}
