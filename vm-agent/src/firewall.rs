@@ -481,12 +481,20 @@ pub enum ForwardingError {
     Unexpected { path: String, content: String },
 }
 
-/// Whether the VM forwards `family`, read from `path` (normally
-/// [`Family::forwarding_sysctl`]'s file). A host-network container cannot
-/// set `net.*` sysctls, so only report.
-pub fn check_forwarding(family: Family, path: &Path) -> Result<(), ForwardingError> {
+/// Where the kernel's files are.
+pub const PROC: &str = "/proc";
+
+/// The file that shows sysctl `name` under `proc`.
+pub fn sysctl_path(proc: &Path, name: &str) -> PathBuf {
+    proc.join("sys").join(name.replace('.', "/"))
+}
+
+/// Whether the VM forwards `family`, as `proc` (normally [`PROC`]) shows.
+/// A host-network container cannot set `net.*` sysctls, so only report.
+pub fn check_forwarding(family: Family, proc: &Path) -> Result<(), ForwardingError> {
+    let path = sysctl_path(proc, family.forwarding_sysctl());
     let shown = path.display().to_string();
-    let content = std::fs::read_to_string(path).map_err(|error| ForwardingError::Read {
+    let content = std::fs::read_to_string(&path).map_err(|error| ForwardingError::Read {
         path: shown.clone(),
         error,
     })?;
@@ -494,7 +502,7 @@ pub fn check_forwarding(family: Family, path: &Path) -> Result<(), ForwardingErr
         "1" => Ok(()),
         "0" => Err(ForwardingError::Disabled {
             family,
-            sysctl: family.forwarding_sysctl().0,
+            sysctl: family.forwarding_sysctl(),
         }),
         other => Err(ForwardingError::Unexpected {
             path: shown,

@@ -4,6 +4,7 @@
 
 mod control;
 mod firewall;
+mod ifaddr6;
 mod routes;
 
 use std::io::IsTerminal;
@@ -454,7 +455,7 @@ async fn run(args: RunArgs) -> Result<()> {
 
 /// Whether the VM forwards `family`; fatal for IPv4 only.
 fn check_forwarding(family: Family) -> Result<(), firewall::ForwardingError> {
-    firewall::check_forwarding(family, Path::new(family.forwarding_sysctl().1))
+    firewall::check_forwarding(family, Path::new(firewall::PROC))
 }
 
 /// The VM's IPv6 forwarding, logged when it changes: Docker turns it on when
@@ -677,25 +678,32 @@ async fn serve(
         address6: v6.map(|t| (t.address, t.prefix)),
         mtu: args.mtu,
     };
-    let device = match connector_tunnel::tun::create(&spec) {
-        Ok(device) => Ok(device),
-        // A VM that refuses the IPv6 address (IPv6 disabled on new
-        // interfaces) must not cost IPv4 its tunnel.
-        Err(e) if spec.address6.is_some() => {
-            tracing::error!(error = %e, "cannot create the tun with its IPv6 address; going on without IPv6");
-            connector_tunnel::tun::create(&connector_tunnel::tun::TunSpec {
-                address6: None,
-                ..spec.clone()
-            })
-        }
-        Err(e) => Err(e),
-    }
-    .with_context(|| {
+    let context = || {
         format!(
             "creating tun {} (needs --cap-add NET_ADMIN and --device /dev/net/tun)",
             args.tun_name
         )
-    })?;
+    };
+    let device = match connector_tunnel::tun::create(&spec) {
+        Ok(device) => device,
+        // A VM that refuses the IPv6 address (IPv6 disabled on new
+        // interfaces) must not cost IPv4 its tunnel; `verify` reports it.
+        Err(e) if spec.address6.is_some() => {
+            let v4_only = connector_tunnel::tun::TunSpec {
+                address6: None,
+                ..spec.clone()
+            };
+            match connector_tunnel::tun::create(&v4_only) {
+                Ok(device) => {
+                    tracing::error!(error = %e, "the tun refused its IPv6 address; going on with IPv4 only");
+                    device
+                }
+                // Not about IPv6 then: report the first attempt.
+                Err(_) => return Err(e).with_context(context),
+            }
+        }
+        Err(e) => return Err(e).with_context(context),
+    };
     tracing::info!(tun = %args.tun_name, address = %args.address, peer = %args.peer_address,
                    prefix = args.prefix, address6 = ?spec.address6.map(|(a, _)| a),
                    mtu = args.mtu, "tun up");
@@ -898,18 +906,38 @@ async fn verify_family(fw: &Firewall, tag: &str, out: &mut VerifyReport) {
     ));
 }
 
-/// Everything `verify` checks, with IPv6 forwarding read from `forwarding6`.
-/// IPv6 that was asked for and cannot work is a problem: the daemon's status
-/// then says why instead of "all rules present".
-async fn verify_report(args: &RunArgs, forwarding6: &Path) -> Result<VerifyReport> {
+/// Why the VM cannot route IPv6 through the tun outside the rules, if it
+/// cannot, with the kernel's files under `proc`.
+fn ipv6_path_problem(tun: &str, t: &TunnelV6, proc: &Path) -> Option<String> {
+    if let Err(e) = firewall::check_forwarding(Family::V6, proc) {
+        return Some(e.to_string());
+    }
+    match ifaddr6::read(proc) {
+        Ok(text) if ifaddr6::holds(&text, tun, t.address) => None,
+        // `run` goes on without it when the kernel refuses it.
+        Ok(_) => Some(format!(
+            "the tun {tun} does not hold {} (the agent's log says why): IPv6 subnets are unreachable",
+            t.address
+        )),
+        Err(e) => Some(format!(
+            "cannot read the VM's IPv6 addresses ({e}): IPv6 subnets are unreachable"
+        )),
+    }
+}
+
+/// Everything `verify` checks, with the kernel's files under `proc`. IPv6
+/// that was asked for and cannot work is a problem: the daemon's status then
+/// says why instead of "all rules present".
+async fn verify_report(args: &RunArgs, proc: &Path) -> Result<VerifyReport> {
     let v6 = tunnel_v6(args)?;
     let fw = detect_firewall(args).await?;
     let mut out = VerifyReport::default();
     verify_family(&fw, &args.tag, &mut out).await;
-    if let Some(fw6) = twin_firewall(args, &fw, v6.as_ref())? {
-        if let Err(e) = firewall::check_forwarding(Family::V6, forwarding6) {
-            out.lines.push(format!("{}: {e}", Family::V6));
-            out.problems.push(format!("{}: {e}", Family::V6.name()));
+    if let (Some(t), Some(fw6)) = (v6, twin_firewall(args, &fw, v6.as_ref())?) {
+        if let Some(problem) = ipv6_path_problem(&args.tun_name, &t, proc) {
+            out.lines.push(format!("{}: {problem}", Family::V6));
+            out.problems
+                .push(format!("{}: {problem}", Family::V6.name()));
         }
         verify_family(&fw6, &args.tag, &mut out).await;
     }
@@ -918,7 +946,7 @@ async fn verify_report(args: &RunArgs, forwarding6: &Path) -> Result<VerifyRepor
 
 /// Used by `connector doctor` and the daemon's status through `docker exec`.
 async fn verify(args: RunArgs) -> Result<()> {
-    let report = verify_report(&args, Path::new(Family::V6.forwarding_sysctl().1)).await?;
+    let report = verify_report(&args, Path::new(firewall::PROC)).await?;
     for line in &report.lines {
         println!("{line}");
     }
@@ -1311,11 +1339,16 @@ mod tests {
         let legacy = Fake::new("verify-legacy", &empty_tables());
         let nft = Fake::new("verify-nft", &docker_tables());
         let nft6 = Fake::new("verify-nft6", &engine_20_ipv6_tables());
-        let dir =
+        // The kernel's files: forwarding off, the tun without its address.
+        let proc =
             std::env::temp_dir().join(format!("connector-agent-verify-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let forwarding = dir.join("forwarding");
+        let forwarding = firewall::sysctl_path(&proc, Family::V6.forwarding_sysctl());
+        std::fs::create_dir_all(forwarding.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(proc.join("net")).unwrap();
         std::fs::write(&forwarding, "0\n").unwrap();
+        let if_inet6 = proc.join("net/if_inet6");
+        let tun_line = "fd000000000000000000000000000002 02 7e 00 80 connector-vm\n";
+        std::fs::write(&if_inet6, "").unwrap();
         let (legacy_arg, nft_arg, nft6_arg) = (fake_arg(&legacy), fake_arg(&nft), fake_arg(&nft6));
         let with = |ip6tables_nft: &str, v6: bool| {
             let mut extra = vec![
@@ -1340,7 +1373,7 @@ mod tests {
         let args = with(&nft6_arg, true);
         let fw = detect_firewall(&args).await.unwrap();
         fw.ensure().await.unwrap();
-        let report = verify_report(&args, &forwarding).await.unwrap();
+        let report = verify_report(&args, &proc).await.unwrap();
         assert_eq!(
             report.lines[0],
             "ok: all 4 rules tagged \"connector\" are in place (nft)"
@@ -1361,15 +1394,28 @@ mod tests {
         // Without --address6, IPv6 is not looked at at all.
         let calls = nft6.calls();
         std::fs::write(&forwarding, "garbage").unwrap();
-        let report = verify_report(&with(&nft6_arg, false), &forwarding)
-            .await
-            .unwrap();
+        let report = verify_report(&with(&nft6_arg, false), &proc).await.unwrap();
         assert_eq!(report.lines.len(), 1);
         assert!(report.problems.is_empty());
         assert_eq!(nft6.calls(), calls);
 
-        // Forwarding on and the twins installed: two `ok:` lines.
+        // Forwarding on, but the tun never got its address.
         std::fs::write(&forwarding, "1\n").unwrap();
+        let report = verify_report(&args, &proc).await.unwrap();
+        assert_eq!(
+            report.lines[1],
+            "ipv6: the tun connector-vm does not hold fd00::2 (the agent's log says why): IPv6 subnets are unreachable"
+        );
+        std::fs::remove_file(&if_inet6).unwrap();
+        let report = verify_report(&args, &proc).await.unwrap();
+        assert!(
+            report.lines[1].starts_with("ipv6: cannot read the VM's IPv6 addresses (No such file"),
+            "{}",
+            report.lines[1]
+        );
+
+        // Forwarding on, the address there and the twins installed: two `ok:` lines.
+        std::fs::write(&if_inet6, tun_line).unwrap();
         fw.twin(
             firewall_spec(&args, "fd00::1".parse::<Ipv6Addr>().unwrap().into()),
             &args.iptables.binaries(Family::V6).unwrap(),
@@ -1378,7 +1424,7 @@ mod tests {
         .ensure()
         .await
         .unwrap();
-        let report = verify_report(&args, &forwarding).await.unwrap();
+        let report = verify_report(&args, &proc).await.unwrap();
         assert_eq!(
             report.lines[1],
             "ok: all 4 IPv6 rules tagged \"connector\" are in place (nft ipv6, in FORWARD: the engine has no IPv6 DOCKER-USER)"
@@ -1386,7 +1432,7 @@ mod tests {
         assert!(report.problems.is_empty(), "{:?}", report.problems);
 
         // No ip6tables: one line says so, IPv4 still reads ok.
-        let report = verify_report(&with("/nonexistent/ip6tables-nft", true), &forwarding)
+        let report = verify_report(&with("/nonexistent/ip6tables-nft", true), &proc)
             .await
             .unwrap();
         assert_eq!(
@@ -1398,7 +1444,7 @@ mod tests {
             "ipv6: rules cannot be listed [nft ipv6]: could not run `/nonexistent/ip6tables-nft -w 10 -t filter -S`: No such file or directory (os error 2)"
         );
         assert_eq!(report.problems, ["IPv6 rules cannot be listed"]);
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&proc);
     }
 
     mod props {

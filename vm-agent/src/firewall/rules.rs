@@ -78,14 +78,11 @@ impl Family {
     }
 
     /// The sysctl that must be 1 for the VM to route this family to
-    /// containers, and the file that shows it.
-    pub fn forwarding_sysctl(self) -> (&'static str, &'static str) {
+    /// containers.
+    pub fn forwarding_sysctl(self) -> &'static str {
         match self {
-            Family::V4 => ("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"),
-            Family::V6 => (
-                "net.ipv6.conf.all.forwarding",
-                "/proc/sys/net/ipv6/conf/all/forwarding",
-            ),
+            Family::V4 => "net.ipv4.ip_forward",
+            Family::V6 => "net.ipv6.conf.all.forwarding",
         }
     }
 }
@@ -692,10 +689,11 @@ mod tests {
         assert_eq!(d.missing.len(), 3);
     }
 
-    /// `ip6tables-nft -S` and `ip6tables-legacy -S` (1.8.9, identical) in a
-    /// network namespace after inserting the agent's IPv6 rules (filter ones
-    /// in FORWARD, as on an engine without IPv6 DOCKER-USER) next to rules
-    /// shaped like Docker's.
+    /// Lines as `ip6tables-nft -S` and `ip6tables-legacy -S` (1.8.9,
+    /// identical) print them in a network namespace: the agent's IPv6 rules
+    /// with the filter ones in FORWARD, as on an engine without IPv6
+    /// DOCKER-USER (see `real_ip6tables_in_a_namespace`), beside rules shaped
+    /// like Docker's.
     const REAL_V6: [(Table, &str); 3] = [
         (
             Table::Raw,

@@ -355,38 +355,46 @@ fn iptables_cmd_parse() {
 
 #[test]
 fn forwarding_check_per_family() {
-    let dir = std::env::temp_dir().join(format!("connector-agent-fwd-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("forwarding");
+    let proc = std::env::temp_dir().join(format!("connector-agent-fwd-{}", std::process::id()));
+    let set = |family: Family, value: &str| {
+        let p = sysctl_path(&proc, family.forwarding_sysctl());
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, value).unwrap();
+    };
     for family in [Family::V4, Family::V6] {
-        fs::write(&p, "1\n").unwrap();
-        assert!(check_forwarding(family, &p).is_ok());
-        fs::write(&p, "yes").unwrap();
+        set(family, "1\n");
+        assert!(check_forwarding(family, &proc).is_ok());
+        set(family, "yes");
         assert!(matches!(
-            check_forwarding(family, &p),
+            check_forwarding(family, &proc),
             Err(ForwardingError::Unexpected { .. })
         ));
+        set(family, "0\n");
     }
-    fs::write(&p, "0\n").unwrap();
     assert_eq!(
-        check_forwarding(Family::V4, &p).unwrap_err().to_string(),
+        check_forwarding(Family::V4, &proc).unwrap_err().to_string(),
         "forwarding is off in the Docker VM (net.ipv4.ip_forward=0): IPv4 subnets are unreachable"
     );
     assert_eq!(
-        check_forwarding(Family::V6, &p).unwrap_err().to_string(),
+        check_forwarding(Family::V6, &proc).unwrap_err().to_string(),
         "forwarding is off in the Docker VM (net.ipv6.conf.all.forwarding=0): IPv6 subnets are unreachable"
     );
-    let err = check_forwarding(Family::V6, &dir.join("absent")).unwrap_err();
-    assert!(err.to_string().contains("absent"), "{err}");
-    let _ = fs::remove_dir_all(&dir);
+    // A kernel without IPv6 has no such file.
+    let err = check_forwarding(Family::V6, &proc.join("absent")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("absent/sys/net/ipv6/conf/all/forwarding"),
+        "{err}"
+    );
+    let _ = fs::remove_dir_all(&proc);
     // The files the agent reads are the kernel's.
     assert_eq!(
-        Family::V6.forwarding_sysctl().1,
-        "/proc/sys/net/ipv6/conf/all/forwarding"
+        sysctl_path(Path::new(PROC), Family::V6.forwarding_sysctl()),
+        Path::new("/proc/sys/net/ipv6/conf/all/forwarding")
     );
     assert_eq!(
-        Family::V4.forwarding_sysctl().1,
-        "/proc/sys/net/ipv4/ip_forward"
+        sysctl_path(Path::new(PROC), Family::V4.forwarding_sysctl()),
+        Path::new("/proc/sys/net/ipv4/ip_forward")
     );
 }
 
@@ -754,4 +762,145 @@ async fn ipv6_without_ip6tables_fails_alone() {
         v4.twin(bad, &missing),
         Err(FirewallError::Spec(_))
     ));
+}
+
+/// A network namespace of its own, deleted on drop (also when a test fails).
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("cnv6{}", std::process::id());
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name} failed (needs root)");
+        Netns(name)
+    }
+
+    /// `program` run inside the namespace.
+    fn cmd(&self, program: &str) -> IptablesCmd {
+        IptablesCmd {
+            program: "ip".into(),
+            pre_args: vec![
+                "netns".into(),
+                "exec".into(),
+                self.0.clone(),
+                program.into(),
+            ],
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+async fn run_in(ipt: &IptablesCmd, args: &str) -> String {
+    let args: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
+    ipt.run(&args).await.unwrap()
+}
+
+/// The real iptables and ip6tables (both variants) in a throw-away network
+/// namespace: Docker's IPv4 chains in one variant and, as next to Engine
+/// 20.10, no IPv6 firewall at all. Run as root with
+/// `cargo test -p connector-agent -- --ignored real_`.
+#[tokio::test]
+#[ignore = "needs root, ip netns and both iptables variants"]
+async fn real_ip6tables_in_a_namespace() {
+    for variant in ["nft", "legacy"] {
+        let ns = Netns::new();
+        let bins = |fam: &str| Binaries {
+            legacy: ns.cmd(&format!("{fam}-legacy")),
+            nft: ns.cmd(&format!("{fam}-nft")),
+        };
+        let (v4_bins, v6_bins) = (bins("iptables"), bins("ip6tables"));
+        let backend = if variant == "nft" {
+            Backend::Nft
+        } else {
+            Backend::Legacy
+        };
+        let ipt = v4_bins.get(backend);
+        for step in [
+            "-N DOCKER",
+            "-N DOCKER-USER",
+            "-A FORWARD -j DOCKER-USER",
+            "-A DOCKER-USER -j RETURN",
+        ] {
+            run_in(ipt, step).await;
+        }
+        let v4 = Firewall::detect(spec(NatMode::Masquerade), &v4_bins)
+            .await
+            .unwrap();
+        assert_eq!(v4.backend(), backend);
+        let v6 = v4.twin(spec6(NatMode::Masquerade), &v6_bins).unwrap();
+        let ip6 = v6_bins.get(backend);
+
+        assert_eq!(v4.ensure().await.unwrap().inserted.len(), 5);
+        let report = v6.ensure().await.unwrap();
+        assert_eq!(
+            (report.chain, report.inserted.len()),
+            (FilterChain::Forward, 5)
+        );
+        let listed = format!(
+            "{}{}{}",
+            run_in(ip6, "-t raw -S").await,
+            run_in(ip6, "-t filter -S").await,
+            run_in(ip6, "-t nat -S").await
+        );
+        println!("ip6tables-{variant} -S after ensure:\n{listed}");
+        let rules: Vec<&str> = listed.lines().filter(|l| l.starts_with("-A")).collect();
+        assert_eq!(
+            rules,
+            [
+                "-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT",
+                "-A FORWARD -o connector-vm -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment connector -j DROP",
+                "-A FORWARD -o connector-vm -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment connector -j ACCEPT",
+                "-A FORWARD -i connector-vm -m comment --comment connector -j ACCEPT",
+                "-A POSTROUTING -s fd5c:9a2e:83b1:fe53::1/128 ! -o connector-vm -m comment --comment connector -j MASQUERADE",
+            ]
+        );
+        assert!(v6.verify().await.unwrap().missing.is_empty());
+        assert!(!v6.ensure().await.unwrap().changed());
+        // The other variant's IPv6 tables were left alone.
+        let other = v6_bins.get(match backend {
+            Backend::Nft => Backend::Legacy,
+            Backend::Legacy => Backend::Nft,
+        });
+        assert!(!run_in(other, "-t filter -S").await.contains("connector"));
+
+        // A rule deleted behind the agent's back comes back, once.
+        run_in(ip6, "-t raw -F PREROUTING").await;
+        assert_eq!(v6.ensure().await.unwrap().inserted.len(), 1);
+
+        // The engine gains an IPv6 DOCKER-USER: the filter rules move there.
+        for step in [
+            "-N DOCKER-USER",
+            "-I FORWARD 1 -j DOCKER-USER",
+            "-A DOCKER-USER -j RETURN",
+        ] {
+            run_in(ip6, step).await;
+        }
+        let report = v6.ensure().await.unwrap();
+        assert_eq!(report.chain, FilterChain::DockerUser);
+        assert_eq!((report.removed_stale.len(), report.inserted.len()), (3, 3));
+        let filter = run_in(ip6, "-t filter -S").await;
+        println!("ip6tables-{variant} -t filter -S with DOCKER-USER:\n{filter}");
+        assert_eq!(filter.matches("-A DOCKER-USER -").count(), 4, "{filter}");
+        assert!(!filter.contains("-A FORWARD -i connector-vm"), "{filter}");
+
+        // Removal leaves no tagged rule in either family.
+        assert_eq!(v6.remove().await.unwrap().len(), 5);
+        assert_eq!(v4.remove().await.unwrap().len(), 5);
+        for ipt in [ip6, ipt] {
+            for table in ["raw", "filter", "nat"] {
+                let text = run_in(ipt, &format!("-t {table} -S")).await;
+                assert!(!text.contains("connector"), "{text}");
+            }
+        }
+    }
 }
