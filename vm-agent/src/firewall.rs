@@ -470,11 +470,12 @@ impl Firewall {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardingError {
-    #[error("forwarding is off in the Docker VM ({sysctl}=0): {family} subnets are unreachable", family = family.name())]
-    Disabled {
-        family: Family,
-        sysctl: &'static str,
-    },
+    #[error(
+        "forwarding is off in the Docker VM ({}=0): {} subnets are unreachable",
+        .0.forwarding_sysctl(),
+        .0.name()
+    )]
+    Disabled(Family),
     #[error("cannot read {path}: {error}")]
     Read { path: String, error: io::Error },
     #[error("unexpected content {content:?} in {path}")]
@@ -500,10 +501,7 @@ pub fn check_forwarding(family: Family, proc: &Path) -> Result<(), ForwardingErr
     })?;
     match content.trim() {
         "1" => Ok(()),
-        "0" => Err(ForwardingError::Disabled {
-            family,
-            sysctl: family.forwarding_sysctl(),
-        }),
+        "0" => Err(ForwardingError::Disabled(family)),
         other => Err(ForwardingError::Unexpected {
             path: shown,
             content: other.to_owned(),
