@@ -13,10 +13,12 @@ use std::process::Stdio;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use detect::{assess_filter_listing, choose, Backend, Choice, DetectError, Probe};
+pub use detect::{
+    assess_filter_listing, choose, filter_chain, Backend, Choice, DetectError, Probe,
+};
 pub use rules::{
-    desired_rules, diff, parse_listing, shell_quote, tagged, validate_tag, FirewallSpec, NatMode,
-    ParseError, Rule, SpecError, Table,
+    desired_rules, diff, parse_listing, shell_quote, tagged, validate_tag, Family, FilterChain,
+    FirewallSpec, NatMode, ParseError, Rule, SpecError, Table,
 };
 
 /// Seconds iptables waits for the xtables lock (legacy only; nft ignores it).
@@ -154,12 +156,15 @@ impl IptablesCmd {
         }
     }
 
+    /// `-S` output of one table.
+    async fn list_text(&self, table: Table) -> Result<String> {
+        self.run(&["-t".to_owned(), table.as_str().to_owned(), "-S".to_owned()])
+            .await
+    }
+
     /// All rules of one table.
     pub async fn list(&self, table: Table) -> Result<Vec<Rule>> {
-        let text = self
-            .run(&["-t".to_owned(), table.as_str().to_owned(), "-S".to_owned()])
-            .await?;
-        Ok(parse_listing(table, &text)?)
+        Ok(parse_listing(table, &self.list_text(table).await?)?)
     }
 
     /// `-C`: exit 0 means present, 1 means absent (iptables uses 1 both for
@@ -199,8 +204,7 @@ impl IptablesCmd {
 
     /// Probe the filter table for Docker's chains.
     pub async fn probe(&self) -> Probe {
-        let args = ["-t".to_owned(), "filter".to_owned(), "-S".to_owned()];
-        match self.run(&args).await {
+        match self.list_text(Table::Filter).await {
             Ok(text) => match assess_filter_listing(&text) {
                 Ok(evidence) => Probe::Listed(evidence),
                 Err(e) => Probe::Unavailable(e.to_string()),
@@ -262,9 +266,11 @@ pub async fn remove_tagged(ipt: &IptablesCmd, tag: &str, tables: &[Table]) -> Re
     Ok(removed)
 }
 
-/// What one `ensure` changed. Empty when the rules were already in place.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What one `ensure` changed. Nothing when the rules were already in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnsureReport {
+    /// Where the filter rules are now.
+    pub chain: FilterChain,
     pub inserted: Vec<Rule>,
     pub removed_stale: Vec<Removed>,
     pub removed_duplicates: usize,
@@ -294,13 +300,30 @@ pub struct MissingRule {
     pub reason: MissingReason,
 }
 
-/// The agent's rules in the variant Docker uses.
+/// What `verify` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verification {
+    /// Where the filter rules belong in the tables as they are now.
+    pub chain: FilterChain,
+    /// How many rules the agent wants.
+    pub wanted: usize,
+    /// Desired rules that are absent or shadowed; empty when all is well.
+    pub missing: Vec<MissingRule>,
+}
+
+/// The tables as they are, and the rules wanted in them.
+struct Snapshot {
+    chain: FilterChain,
+    desired: Vec<Rule>,
+    present: Vec<Rule>,
+}
+
+/// The agent's rules of one family, in the variant Docker uses.
 #[derive(Debug)]
 pub struct Firewall {
     spec: FirewallSpec,
     backend: Backend,
     ipt: IptablesCmd,
-    desired: Vec<Rule>,
     reason: String,
 }
 
@@ -312,7 +335,6 @@ impl Firewall {
         tracing::debug!(%legacy, %nft, "probed iptables variants");
         let Choice { backend, reason } = choose(&legacy, &nft)?;
         Ok(Firewall {
-            desired: desired_rules(&spec),
             spec,
             backend,
             ipt: binaries.get(backend).clone(),
@@ -320,8 +342,25 @@ impl Firewall {
         })
     }
 
+    /// The rules of `spec` (the other family) in this firewall's variant:
+    /// Docker runs iptables and ip6tables of one variant, and IPv6 tables
+    /// without Docker chains (older engines) say nothing about which.
+    pub fn twin(&self, spec: FirewallSpec, binaries: &Binaries) -> Result<Firewall> {
+        spec.validate()?;
+        Ok(Firewall {
+            spec,
+            backend: self.backend,
+            ipt: binaries.get(self.backend).clone(),
+            reason: format!("the variant {} rules use", self.family().name()),
+        })
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    pub fn family(&self) -> Family {
+        self.spec.family()
     }
 
     /// Why this backend was chosen (for logs and status).
@@ -333,20 +372,41 @@ impl Firewall {
         &self.spec
     }
 
-    async fn present(&self) -> Result<Vec<Rule>> {
-        let mut all = Vec::new();
+    /// The managed tables' rules, and the desired ones for where the filter
+    /// table lets them take effect (decided afresh each time, so rules follow
+    /// an engine that gains or loses DOCKER-USER).
+    async fn snapshot(&self) -> Result<Snapshot> {
+        let filter = self.ipt.list_text(Table::Filter).await?;
+        let chain = filter_chain(&assess_filter_listing(&filter)?);
+        let mut present = parse_listing(Table::Filter, &filter)?;
         for table in Table::MANAGED {
-            all.extend(self.ipt.list(table).await?);
+            if table != Table::Filter {
+                present.extend(self.ipt.list(table).await?);
+            }
         }
-        Ok(all)
+        Ok(Snapshot {
+            chain,
+            desired: desired_rules(&self.spec, chain),
+            present,
+        })
     }
 
     /// Bring the rules to the desired state. Idempotent: a converged system
     /// costs three listings and no changes.
     pub async fn ensure(&self) -> Result<EnsureReport> {
-        let present = self.present().await?;
-        let d = diff(&self.desired, &present, &self.spec.tag);
-        let mut report = EnsureReport::default();
+        let Snapshot {
+            chain,
+            desired,
+            present,
+        } = self.snapshot().await?;
+        let d = diff(&desired, &present, &self.spec.tag);
+        let mut report = EnsureReport {
+            chain,
+            inserted: Vec::new(),
+            removed_stale: Vec::new(),
+            removed_duplicates: 0,
+            reordered: Vec::new(),
+        };
         if d.is_empty() {
             return Ok(report);
         }
@@ -379,10 +439,14 @@ impl Firewall {
         Ok(report)
     }
 
-    /// Desired rules that are absent or shadowed; empty when all is well.
-    pub async fn verify(&self) -> Result<Vec<MissingRule>> {
-        let present = self.present().await?;
-        let d = diff(&self.desired, &present, &self.spec.tag);
+    /// Which desired rules are absent or shadowed.
+    pub async fn verify(&self) -> Result<Verification> {
+        let Snapshot {
+            chain,
+            desired,
+            present,
+        } = self.snapshot().await?;
+        let d = diff(&desired, &present, &self.spec.tag);
         let absent = d.missing.into_iter().map(|rule| MissingRule {
             rule,
             reason: MissingReason::Absent,
@@ -391,7 +455,11 @@ impl Firewall {
             rule,
             reason: MissingReason::Shadowed,
         });
-        Ok(absent.chain(shadowed).collect())
+        Ok(Verification {
+            chain,
+            wanted: desired.len(),
+            missing: absent.chain(shadowed).collect(),
+        })
     }
 
     /// Delete every rule carrying our tag (any tun, any mode) in the chosen variant.
@@ -400,29 +468,41 @@ impl Firewall {
     }
 }
 
-pub const IP_FORWARD_PATH: &str = "/proc/sys/net/ipv4/ip_forward";
-
 #[derive(Debug, thiserror::Error)]
-pub enum IpForwardError {
-    #[error("net.ipv4.ip_forward is 0 in the Docker VM: routed traffic cannot reach containers")]
-    Disabled,
+pub enum ForwardingError {
+    #[error(
+        "forwarding is off in the Docker VM ({}=0): {} subnets are unreachable",
+        .0.forwarding_sysctl(),
+        .0.name()
+    )]
+    Disabled(Family),
     #[error("cannot read {path}: {error}")]
     Read { path: String, error: io::Error },
     #[error("unexpected content {content:?} in {path}")]
     Unexpected { path: String, content: String },
 }
 
+/// Where the kernel's files are.
+pub const PROC: &str = "/proc";
+
+/// The file that shows sysctl `name` under `proc`.
+pub fn sysctl_path(proc: &Path, name: &str) -> PathBuf {
+    proc.join("sys").join(name.replace('.', "/"))
+}
+
+/// Whether the VM forwards `family`, as `proc` (normally [`PROC`]) shows.
 /// A host-network container cannot set `net.*` sysctls, so only report.
-pub fn check_ip_forward(path: &Path) -> Result<(), IpForwardError> {
+pub fn check_forwarding(family: Family, proc: &Path) -> Result<(), ForwardingError> {
+    let path = sysctl_path(proc, family.forwarding_sysctl());
     let shown = path.display().to_string();
-    let content = std::fs::read_to_string(path).map_err(|error| IpForwardError::Read {
+    let content = std::fs::read_to_string(&path).map_err(|error| ForwardingError::Read {
         path: shown.clone(),
         error,
     })?;
     match content.trim() {
         "1" => Ok(()),
-        "0" => Err(IpForwardError::Disabled),
-        other => Err(IpForwardError::Unexpected {
+        "0" => Err(ForwardingError::Disabled(family)),
+        other => Err(ForwardingError::Unexpected {
             path: shown,
             content: other.to_owned(),
         }),
@@ -430,4 +510,4 @@ pub fn check_ip_forward(path: &Path) -> Result<(), IpForwardError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -4,10 +4,11 @@
 
 mod control;
 mod firewall;
+mod ifaddr6;
 mod routes;
 
 use std::io::IsTerminal;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,9 @@ use connector_tunnel::{keys, Tunnel, TunnelConfig};
 use tokio::signal::unix::signal;
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 
-use firewall::{Backend, Binaries, Firewall, FirewallSpec, IptablesCmd, NatMode, Table};
+use firewall::{
+    Backend, Binaries, Family, FilterChain, Firewall, FirewallSpec, IptablesCmd, NatMode, Table,
+};
 use routes::RouteTable;
 
 /// How often the rules are re-asserted (Docker may rebuild its chains).
@@ -53,10 +56,12 @@ struct Cli {
 enum Command {
     /// Install the firewall rules, run the tunnel, remove the rules on SIGTERM/SIGINT.
     Run(RunArgs),
-    /// Check (read-only) that every rule `run` would install is in place;
-    /// takes the same arguments as `run`. Exit 1 and one line per missing rule.
+    /// Check (read-only) that every rule `run` would install is in place, and
+    /// that the VM forwards IPv6 when the tunnel carries it; takes the same
+    /// arguments as `run`. Exit 1 and one line per problem.
     Verify(RunArgs),
-    /// Remove every rule carrying the tag, in both iptables variants.
+    /// Remove every rule carrying the tag, in both iptables variants, IPv4
+    /// and IPv6.
     Cleanup(CleanupArgs),
     /// Print the agent version.
     Version,
@@ -79,13 +84,39 @@ struct IptablesArgs {
         default_value = "iptables-nft"
     )]
     iptables_nft: String,
+    /// Command for the legacy ip6tables variant (IPv6 rules go in the variant
+    /// the IPv4 rules use).
+    #[arg(
+        long,
+        env = "CONNECTOR_AGENT_IP6TABLES_LEGACY",
+        default_value = "ip6tables-legacy"
+    )]
+    ip6tables_legacy: String,
+    /// Command for the nf_tables ip6tables variant.
+    #[arg(
+        long,
+        env = "CONNECTOR_AGENT_IP6TABLES_NFT",
+        default_value = "ip6tables-nft"
+    )]
+    ip6tables_nft: String,
 }
 
 impl IptablesArgs {
-    fn binaries(&self) -> Result<Binaries> {
+    /// The two variants' commands for `family`.
+    fn binaries(&self, family: Family) -> Result<Binaries> {
+        let ((legacy_flag, legacy), (nft_flag, nft)) = match family {
+            Family::V4 => (
+                ("--iptables-legacy", &self.iptables_legacy),
+                ("--iptables-nft", &self.iptables_nft),
+            ),
+            Family::V6 => (
+                ("--ip6tables-legacy", &self.ip6tables_legacy),
+                ("--ip6tables-nft", &self.ip6tables_nft),
+            ),
+        };
         Ok(Binaries {
-            legacy: self.iptables_legacy.parse().context("--iptables-legacy")?,
-            nft: self.iptables_nft.parse().context("--iptables-nft")?,
+            legacy: legacy.parse().context(legacy_flag)?,
+            nft: nft.parse().context(nft_flag)?,
         })
     }
 }
@@ -108,6 +139,17 @@ struct RunArgs {
     #[arg(long, env = "CONNECTOR_AGENT_PREFIX", default_value_t = 30,
           value_parser = clap::value_parser!(u8).range(1..=32))]
     prefix: u8,
+    /// The agent's IPv6 address inside the tunnel. Without it the agent
+    /// touches nothing of IPv6.
+    #[arg(long, env = "CONNECTOR_AGENT_ADDRESS6", requires = "peer_address6")]
+    address6: Option<Ipv6Addr>,
+    /// The host's IPv6 address inside the tunnel (source of routed IPv6 traffic).
+    #[arg(long, env = "CONNECTOR_AGENT_PEER_ADDRESS6", requires = "address6")]
+    peer_address6: Option<Ipv6Addr>,
+    /// Prefix length of the tunnel's IPv6 network (room for two addresses).
+    #[arg(long, env = "CONNECTOR_AGENT_PREFIX6", default_value_t = 126,
+          value_parser = clap::value_parser!(u8).range(1..=126))]
+    prefix6: u8,
     #[arg(long, env = "CONNECTOR_AGENT_MTU", default_value_t = 1420,
           value_parser = clap::value_parser!(u16).range(576..=9000))]
     mtu: u16,
@@ -252,19 +294,92 @@ async fn resolve(endpoint: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{endpoint} has no IPv4 address (got {addrs:?})"))
 }
 
+/// The tunnel's IPv6 end, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TunnelV6 {
+    address: Ipv6Addr,
+    peer: Ipv6Addr,
+    prefix: u8,
+}
+
+/// Why `address` cannot be a tunnel end, if it cannot: it must be a unicast
+/// address a route can lead to.
+fn not_unicast(address: Ipv6Addr) -> Option<&'static str> {
+    let first = address.segments()[0];
+    if address.is_unspecified() {
+        Some("the unspecified address")
+    } else if address.is_loopback() {
+        Some("the loopback address")
+    } else if address.is_multicast() {
+        Some("a multicast address")
+    } else if first & 0xffc0 == 0xfe80 {
+        Some("a link-local address")
+    } else if address.to_ipv4_mapped().is_some() {
+        Some("an IPv4-mapped address")
+    } else {
+        None
+    }
+}
+
+/// `--address6`, `--peer-address6` and `--prefix6` (clap keeps it in
+/// 1..=126), or `None` when the tunnel carries no IPv6.
+fn tunnel_v6(args: &RunArgs) -> Result<Option<TunnelV6>> {
+    let (Some(address), Some(peer)) = (args.address6, args.peer_address6) else {
+        return Ok(None);
+    };
+    let prefix = args.prefix6;
+    for (flag, a) in [("--address6", address), ("--peer-address6", peer)] {
+        if let Some(what) = not_unicast(a) {
+            bail!("{flag} {a} is {what}; use a unicast address (a ULA under fd00::/8)");
+        }
+    }
+    if address == peer {
+        bail!("--address6 and --peer-address6 are both {address}");
+    }
+    let net = ipnet::Ipv6Net::new(address, prefix)
+        .context("--prefix6")?
+        .trunc();
+    if !net.contains(&peer) {
+        bail!("--peer-address6 {peer} is outside --address6's network {net} (--prefix6 {prefix})");
+    }
+    // The kernel gives the all-zero host part (the subnet-router anycast
+    // address) to every forwarding interface on the network.
+    for (flag, a) in [("--address6", address), ("--peer-address6", peer)] {
+        if a == net.network() {
+            bail!("{flag} {a} is the subnet-router anycast address of {net}; use another address in it");
+        }
+    }
+    Ok(Some(TunnelV6 {
+        address,
+        peer,
+        prefix,
+    }))
+}
+
 async fn run(args: RunArgs) -> Result<()> {
     let mut shutdown = Shutdown::install().context("installing the SIGTERM/SIGINT handlers")?;
     check_endpoint(&args.endpoint)?;
     if args.address == args.peer_address {
         bail!("--address and --peer-address are both {}", args.address);
     }
-    firewall::check_ip_forward(Path::new(firewall::IP_FORWARD_PATH))?;
+    let v6 = tunnel_v6(&args)?;
+    check_forwarding(Family::V4)?;
+    let mut forwarding6 = v6.map(|_| ForwardingWatch::new(Family::V6));
+    if let Some(watch) = &mut forwarding6 {
+        watch.check();
+    }
     // Keys before any rule goes in: a bad key must not leave rules behind.
     let private_key = keys::read_private_key_file(&args.private_key_file)?;
     let peer_public = keys::parse_public_key(&args.peer_public_key).context("--peer-public-key")?;
 
     let fw = detect_firewall(&args).await?;
     tracing::info!(backend = %fw.backend(), reason = fw.reason(), "iptables variant");
+    let fw6 = twin_firewall(&args, &fw, v6.as_ref())?;
+    // IPv4 first: its failures are fatal, IPv6's never are.
+    let mut families: Vec<FamilyRules> = std::iter::once(fw)
+        .chain(fw6)
+        .map(FamilyRules::new)
+        .collect();
     let routes = Arc::new(
         RouteTable::new(
             routes::protocol_for_tag(&args.tag),
@@ -287,11 +402,15 @@ async fn run(args: RunArgs) -> Result<()> {
     }
 
     // From here on every exit path removes the rules and the routes.
-    let result = match install_rules(&fw).await {
+    let result = match install_rules(&mut families).await {
         Ok(()) => {
             serve(
                 &args,
-                &fw,
+                v6,
+                Guards {
+                    families: &mut families,
+                    forwarding6: forwarding6.as_mut(),
+                },
                 routes.clone(),
                 private_key,
                 peer_public,
@@ -309,14 +428,24 @@ async fn run(args: RunArgs) -> Result<()> {
         }
         Err(e) => tracing::error!(error = %e, "removing routes failed"),
     }
-    let removal = fw.remove().await;
-    match &removal {
-        Ok(removed) => {
-            for r in removed {
-                tracing::info!(rule = %r.rule, copies = r.copies, "removed firewall rule");
+    let mut removal = Ok(());
+    for (i, family) in families.iter().enumerate() {
+        let fam = family.fw.family().as_str();
+        match family.fw.remove().await {
+            Ok(removed) => {
+                for r in removed {
+                    tracing::info!(family = fam, rule = %r.rule, copies = r.copies, "removed firewall rule");
+                }
+            }
+            Err(e) => {
+                tracing::error!(family = fam, error = %e, "removing firewall rules failed");
+                // IPv4's rules decide the exit status; IPv6 trouble was
+                // reported all along.
+                if i == 0 {
+                    removal = Err(e);
+                }
             }
         }
-        Err(e) => tracing::error!(error = %e, "removing firewall rules failed"),
     }
     result?;
     removal.context("removing firewall rules")?;
@@ -324,45 +453,159 @@ async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-async fn install_rules(fw: &Firewall) -> Result<()> {
-    let report = fw.ensure().await.context("installing firewall rules")?;
-    log_report(&report, false);
-    let missing = fw.verify().await.context("verifying firewall rules")?;
+/// Whether the VM forwards `family`; fatal for IPv4 only.
+fn check_forwarding(family: Family) -> Result<(), firewall::ForwardingError> {
+    firewall::check_forwarding(family, Path::new(firewall::PROC))
+}
+
+/// The VM's IPv6 forwarding, logged when it changes: Docker turns it on when
+/// it creates the first IPv6 network, often after the agent has started.
+struct ForwardingWatch {
+    family: Family,
+    last: Option<Result<(), String>>,
+}
+
+impl ForwardingWatch {
+    fn new(family: Family) -> ForwardingWatch {
+        ForwardingWatch { family, last: None }
+    }
+
+    fn check(&mut self) {
+        let now = check_forwarding(self.family).map_err(|e| e.to_string());
+        if self.last.as_ref() == Some(&now) {
+            return;
+        }
+        match &now {
+            Ok(()) => tracing::info!(family = self.family.as_str(), "forwarding is on"),
+            // The agent goes on: IPv4 does not need it, and Docker may turn it on later.
+            Err(e) => {
+                tracing::error!(family = self.family.as_str(), error = %e, "no routed traffic of this family reaches containers until forwarding is on")
+            }
+        }
+        self.last = Some(now);
+    }
+}
+
+/// One family's rules, and what was last logged about them: a lasting state
+/// (an error, the chain the filter rules are in) is logged when it starts,
+/// not every 10 s.
+struct FamilyRules {
+    fw: Firewall,
+    chain: Option<FilterChain>,
+    failing: Option<String>,
+}
+
+impl FamilyRules {
+    fn new(fw: Firewall) -> FamilyRules {
+        FamilyRules {
+            fw,
+            chain: None,
+            failing: None,
+        }
+    }
+
+    /// `ensure`, logging what it changed.
+    async fn ensure(&mut self, reassert: bool) -> Result<(), firewall::FirewallError> {
+        let family = self.fw.family().as_str();
+        let report = self.fw.ensure().await?;
+        if self.failing.take().is_some() {
+            tracing::info!(family, "firewall rules can be managed again");
+        }
+        if self.chain != Some(report.chain) {
+            match report.chain {
+                FilterChain::DockerUser => {
+                    tracing::info!(family, "filter rules go in DOCKER-USER")
+                }
+                FilterChain::Forward => tracing::warn!(
+                    family,
+                    "no DOCKER-USER chain that FORWARD jumps to (the engine has no firewall for this family); filter rules go at the top of FORWARD"
+                ),
+            }
+            self.chain = Some(report.chain);
+        }
+        log_report(&report, family, reassert);
+        Ok(())
+    }
+
+    /// Log a failure unless it is the one logged last.
+    fn failed(&mut self, error: &anyhow::Error) {
+        let key = error.root_cause().to_string();
+        if self.failing.as_deref() != Some(key.as_str()) {
+            tracing::error!(
+                family = self.fw.family().as_str(),
+                error = format!("{error:#}"),
+                "firewall rules not in place; trying again every {} s",
+                REASSERT_EVERY.as_secs()
+            );
+            self.failing = Some(key);
+        }
+    }
+}
+
+/// Install both families' rules and check they took effect. An IPv4 failure
+/// stops the agent; an IPv6 one is logged and IPv4 goes on.
+async fn install_rules(families: &mut [FamilyRules]) -> Result<()> {
+    for (i, family) in families.iter_mut().enumerate() {
+        match install_family(family).await {
+            Err(e) if i == 0 => return Err(e),
+            Err(e) => family.failed(&e),
+            Ok(()) => {}
+        }
+    }
+    Ok(())
+}
+
+async fn install_family(family: &mut FamilyRules) -> Result<()> {
+    let name = family.fw.family().name();
+    family
+        .ensure(false)
+        .await
+        .with_context(|| format!("installing {name} firewall rules"))?;
+    let missing = family
+        .fw
+        .verify()
+        .await
+        .with_context(|| format!("verifying {name} firewall rules"))?
+        .missing;
     if !missing.is_empty() {
         for m in &missing {
-            tracing::error!(rule = %m.rule, reason = ?m.reason, "rule not in effect after install");
+            tracing::error!(family = family.fw.family().as_str(), rule = %m.rule, reason = ?m.reason, "rule not in effect after install");
         }
         bail!(
-            "{} firewall rule(s) not in effect right after installing them",
+            "{} {name} firewall rule(s) not in effect right after installing them",
             missing.len()
         );
     }
-    let spec = fw.spec();
-    tracing::info!(nat = spec.nat.as_str(), tag = %spec.tag,
+    let spec = family.fw.spec();
+    tracing::info!(family = spec.family().as_str(), nat = spec.nat.as_str(), tag = %spec.tag,
                    allow_container_connections = spec.allow_container_connections,
                    "firewall rules in place");
     Ok(())
 }
 
-fn log_report(report: &firewall::EnsureReport, reassert: bool) {
+fn log_report(report: &firewall::EnsureReport, family: &str, reassert: bool) {
     if !report.changed() {
-        tracing::debug!("firewall rules already in place");
+        tracing::debug!(family, "firewall rules already in place");
         return;
     }
     for r in &report.removed_stale {
-        tracing::info!(rule = %r.rule, copies = r.copies, "removed stale tagged rule");
+        tracing::info!(family, rule = %r.rule, copies = r.copies, "removed stale tagged rule");
     }
     if report.removed_duplicates > 0 {
-        tracing::info!(count = report.removed_duplicates, "removed duplicate rules");
+        tracing::info!(
+            family,
+            count = report.removed_duplicates,
+            "removed duplicate rules"
+        );
     }
     for r in &report.reordered {
-        tracing::warn!(rule = %r, "rule was behind a DROP; moved back to the top");
+        tracing::warn!(family, rule = %r, "rule was behind a DROP; moved back to the top");
     }
     for r in &report.inserted {
         if reassert {
-            tracing::warn!(rule = %r, "rule had disappeared; re-inserted");
+            tracing::warn!(family, rule = %r, "rule had disappeared; re-inserted");
         } else {
-            tracing::info!(rule = %r, "inserted rule");
+            tracing::info!(family, rule = %r, "inserted rule");
         }
     }
 }
@@ -412,30 +655,58 @@ enum Event {
     Resolve,
 }
 
+/// What the re-assert loop keeps in shape.
+struct Guards<'a> {
+    families: &'a mut [FamilyRules],
+    forwarding6: Option<&'a mut ForwardingWatch>,
+}
+
 async fn serve(
     args: &RunArgs,
-    fw: &Firewall,
+    v6: Option<TunnelV6>,
+    mut guards: Guards<'_>,
     routes: Arc<RouteTable>,
     private_key: keys::StaticSecret,
     peer_public: keys::PublicKey,
     shutdown: &mut Shutdown,
 ) -> Result<()> {
-    let device = connector_tunnel::tun::create(&connector_tunnel::tun::TunSpec {
+    let spec = connector_tunnel::tun::TunSpec {
         name: Some(args.tun_name.clone()),
         address: args.address,
         peer: args.peer_address,
         prefix: args.prefix,
-        address6: None,
+        address6: v6.map(|t| (t.address, t.prefix)),
         mtu: args.mtu,
-    })
-    .with_context(|| {
+    };
+    let context = || {
         format!(
             "creating tun {} (needs --cap-add NET_ADMIN and --device /dev/net/tun)",
             args.tun_name
         )
-    })?;
+    };
+    let device = match connector_tunnel::tun::create(&spec) {
+        Ok(device) => device,
+        // A VM that refuses the IPv6 address (IPv6 disabled on new
+        // interfaces) must not cost IPv4 its tunnel; `verify` reports it.
+        Err(e) if spec.address6.is_some() => {
+            let v4_only = connector_tunnel::tun::TunSpec {
+                address6: None,
+                ..spec.clone()
+            };
+            match connector_tunnel::tun::create(&v4_only) {
+                Ok(device) => {
+                    tracing::error!(error = %e, "the tun refused its IPv6 address; going on with IPv4 only");
+                    device
+                }
+                // Not about IPv6 then: report the first attempt.
+                Err(_) => return Err(e).with_context(context),
+            }
+        }
+        Err(e) => return Err(e).with_context(context),
+    };
     tracing::info!(tun = %args.tun_name, address = %args.address, peer = %args.peer_address,
-                   prefix = args.prefix, mtu = args.mtu, "tun up");
+                   prefix = args.prefix, address6 = ?spec.address6.map(|(a, _)| a),
+                   mtu = args.mtu, "tun up");
     // The daemon's control channel rides inside the tunnel: bound to the
     // tun and its address, answering the host's tunnel address only.
     let listen = SocketAddrV4::new(args.address, connector_protocol::vm_routes::CONTROL_PORT);
@@ -470,7 +741,10 @@ async fn serve(
             keepalive: (args.keepalive > 0).then_some(args.keepalive),
             endpoint: Some(endpoint),
             // Inside the tunnel only the host speaks to the agent.
-            allowed_sources: vec![ipnet::IpNet::V4(args.peer_address.into())],
+            allowed_sources: std::iter::once(IpAddr::V4(args.peer_address))
+                .chain(v6.map(|t| IpAddr::V6(t.peer)))
+                .map(ipnet::IpNet::from)
+                .collect(),
             // The VM is Linux even on a Mac: always the batched path.
             per_packet: false,
         },
@@ -503,9 +777,13 @@ async fn serve(
                 tunnel.rehandshake().await;
             }
             Event::Reassert => {
-                match fw.ensure().await {
-                    Ok(report) => log_report(&report, true),
-                    Err(e) => tracing::warn!(error = %e, "re-asserting firewall rules failed"),
+                for family in guards.families.iter_mut() {
+                    if let Err(e) = family.ensure(true).await {
+                        family.failed(&anyhow!(e).context("re-asserting firewall rules"));
+                    }
+                }
+                if let Some(watch) = guards.forwarding6.as_deref_mut() {
+                    watch.check();
                 }
                 let snap = stats.snapshot();
                 if snap.last_handshake.is_some() != had_handshake {
@@ -539,78 +817,184 @@ async fn serve(
     outcome
 }
 
-/// The agent's rules for these arguments, in the iptables variant Docker uses.
-async fn detect_firewall(args: &RunArgs) -> Result<Firewall> {
-    let spec = FirewallSpec {
+/// The rule set these arguments ask for, for traffic from `host`.
+fn firewall_spec(args: &RunArgs, host: IpAddr) -> FirewallSpec {
+    FirewallSpec {
         tun: args.tun_name.clone(),
-        host_tunnel_ip: args.peer_address,
+        host_tunnel_ip: host,
         nat: args.nat,
         tag: args.tag.clone(),
         allow_container_connections: args.allow_container_connections,
-    };
-    Firewall::detect(spec, &args.iptables.binaries()?)
+    }
+}
+
+/// The agent's IPv4 rules for these arguments, in the iptables variant Docker uses.
+async fn detect_firewall(args: &RunArgs) -> Result<Firewall> {
+    let spec = firewall_spec(args, args.peer_address.into());
+    Firewall::detect(spec, &args.iptables.binaries(Family::V4)?)
         .await
         .context("choosing the iptables variant")
 }
 
-/// Used by `connector doctor` through `docker exec`.
-async fn verify(args: RunArgs) -> Result<()> {
-    let fw = detect_firewall(&args).await?;
-    let missing = fw.verify().await.context("listing the firewall rules")?;
-    let wanted = firewall::desired_rules(fw.spec()).len();
-    if missing.is_empty() {
-        println!(
-            "ok: all {wanted} rules tagged {:?} are in place ({})",
-            args.tag,
-            fw.backend()
-        );
-        return Ok(());
+/// The IPv6 twins of `v4`'s rules, when the tunnel carries IPv6.
+fn twin_firewall(args: &RunArgs, v4: &Firewall, v6: Option<&TunnelV6>) -> Result<Option<Firewall>> {
+    let Some(t) = v6 else { return Ok(None) };
+    let spec = firewall_spec(args, t.peer.into());
+    Ok(Some(v4.twin(spec, &args.iptables.binaries(Family::V6)?)?))
+}
+
+/// How output lines name a family's rules: `nft`, `nft ipv6`. The daemon
+/// reads the IPv4 backend from `(nft)`/`[nft]`, which the IPv6 label never forms.
+fn label(backend: Backend, family: Family) -> String {
+    match family {
+        Family::V4 => backend.to_string(),
+        Family::V6 => format!("{backend} {family}"),
     }
-    for m in &missing {
+}
+
+/// What `verify` prints (one line per problem, or `ok:` lines), and a
+/// summary of each problem.
+#[derive(Debug, Default)]
+struct VerifyReport {
+    lines: Vec<String>,
+    problems: Vec<String>,
+}
+
+/// Add `fw`'s rules to the report: an `ok:` line, or one line per rule not
+/// in place.
+async fn verify_family(fw: &Firewall, tag: &str, out: &mut VerifyReport) {
+    let (family, label) = (fw.family(), label(fw.backend(), fw.family()));
+    let found = match fw.verify().await {
+        Ok(found) => found,
+        Err(e) => {
+            out.lines
+                .push(format!("{family}: rules cannot be listed [{label}]: {e}"));
+            out.problems
+                .push(format!("{} rules cannot be listed", family.name()));
+            return;
+        }
+    };
+    let wanted = found.wanted;
+    if found.missing.is_empty() {
+        let which = match family {
+            Family::V4 => String::new(),
+            Family::V6 => format!("{} ", family.name()),
+        };
+        let chain = match found.chain {
+            FilterChain::DockerUser => String::new(),
+            FilterChain::Forward => {
+                format!(
+                    ", in FORWARD: the engine has no {} DOCKER-USER",
+                    family.name()
+                )
+            }
+        };
+        out.lines.push(format!(
+            "ok: all {wanted} {which}rules tagged {tag:?} are in place ({label}{chain})"
+        ));
+        return;
+    }
+    for m in &found.missing {
         let why = match m.reason {
             firewall::MissingReason::Absent => "missing",
             firewall::MissingReason::Shadowed => "behind a DROP rule",
         };
-        println!("{why}: [{}] {}", fw.backend(), m.rule);
+        out.lines.push(format!("{why}: [{label}] {}", m.rule));
     }
-    bail!(
-        "{} of {wanted} firewall rules are not in place",
-        missing.len()
-    )
+    out.problems.push(format!(
+        "{} of {wanted} {} firewall rules are not in place",
+        found.missing.len(),
+        family.name()
+    ));
+}
+
+/// Why the VM cannot route IPv6 through the tun outside the rules, if it
+/// cannot, with the kernel's files under `proc`.
+fn ipv6_path_problem(tun: &str, t: &TunnelV6, proc: &Path) -> Option<String> {
+    if let Err(e) = firewall::check_forwarding(Family::V6, proc) {
+        return Some(e.to_string());
+    }
+    match ifaddr6::read(proc) {
+        Ok(text) if ifaddr6::holds(&text, tun, t.address) => None,
+        // `run` goes on without it when the kernel refuses it.
+        Ok(_) => Some(format!(
+            "the tun {tun} does not hold {} (the agent's log says why): IPv6 subnets are unreachable",
+            t.address
+        )),
+        Err(e) => Some(format!(
+            "cannot read the VM's IPv6 addresses ({e}): IPv6 subnets are unreachable"
+        )),
+    }
+}
+
+/// Everything `verify` checks, with the kernel's files under `proc`. IPv6
+/// that was asked for and cannot work is a problem: the daemon's status then
+/// says why instead of "all rules present".
+async fn verify_report(args: &RunArgs, proc: &Path) -> Result<VerifyReport> {
+    let v6 = tunnel_v6(args)?;
+    let fw = detect_firewall(args).await?;
+    let mut out = VerifyReport::default();
+    verify_family(&fw, &args.tag, &mut out).await;
+    if let (Some(t), Some(fw6)) = (v6, twin_firewall(args, &fw, v6.as_ref())?) {
+        if let Some(problem) = ipv6_path_problem(&args.tun_name, &t, proc) {
+            out.lines.push(format!("{}: {problem}", Family::V6));
+            out.problems
+                .push(format!("{}: {problem}", Family::V6.name()));
+        }
+        verify_family(&fw6, &args.tag, &mut out).await;
+    }
+    Ok(out)
+}
+
+/// Used by `connector doctor` and the daemon's status through `docker exec`.
+async fn verify(args: RunArgs) -> Result<()> {
+    let report = verify_report(&args, Path::new(firewall::PROC)).await?;
+    for line in &report.lines {
+        println!("{line}");
+    }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", report.problems.join("; "))
+    }
 }
 
 async fn cleanup(args: CleanupArgs) -> Result<()> {
     firewall::validate_tag(&args.tag)?;
-    let binaries = args.iptables.binaries()?;
     let mut total = 0;
-    let mut listed_any = false;
-    for backend in [Backend::Legacy, Backend::Nft] {
-        let ipt: &IptablesCmd = binaries.get(backend);
-        // Table by table: a variant whose kernel side lacks a table (legacy
-        // without its modules) still gets the others cleaned.
-        for table in Table::ALL {
-            match firewall::remove_tagged(ipt, &args.tag, &[table]).await {
-                Ok(removed) => {
-                    listed_any = true;
-                    for r in removed {
-                        total += r.copies;
-                        println!(
-                            "removed [{backend}] {} ({} cop{})",
-                            r.rule,
-                            r.copies,
-                            if r.copies == 1 { "y" } else { "ies" }
-                        );
+    let mut listed_v4 = false;
+    // IPv6 too whatever this run was told: an earlier agent may have had it.
+    for family in [Family::V4, Family::V6] {
+        let binaries = args.iptables.binaries(family)?;
+        for backend in [Backend::Legacy, Backend::Nft] {
+            let ipt: &IptablesCmd = binaries.get(backend);
+            let label = label(backend, family);
+            // Table by table: a variant whose kernel side lacks a table (legacy
+            // without its modules) still gets the others cleaned.
+            for table in Table::ALL {
+                match firewall::remove_tagged(ipt, &args.tag, &[table]).await {
+                    Ok(removed) => {
+                        listed_v4 |= family == Family::V4;
+                        for r in removed {
+                            total += r.copies;
+                            println!(
+                                "removed [{label}] {} ({} cop{})",
+                                r.rule,
+                                r.copies,
+                                if r.copies == 1 { "y" } else { "ies" }
+                            );
+                        }
                     }
+                    Err(e) if e.is_not_found() => {
+                        eprintln!("skipped [{label}]: {} not found", ipt.program.display());
+                        break;
+                    }
+                    Err(e) => eprintln!("skipped [{label}] table {table}: {e}"),
                 }
-                Err(e) if e.is_not_found() => {
-                    eprintln!("skipped [{backend}]: {} not found", ipt.program.display());
-                    break;
-                }
-                Err(e) => eprintln!("skipped [{backend}] table {table}: {e}"),
             }
         }
     }
-    if !listed_any {
+    if !listed_v4 {
         bail!("no iptables table could be listed in either variant (the agent needs --cap-add NET_ADMIN and --net host)");
     }
     println!("removed {total} rule(s) tagged {:?}", args.tag);
@@ -692,7 +1076,7 @@ mod tests {
         };
         assert_eq!(run.nat, NatMode::Routed);
         assert_eq!((run.prefix, run.mtu, run.keepalive), (30, 1420, 20));
-        let bins = run.iptables.binaries().unwrap();
+        let bins = run.iptables.binaries(Family::V4).unwrap();
         assert_eq!(bins.legacy.program, PathBuf::from("xtables-legacy-multi"));
         assert_eq!(bins.legacy.pre_args, ["iptables"]);
     }
@@ -798,6 +1182,271 @@ mod tests {
             err,
             "--endpoint is 302 bytes long; a host name has at most 253"
         );
+    }
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec!["connector-agent", "run", "--peer-public-key", "A"];
+        argv.extend(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(args),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn v6_args(address: &str, peer: &str, prefix: &str) -> Result<RunArgs, clap::Error> {
+        run_args(&[
+            "--address6",
+            address,
+            "--peer-address6",
+            peer,
+            "--prefix6",
+            prefix,
+        ])
+    }
+
+    #[test]
+    fn ipv6_flags_of_the_host_contract() {
+        let args = v6_args("fd5c:9a2e:83b1:fe53::2", "fd5c:9a2e:83b1:fe53::1", "126").unwrap();
+        assert_eq!(
+            tunnel_v6(&args).unwrap(),
+            Some(TunnelV6 {
+                address: "fd5c:9a2e:83b1:fe53::2".parse().unwrap(),
+                peer: "fd5c:9a2e:83b1:fe53::1".parse().unwrap(),
+                prefix: 126,
+            })
+        );
+        // Without --address6 nothing of IPv6 is set up.
+        let plain = run_args(&[]).unwrap();
+        assert_eq!(tunnel_v6(&plain).unwrap(), None);
+        assert_eq!(plain.prefix6, 126);
+        assert_eq!(
+            (
+                plain.iptables.ip6tables_legacy.as_str(),
+                plain.iptables.ip6tables_nft.as_str()
+            ),
+            ("ip6tables-legacy", "ip6tables-nft")
+        );
+        let bins = run_args(&["--ip6tables-nft", "xtables-nft-multi ip6tables"])
+            .unwrap()
+            .iptables
+            .binaries(Family::V6)
+            .unwrap();
+        assert_eq!(bins.nft.program, PathBuf::from("xtables-nft-multi"));
+        assert_eq!(bins.nft.pre_args, ["ip6tables"]);
+        assert_eq!(bins.legacy.program, PathBuf::from("ip6tables-legacy"));
+        let err = run_args(&["--ip6tables-legacy", " "])
+            .unwrap()
+            .iptables
+            .binaries(Family::V6)
+            .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "--ip6tables-legacy: empty iptables command"
+        );
+        // Both ends or neither; verify takes them like run.
+        for half in [
+            &["--address6", "fd00::2"][..],
+            &["--peer-address6", "fd00::1"][..],
+        ] {
+            let err = run_args(half).unwrap_err().to_string();
+            assert!(err.contains("required"), "{err}");
+        }
+        let cli = Cli::try_parse_from([
+            "connector-agent",
+            "verify",
+            "--peer-public-key",
+            "A",
+            "--address6",
+            "fd00::2",
+            "--peer-address6",
+            "fd00::1",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Verify(a) if a.address6.is_some()));
+    }
+
+    #[test]
+    fn ipv6_flags_read_their_environment_names() {
+        let cmd = Cli::command();
+        let run = cmd.find_subcommand("run").unwrap();
+        let env = |id: &str| {
+            run.get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        for (id, name) in [
+            ("address6", "CONNECTOR_AGENT_ADDRESS6"),
+            ("peer_address6", "CONNECTOR_AGENT_PEER_ADDRESS6"),
+            ("prefix6", "CONNECTOR_AGENT_PREFIX6"),
+            ("ip6tables_legacy", "CONNECTOR_AGENT_IP6TABLES_LEGACY"),
+            ("ip6tables_nft", "CONNECTOR_AGENT_IP6TABLES_NFT"),
+        ] {
+            assert_eq!(env(id).as_deref(), Some(name), "{id}");
+        }
+    }
+
+    #[test]
+    fn ipv6_tunnel_addresses_are_checked() {
+        let err = |a: &str, p: &str, len: &str| match v6_args(a, p, len) {
+            Err(e) => e.to_string(),
+            Ok(args) => format!("{:#}", tunnel_v6(&args).unwrap_err()),
+        };
+        for (a, p, len, want) in [
+            ("fe80::2", "fe80::1", "64", "--address6 fe80::2 is a link-local address"),
+            ("fd00::2", "ff02::1", "126", "--peer-address6 ff02::1 is a multicast address"),
+            ("::1", "::2", "126", "--address6 ::1 is the loopback address"),
+            ("::", "::1", "126", "--address6 :: is the unspecified address"),
+            ("::ffff:10.0.0.2", "::ffff:10.0.0.1", "126", "--address6 ::ffff:10.0.0.2 is an IPv4-mapped address"),
+            ("fd00::1", "fd00::1", "126", "--address6 and --peer-address6 are both fd00::1"),
+            ("fd00::2", "fd00::5", "126", "--peer-address6 fd00::5 is outside --address6's network fd00::/126 (--prefix6 126)"),
+            ("fd00::2", "fd00::", "126", "--peer-address6 fd00:: is the subnet-router anycast address of fd00::/126"),
+            ("fd00::2", "fd00::1", "127", "invalid value '127' for '--prefix6 <PREFIX6>'"),
+            ("fd00::2", "fd00::1", "0", "invalid value '0' for '--prefix6 <PREFIX6>'"),
+            ("fd00::x", "fd00::1", "126", "invalid value 'fd00::x' for '--address6 <ADDRESS6>'"),
+        ] {
+            let e = err(a, p, len);
+            assert!(e.contains(want), "{a} {p} /{len}: {e}");
+        }
+        // Global unicast and a wider network are fine.
+        assert!(tunnel_v6(&v6_args("2001:db8::2", "2001:db8::ffff", "64").unwrap()).is_ok());
+    }
+
+    #[test]
+    fn ipv6_labels_never_read_as_the_ipv4_backend() {
+        // The daemon names the backend after `(nft)`, `[nft]`, `(legacy)`, `[legacy]`.
+        for backend in [Backend::Legacy, Backend::Nft] {
+            let v6 = label(backend, Family::V6);
+            assert_eq!(v6, format!("{backend} ipv6"));
+            for b in ["nft", "legacy"] {
+                for shown in [format!("[{v6}]"), format!("({v6})")] {
+                    assert!(
+                        !shown.contains(&format!("[{b}]")) && !shown.contains(&format!("({b})"))
+                    );
+                }
+            }
+            assert_eq!(label(backend, Family::V4), backend.as_str());
+        }
+    }
+
+    /// A command-line value running `fake`.
+    fn fake_arg(fake: &firewall::tests::Fake) -> String {
+        let cmd = fake.cmd();
+        format!("{} {}", cmd.program.display(), cmd.pre_args.join(" "))
+    }
+
+    #[tokio::test]
+    async fn verify_reports_ipv6_next_to_ipv4() {
+        use firewall::tests::{docker_tables, empty_tables, engine_20_ipv6_tables, Fake};
+        let legacy = Fake::new("verify-legacy", &empty_tables());
+        let nft = Fake::new("verify-nft", &docker_tables());
+        let nft6 = Fake::new("verify-nft6", &engine_20_ipv6_tables());
+        // The kernel's files: forwarding off, the tun without its address.
+        let proc =
+            std::env::temp_dir().join(format!("connector-agent-verify-{}", std::process::id()));
+        let forwarding = firewall::sysctl_path(&proc, Family::V6.forwarding_sysctl());
+        std::fs::create_dir_all(forwarding.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(proc.join("net")).unwrap();
+        std::fs::write(&forwarding, "0\n").unwrap();
+        let if_inet6 = proc.join("net/if_inet6");
+        let tun_line = "fd000000000000000000000000000002 02 7e 00 80 connector-vm\n";
+        std::fs::write(&if_inet6, "").unwrap();
+        let (legacy_arg, nft_arg, nft6_arg) = (fake_arg(&legacy), fake_arg(&nft), fake_arg(&nft6));
+        let with = |ip6tables_nft: &str, v6: bool| {
+            let mut extra = vec![
+                "--iptables-legacy",
+                legacy_arg.as_str(),
+                "--iptables-nft",
+                nft_arg.as_str(),
+                "--ip6tables-legacy",
+                "/nonexistent/ip6tables-legacy",
+                "--ip6tables-nft",
+                ip6tables_nft,
+                "--nat",
+                "routed",
+            ];
+            if v6 {
+                extra.extend(["--address6", "fd00::2", "--peer-address6", "fd00::1"]);
+            }
+            run_args(&extra).unwrap()
+        };
+
+        // IPv4 rules in place, IPv6 neither installed nor forwarded.
+        let args = with(&nft6_arg, true);
+        let fw = detect_firewall(&args).await.unwrap();
+        fw.ensure().await.unwrap();
+        let report = verify_report(&args, &proc).await.unwrap();
+        assert_eq!(
+            report.lines[0],
+            "ok: all 4 rules tagged \"connector\" are in place (nft)"
+        );
+        assert_eq!(
+            report.lines[1],
+            "ipv6: forwarding is off in the Docker VM (net.ipv6.conf.all.forwarding=0): IPv6 subnets are unreachable"
+        );
+        assert_eq!(
+            report.lines[2],
+            "missing: [nft ipv6] -t raw -A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT"
+        );
+        assert!(
+            report.lines[3].starts_with("missing: [nft ipv6] -t filter -A FORWARD -i connector-vm")
+        );
+        assert_eq!(report.lines.len(), 6);
+        assert_eq!(report.problems.len(), 2);
+        // Without --address6, IPv6 is not looked at at all.
+        let calls = nft6.calls();
+        std::fs::write(&forwarding, "garbage").unwrap();
+        let report = verify_report(&with(&nft6_arg, false), &proc).await.unwrap();
+        assert_eq!(report.lines.len(), 1);
+        assert!(report.problems.is_empty());
+        assert_eq!(nft6.calls(), calls);
+
+        // Forwarding on, but the tun never got its address.
+        std::fs::write(&forwarding, "1\n").unwrap();
+        let report = verify_report(&args, &proc).await.unwrap();
+        assert_eq!(
+            report.lines[1],
+            "ipv6: the tun connector-vm does not hold fd00::2 (the agent's log says why): IPv6 subnets are unreachable"
+        );
+        std::fs::remove_file(&if_inet6).unwrap();
+        let report = verify_report(&args, &proc).await.unwrap();
+        assert!(
+            report.lines[1].starts_with("ipv6: cannot read the VM's IPv6 addresses (No such file"),
+            "{}",
+            report.lines[1]
+        );
+
+        // Forwarding on, the address there and the twins installed: two `ok:` lines.
+        std::fs::write(&if_inet6, tun_line).unwrap();
+        fw.twin(
+            firewall_spec(&args, "fd00::1".parse::<Ipv6Addr>().unwrap().into()),
+            &args.iptables.binaries(Family::V6).unwrap(),
+        )
+        .unwrap()
+        .ensure()
+        .await
+        .unwrap();
+        let report = verify_report(&args, &proc).await.unwrap();
+        assert_eq!(
+            report.lines[1],
+            "ok: all 4 IPv6 rules tagged \"connector\" are in place (nft ipv6, in FORWARD: the engine has no IPv6 DOCKER-USER)"
+        );
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+        // No ip6tables: one line says so, IPv4 still reads ok.
+        let report = verify_report(&with("/nonexistent/ip6tables-nft", true), &proc)
+            .await
+            .unwrap();
+        assert_eq!(
+            report.lines[0],
+            "ok: all 4 rules tagged \"connector\" are in place (nft)"
+        );
+        assert_eq!(
+            report.lines[1],
+            "ipv6: rules cannot be listed [nft ipv6]: could not run `/nonexistent/ip6tables-nft -w 10 -t filter -S`: No such file or directory (os error 2)"
+        );
+        assert_eq!(report.problems, ["IPv6 rules cannot be listed"]);
+        let _ = std::fs::remove_dir_all(&proc);
     }
 
     mod props {

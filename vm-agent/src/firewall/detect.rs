@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::rules::{check_listing_size, parse_listing, ParseError, Table};
+use super::rules::{check_listing_size, parse_listing, FilterChain, ParseError, Table};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -105,6 +105,20 @@ pub fn assess_filter_listing(text: &str) -> Result<Evidence, ParseError> {
         }
     }
     Ok(ev)
+}
+
+/// Where filter rules take effect in a table with this evidence: DOCKER-USER
+/// while FORWARD jumps to it, else the top of FORWARD. Engines without IPv6
+/// firewall support (the lab's 20.10, or `"ip6tables": false`) have no IPv6
+/// DOCKER-USER; creating one that nothing jumps to would filter nothing, and
+/// putting nothing anywhere would let containers open IPv6 connections to
+/// the host through the tun.
+pub fn filter_chain(ev: &Evidence) -> FilterChain {
+    if ev.forward_to_docker_user {
+        FilterChain::DockerUser
+    } else {
+        FilterChain::Forward
+    }
 }
 
 /// Result of probing one variant.
@@ -366,6 +380,22 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn filter_rules_go_where_forward_leads() {
+        let chain = |s: &str| filter_chain(&assess_filter_listing(s).unwrap());
+        assert_eq!(chain(DOCKER_20), FilterChain::DockerUser);
+        assert_eq!(chain(DOCKER_28), FilterChain::DockerUser);
+        // Real `ip6tables-nft -t filter -S` next to the lab's Engine 20.10,
+        // which runs no IPv6 firewall: no DOCKER-USER at all.
+        assert_eq!(chain(EMPTY), FilterChain::Forward);
+        // A DOCKER-USER nothing jumps to filters nothing.
+        assert_eq!(chain(LEFTOVER), FilterChain::Forward);
+        assert_eq!(
+            chain("-N DOCKER-USER\n-A FORWARD -i eth0 -j ACCEPT\n-A DOCKER-USER -j RETURN\n"),
+            FilterChain::Forward
+        );
     }
 
     #[test]

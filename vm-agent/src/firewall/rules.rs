@@ -2,7 +2,7 @@
 //! has to change to get from one to the other. Nothing here runs a process.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// Tables the agent touches or cleans up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,13 +38,95 @@ impl fmt::Display for Table {
 
 pub use connector_protocol::agent_args::NatMode;
 
-/// Everything the rule set depends on.
+/// IPv4 (iptables) or IPv6 (ip6tables): the same rules, each family in its
+/// own tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// Prefix length of one host address.
+    pub fn host_prefix(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+
+    /// As people write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// The sysctl that must be 1 for the VM to route this family to
+    /// containers.
+    pub fn forwarding_sysctl(self) -> &'static str {
+        match self {
+            Family::V4 => "net.ipv4.ip_forward",
+            Family::V6 => "net.ipv6.conf.all.forwarding",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The filter chain that holds the agent's filter rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FilterChain {
+    /// Docker's chain for user rules, evaluated ahead of all of Docker's own.
+    DockerUser,
+    /// The top of FORWARD, for a table without a live DOCKER-USER (engines
+    /// whose IPv6 support predates it, or run without `ip6tables`). The rules
+    /// mean the same there: accept from the tun, only replies towards it.
+    Forward,
+}
+
+impl FilterChain {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilterChain::DockerUser => "DOCKER-USER",
+            FilterChain::Forward => "FORWARD",
+        }
+    }
+}
+
+impl fmt::Display for FilterChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything the rule set of one family depends on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FirewallSpec {
     /// Name of the agent's tun interface in the VM.
     pub tun: String,
-    /// The host (Mac) end of the tunnel: source of all routed traffic.
-    pub host_tunnel_ip: Ipv4Addr,
+    /// The host (Mac) end of the tunnel: source of all routed traffic. Its
+    /// family is the family of the rules.
+    pub host_tunnel_ip: IpAddr,
     pub nat: NatMode,
     /// Comment put on every rule; identifies the rules this agent owns.
     pub tag: String,
@@ -81,6 +163,10 @@ pub fn validate_tag(tag: &str) -> Result<(), SpecError> {
 }
 
 impl FirewallSpec {
+    pub fn family(&self) -> Family {
+        Family::of(self.host_tunnel_ip)
+    }
+
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_tag(&self.tag)?;
         // IFNAMSIZ is 16 including the NUL.
@@ -214,10 +300,13 @@ pub fn shell_quote(s: &str) -> String {
 /// normalises `ESTABLISHED,RELATED` to this order).
 const REPLIES: &str = "RELATED,ESTABLISHED";
 
-/// The rules the agent wants, in the order they are inserted.
-pub fn desired_rules(spec: &FirewallSpec) -> Vec<Rule> {
+/// The rules the agent wants, in the order they are inserted, with the
+/// filter rules in `chain`. Both families get the same rules: Docker gives
+/// every IPv4 drop an IPv6 twin.
+pub fn desired_rules(spec: &FirewallSpec, chain: FilterChain) -> Vec<Rule> {
     let tun = spec.tun.as_str();
     let tag = spec.tag.as_str();
+    let filter = chain.as_str();
     // Docker 28.2+ drops packets to container IPs in raw PREROUTING unless they
     // come from the bridge; an ACCEPT in raw ends only that table...
     let mut rules = vec![
@@ -229,7 +318,7 @@ pub fn desired_rules(spec: &FirewallSpec) -> Vec<Rule> {
         // ...so filter needs its own ACCEPT ahead of Docker's per-bridge DROPs.
         Rule::new(
             Table::Filter,
-            "DOCKER-USER",
+            filter,
             &["-i", tun, "-m", "comment", "--comment", tag, "-j", "ACCEPT"],
         ),
     ];
@@ -240,7 +329,7 @@ pub fn desired_rules(spec: &FirewallSpec) -> Vec<Rule> {
     if spec.allow_container_connections {
         rules.push(Rule::new(
             Table::Filter,
-            "DOCKER-USER",
+            filter,
             &["-o", tun, "-m", "comment", "--comment", tag, "-j", "ACCEPT"],
         ));
     } else {
@@ -249,11 +338,11 @@ pub fn desired_rules(spec: &FirewallSpec) -> Vec<Rule> {
             args.extend(negate);
             args.extend(["--ctstate", REPLIES, "-m", "comment", "--comment", tag]);
             args.extend(["-j", target]);
-            rules.push(Rule::new(Table::Filter, "DOCKER-USER", &args));
+            rules.push(Rule::new(Table::Filter, filter, &args));
         }
     }
     if spec.nat == NatMode::Masquerade {
-        let src = format!("{}/32", spec.host_tunnel_ip);
+        let src = format!("{}/{}", spec.host_tunnel_ip, spec.family().host_prefix());
         rules.push(Rule::new(
             Table::Nat,
             "POSTROUTING",
@@ -511,11 +600,12 @@ pub fn diff(desired: &[Rule], present: &[Rule], tag: &str) -> RuleDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn spec(nat: NatMode) -> FirewallSpec {
         FirewallSpec {
             tun: "connector-vm".into(),
-            host_tunnel_ip: Ipv4Addr::new(10, 254, 253, 1),
+            host_tunnel_ip: Ipv4Addr::new(10, 254, 253, 1).into(),
             nat,
             tag: "connector".into(),
             allow_container_connections: false,
@@ -529,7 +619,7 @@ mod tests {
     #[test]
     fn desired_masquerade() {
         assert_eq!(
-            lines(&desired_rules(&spec(NatMode::Masquerade))),
+            lines(&desired_rules(&spec(NatMode::Masquerade), FilterChain::DockerUser)),
             [
                 "-t raw -A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT",
                 "-t filter -A DOCKER-USER -i connector-vm -m comment --comment connector -j ACCEPT",
@@ -540,9 +630,156 @@ mod tests {
         );
     }
 
+    fn spec6(nat: NatMode) -> FirewallSpec {
+        FirewallSpec {
+            host_tunnel_ip: "fd5c:9a2e:83b1:fe53::1".parse::<Ipv6Addr>().unwrap().into(),
+            ..spec(nat)
+        }
+    }
+
+    #[test]
+    fn desired_ipv6_twins() {
+        let v6 = desired_rules(&spec6(NatMode::Masquerade), FilterChain::DockerUser);
+        assert_eq!(
+            lines(&v6),
+            [
+                "-t raw -A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT",
+                "-t filter -A DOCKER-USER -i connector-vm -m comment --comment connector -j ACCEPT",
+                "-t filter -A DOCKER-USER -o connector-vm -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment connector -j ACCEPT",
+                "-t filter -A DOCKER-USER -o connector-vm -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment connector -j DROP",
+                "-t nat -A POSTROUTING -s fd5c:9a2e:83b1:fe53::1/128 ! -o connector-vm -m comment --comment connector -j MASQUERADE",
+            ]
+        );
+        assert_eq!(spec6(NatMode::Routed).family(), Family::V6);
+        // Apart from the host address, the twins are the IPv4 rules.
+        let v4 = desired_rules(&spec(NatMode::Masquerade), FilterChain::DockerUser);
+        assert_eq!(v4[..4], v6[..4]);
+        assert_eq!(
+            desired_rules(&spec6(NatMode::Routed), FilterChain::DockerUser),
+            v6[..4]
+        );
+    }
+
+    #[test]
+    fn forward_chain_holds_the_same_filter_rules() {
+        for nat in [NatMode::Masquerade, NatMode::Routed] {
+            let in_user = desired_rules(&spec6(nat), FilterChain::DockerUser);
+            let in_forward = desired_rules(&spec6(nat), FilterChain::Forward);
+            assert_eq!(in_user.len(), in_forward.len());
+            for (u, f) in in_user.iter().zip(&in_forward) {
+                if u.table == Table::Filter {
+                    assert_eq!(
+                        (u.chain.as_str(), f.chain.as_str()),
+                        ("DOCKER-USER", "FORWARD")
+                    );
+                    assert_eq!(u.args, f.args);
+                } else {
+                    assert_eq!(u, f);
+                }
+            }
+        }
+        // Rules left in one chain are stale once the other is wanted.
+        let in_forward = desired_rules(&spec6(NatMode::Routed), FilterChain::Forward);
+        let d = diff(
+            &desired_rules(&spec6(NatMode::Routed), FilterChain::DockerUser),
+            &in_forward,
+            "connector",
+        );
+        assert_eq!(d.stale, in_forward[1..].to_vec());
+        assert_eq!(d.missing.len(), 3);
+    }
+
+    /// Lines as `ip6tables-nft -S` and `ip6tables-legacy -S` (1.8.9,
+    /// identical) print them in a network namespace: the agent's IPv6 rules
+    /// with the filter ones in FORWARD, as on an engine without IPv6
+    /// DOCKER-USER (see `real_ip6tables_in_a_namespace`), beside rules shaped
+    /// like Docker's.
+    const REAL_V6: [(Table, &str); 3] = [
+        (
+            Table::Raw,
+            "-P PREROUTING ACCEPT
+-P OUTPUT ACCEPT
+-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT
+-A PREROUTING -d fd42:1::2/128 ! -i br-1 -j DROP
+",
+        ),
+        (
+            Table::Filter,
+            "-P INPUT ACCEPT
+-P FORWARD ACCEPT
+-P OUTPUT ACCEPT
+-A FORWARD -o connector-vm -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment connector -j DROP
+-A FORWARD -o connector-vm -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment connector -j ACCEPT
+-A FORWARD -i connector-vm -m comment --comment connector -j ACCEPT
+-A FORWARD -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j ACCEPT
+",
+        ),
+        (
+            Table::Nat,
+            "-P PREROUTING ACCEPT
+-P INPUT ACCEPT
+-P OUTPUT ACCEPT
+-P POSTROUTING ACCEPT
+-A POSTROUTING -s fd5c:9a2e:83b1:fe53::1/128 ! -o connector-vm -m comment --comment connector -j MASQUERADE
+-A POSTROUTING -s fd00:0:0:1::1/128 -d fd00:1::/64 -m comment --comment \"x y\" -j MASQUERADE
+",
+        ),
+    ];
+
+    #[test]
+    fn real_ipv6_listing_is_converged() {
+        let present: Vec<Rule> = REAL_V6
+            .iter()
+            .flat_map(|(t, text)| parse_listing(*t, text).unwrap())
+            .collect();
+        assert_eq!(present.len(), 8);
+        assert_eq!(
+            present[7].args,
+            [
+                "-s",
+                "fd00:0:0:1::1/128",
+                "-d",
+                "fd00:1::/64",
+                "-m",
+                "comment",
+                "--comment",
+                "x y",
+                "-j",
+                "MASQUERADE"
+            ]
+        );
+        let desired = desired_rules(&spec6(NatMode::Masquerade), FilterChain::Forward);
+        let d = diff(&desired, &present, "connector");
+        assert!(d.is_empty(), "{d:?}");
+        // The same listing does not satisfy the IPv4 rules (other source)...
+        let d = diff(
+            &desired_rules(&spec(NatMode::Masquerade), FilterChain::Forward),
+            &present,
+            "connector",
+        );
+        assert_eq!(
+            lines(&d.missing),
+            [lines(&desired_rules(
+                &spec(NatMode::Masquerade),
+                FilterChain::Forward
+            ))[4]
+                .clone()]
+        );
+        assert_eq!(d.stale.len(), 1);
+        // ...and Docker's raw drop for an IPv6 container shadows a rule behind it.
+        let raw = "-A PREROUTING -d fd42:1::2/128 ! -i br-1 -j DROP\n\
+                   -A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT\n";
+        let mut moved = present[1..].to_vec();
+        moved.extend(parse_listing(Table::Raw, raw).unwrap());
+        assert_eq!(
+            diff(&desired, &moved, "connector").misplaced,
+            [desired[0].clone()]
+        );
+    }
+
     #[test]
     fn desired_routed_has_no_nat() {
-        let rules = desired_rules(&spec(NatMode::Routed));
+        let rules = desired_rules(&spec(NatMode::Routed), FilterChain::DockerUser);
         assert_eq!(rules.len(), 4);
         assert!(rules.iter().all(|r| r.table != Table::Nat));
         assert!(rules.iter().all(|r| r.has_tag("connector")));
@@ -550,7 +787,9 @@ mod tests {
 
     #[test]
     fn command_args() {
-        let r = desired_rules(&spec(NatMode::Masquerade)).pop().unwrap();
+        let r = desired_rules(&spec(NatMode::Masquerade), FilterChain::DockerUser)
+            .pop()
+            .unwrap();
         assert_eq!(
             r.insert_args().join(" "),
             "-t nat -I POSTROUTING 1 -s 10.254.253.1/32 ! -o connector-vm -m comment --comment connector -j MASQUERADE"
@@ -717,7 +956,7 @@ x\" -j ACCEPT
 
     #[test]
     fn diff_empty_system_all_missing() {
-        let desired = desired_rules(&spec(NatMode::Masquerade));
+        let desired = desired_rules(&spec(NatMode::Masquerade), FilterChain::DockerUser);
         let d = diff(
             &desired,
             &present(&[(Table::Raw, "-P PREROUTING ACCEPT\n")]),
@@ -729,7 +968,7 @@ x\" -j ACCEPT
 
     #[test]
     fn diff_converged_is_empty() {
-        let desired = desired_rules(&spec(NatMode::Masquerade));
+        let desired = desired_rules(&spec(NatMode::Masquerade), FilterChain::DockerUser);
         let p = present(&[
             (Table::Raw, RAW),
             (
@@ -752,7 +991,7 @@ x\" -j ACCEPT
 
     #[test]
     fn diff_option_order_does_not_matter() {
-        let desired = desired_rules(&spec(NatMode::Masquerade));
+        let desired = desired_rules(&spec(NatMode::Masquerade), FilterChain::DockerUser);
         let p = present(&[(
             Table::Nat,
             "-A POSTROUTING ! -o connector-vm -s 10.254.253.1/32 -j MASQUERADE -m comment --comment connector\n",
@@ -773,7 +1012,7 @@ x\" -j ACCEPT
     #[test]
     fn diff_stale_from_other_tun_and_mode() {
         // An earlier run used tun "old-tun" in masquerade mode; now routed on connector-vm.
-        let desired = desired_rules(&spec(NatMode::Routed));
+        let desired = desired_rules(&spec(NatMode::Routed), FilterChain::DockerUser);
         let p = present(&[
             (
                 Table::Raw,
@@ -801,7 +1040,7 @@ x\" -j ACCEPT
 
     #[test]
     fn diff_duplicates() {
-        let desired = desired_rules(&spec(NatMode::Routed));
+        let desired = desired_rules(&spec(NatMode::Routed), FilterChain::DockerUser);
         let line = "-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT\n";
         let p = present(&[(Table::Raw, &line.repeat(3))]);
         let d = diff(&desired, &p, "connector");
@@ -811,7 +1050,7 @@ x\" -j ACCEPT
 
     #[test]
     fn diff_misplaced_behind_drop() {
-        let desired = desired_rules(&spec(NatMode::Routed));
+        let desired = desired_rules(&spec(NatMode::Routed), FilterChain::DockerUser);
         let p = present(&[(
             Table::Raw,
             "-A PREROUTING -d 172.17.0.2/32 ! -i docker0 -j DROP\n\
@@ -915,6 +1154,17 @@ x\" -j ACCEPT
                 text(40).prop_map(|t| (true, t.replace('\0', ""))),
                 prop::sample::select(vec!["!", "-i", "-o", "-j", "DROP", "--comment"])
                     .prop_map(|w| (false, w.to_owned())),
+                // What ip6tables prints: addresses with colons, its own names.
+                (any::<u128>(), 0u8..=128)
+                    .prop_map(|(a, p)| { (false, format!("{}/{p}", std::net::Ipv6Addr::from(a))) }),
+                prop::sample::select(vec![
+                    "ipv6-icmp",
+                    "icmp6",
+                    "--icmpv6-type",
+                    "::/0",
+                    "::1/128"
+                ])
+                .prop_map(|w| (false, w.to_owned())),
             ]
         }
 
@@ -939,13 +1189,16 @@ x\" -j ACCEPT
             (
                 "[A-Za-z0-9_][A-Za-z0-9._-]{0,14}",
                 "[A-Za-z0-9_:][A-Za-z0-9._:-]{0,63}",
-                any::<u32>(),
+                prop_oneof![
+                    any::<u32>().prop_map(|a| IpAddr::V4(a.into())),
+                    any::<u128>().prop_map(|a| IpAddr::V6(a.into())),
+                ],
                 any::<bool>(),
                 any::<bool>(),
             )
                 .prop_map(|(tun, tag, ip, routed, allow)| FirewallSpec {
                     tun,
-                    host_tunnel_ip: ip.into(),
+                    host_tunnel_ip: ip,
                     nat: if routed {
                         NatMode::Routed
                     } else {
@@ -1018,10 +1271,12 @@ x\" -j ACCEPT
             #[test]
             fn our_rules_as_listed_are_converged_in_any_order(
                 spec in spec(),
+                forward in any::<bool>(),
                 order in prop::collection::vec(any::<u32>(), 5),
             ) {
                 prop_assume!(spec.validate().is_ok());
-                let desired = desired_rules(&spec);
+                let chain = if forward { FilterChain::Forward } else { FilterChain::DockerUser };
+                let desired = desired_rules(&spec, chain);
                 let mut present = Vec::new();
                 for table in Table::MANAGED {
                     let mut ours: Vec<(u32, &Rule)> = desired

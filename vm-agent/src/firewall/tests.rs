@@ -47,14 +47,14 @@ const DOCKER_FILTER: &str = "\
 -A DOCKER-USER -j RETURN
 ";
 
-struct Fake {
+pub(crate) struct Fake {
     dir: PathBuf,
 }
 
 impl Fake {
     /// A fake variant whose tables start with the given listings; tables not
     /// given do not exist.
-    fn new(name: &str, tables: &[(&str, &str)]) -> Fake {
+    pub(crate) fn new(name: &str, tables: &[(&str, &str)]) -> Fake {
         let dir =
             std::env::temp_dir().join(format!("connector-agent-fw-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -68,7 +68,7 @@ impl Fake {
 
     /// Run through bash with the script and state dir as leading arguments:
     /// exercises `pre_args` and avoids exec'ing a just-written file.
-    fn cmd(&self) -> IptablesCmd {
+    pub(crate) fn cmd(&self) -> IptablesCmd {
         IptablesCmd {
             program: "bash".into(),
             pre_args: vec![
@@ -82,11 +82,11 @@ impl Fake {
         fs::read_to_string(self.dir.join(t)).unwrap()
     }
 
-    fn calls(&self) -> String {
+    pub(crate) fn calls(&self) -> String {
         fs::read_to_string(self.dir.join("calls")).unwrap_or_default()
     }
 
-    fn rules(&self, t: &str) -> Vec<String> {
+    pub(crate) fn rules(&self, t: &str) -> Vec<String> {
         self.table(t)
             .lines()
             .filter(|l| l.starts_with("-A "))
@@ -101,7 +101,7 @@ impl Drop for Fake {
     }
 }
 
-fn docker_tables() -> Vec<(&'static str, &'static str)> {
+pub(crate) fn docker_tables() -> Vec<(&'static str, &'static str)> {
     vec![
         ("raw", "-P PREROUTING ACCEPT\n-P OUTPUT ACCEPT\n"),
         ("mangle", "-P PREROUTING ACCEPT\n"),
@@ -113,7 +113,7 @@ fn docker_tables() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-fn empty_tables() -> Vec<(&'static str, &'static str)> {
+pub(crate) fn empty_tables() -> Vec<(&'static str, &'static str)> {
     vec![
         ("raw", "-P PREROUTING ACCEPT\n"),
         ("mangle", "-P PREROUTING ACCEPT\n"),
@@ -125,7 +125,7 @@ fn empty_tables() -> Vec<(&'static str, &'static str)> {
 fn spec(nat: NatMode) -> FirewallSpec {
     FirewallSpec {
         tun: "connector-vm".into(),
-        host_tunnel_ip: Ipv4Addr::new(10, 254, 253, 1),
+        host_tunnel_ip: Ipv4Addr::new(10, 254, 253, 1).into(),
         nat,
         tag: "connector".into(),
         allow_container_connections: false,
@@ -150,7 +150,7 @@ async fn detect_ensure_idempotent_remove() {
         "{}",
         fw.reason()
     );
-    assert_eq!(fw.verify().await.unwrap().len(), 5);
+    assert_eq!(fw.verify().await.unwrap().missing.len(), 5);
 
     let first = fw.ensure().await.unwrap();
     assert_eq!(first.inserted.len(), 5);
@@ -179,7 +179,7 @@ async fn detect_ensure_idempotent_remove() {
 
     let second = fw.ensure().await.unwrap();
     assert!(!second.changed(), "{second:?}");
-    assert!(fw.verify().await.unwrap().is_empty());
+    assert!(fw.verify().await.unwrap().missing.is_empty());
     assert_eq!(nft.rules("filter").len(), 7);
 
     let removed = fw.remove().await.unwrap();
@@ -217,7 +217,7 @@ async fn ensure_cleans_stale_duplicates_and_shadowed() {
     )
     .await
     .unwrap();
-    let missing = fw.verify().await.unwrap();
+    let missing = fw.verify().await.unwrap().missing;
     assert_eq!(missing.len(), 4);
     assert_eq!(missing[3].reason, MissingReason::Shadowed);
 
@@ -354,25 +354,48 @@ fn iptables_cmd_parse() {
 }
 
 #[test]
-fn ip_forward() {
-    let dir = std::env::temp_dir().join(format!("connector-agent-ipfwd-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("ip_forward");
-    fs::write(&p, "1\n").unwrap();
-    assert!(check_ip_forward(&p).is_ok());
-    fs::write(&p, "0\n").unwrap();
+fn forwarding_check_per_family() {
+    let proc = std::env::temp_dir().join(format!("connector-agent-fwd-{}", std::process::id()));
+    let set = |family: Family, value: &str| {
+        let p = sysctl_path(&proc, family.forwarding_sysctl());
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, value).unwrap();
+    };
+    for family in [Family::V4, Family::V6] {
+        set(family, "1\n");
+        assert!(check_forwarding(family, &proc).is_ok());
+        set(family, "yes");
+        assert!(matches!(
+            check_forwarding(family, &proc),
+            Err(ForwardingError::Unexpected { .. })
+        ));
+        set(family, "0\n");
+    }
     assert_eq!(
-        check_ip_forward(&p).unwrap_err().to_string(),
-        "net.ipv4.ip_forward is 0 in the Docker VM: routed traffic cannot reach containers"
+        check_forwarding(Family::V4, &proc).unwrap_err().to_string(),
+        "forwarding is off in the Docker VM (net.ipv4.ip_forward=0): IPv4 subnets are unreachable"
     );
-    fs::write(&p, "yes").unwrap();
-    assert!(matches!(
-        check_ip_forward(&p),
-        Err(IpForwardError::Unexpected { .. })
-    ));
-    let err = check_ip_forward(&dir.join("absent")).unwrap_err();
-    assert!(err.to_string().contains("absent"), "{err}");
-    let _ = fs::remove_dir_all(&dir);
+    assert_eq!(
+        check_forwarding(Family::V6, &proc).unwrap_err().to_string(),
+        "forwarding is off in the Docker VM (net.ipv6.conf.all.forwarding=0): IPv6 subnets are unreachable"
+    );
+    // A kernel without IPv6 has no such file.
+    let err = check_forwarding(Family::V6, &proc.join("absent")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("absent/sys/net/ipv6/conf/all/forwarding"),
+        "{err}"
+    );
+    let _ = fs::remove_dir_all(&proc);
+    // The files the agent reads are the kernel's.
+    assert_eq!(
+        sysctl_path(Path::new(PROC), Family::V6.forwarding_sysctl()),
+        Path::new("/proc/sys/net/ipv6/conf/all/forwarding")
+    );
+    assert_eq!(
+        sysctl_path(Path::new(PROC), Family::V4.forwarding_sysctl()),
+        Path::new("/proc/sys/net/ipv4/ip_forward")
+    );
 }
 
 fn allowing(nat: NatMode) -> FirewallSpec {
@@ -392,7 +415,7 @@ fn docker_user(rules: &[Rule]) -> Vec<String> {
 
 #[test]
 fn desired_rules_by_container_mode() {
-    let replies_only = desired_rules(&spec(NatMode::Masquerade));
+    let replies_only = desired_rules(&spec(NatMode::Masquerade), FilterChain::DockerUser);
     assert_eq!(
         docker_user(&replies_only),
         [
@@ -401,7 +424,7 @@ fn desired_rules_by_container_mode() {
             "-t filter -A DOCKER-USER -o connector-vm -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment connector -j DROP",
         ]
     );
-    let allowed = desired_rules(&allowing(NatMode::Masquerade));
+    let allowed = desired_rules(&allowing(NatMode::Masquerade), FilterChain::DockerUser);
     assert_eq!(
         docker_user(&allowed),
         [
@@ -418,7 +441,10 @@ fn desired_rules_by_container_mode() {
             .collect()
     };
     assert_eq!(others(&replies_only), others(&allowed));
-    assert_eq!(desired_rules(&allowing(NatMode::Routed)).len(), 3);
+    assert_eq!(
+        desired_rules(&allowing(NatMode::Routed), FilterChain::DockerUser).len(),
+        3
+    );
     // The two `-o` rules are each other's negation: one ACCEPT, one DROP.
     let (accept, drop) = (&replies_only[2], &replies_only[3]);
     assert_eq!(
@@ -446,7 +472,7 @@ const REAL_DOCKER_USER: &str = "\
 
 #[test]
 fn real_listing_round_trips() {
-    let desired = desired_rules(&spec(NatMode::Routed));
+    let desired = desired_rules(&spec(NatMode::Routed), FilterChain::DockerUser);
     let listed = parse_listing(Table::Filter, REAL_DOCKER_USER).unwrap();
     // Each listed rule has exactly the arguments the agent passes to -I/-C/-D.
     for d in &desired[1..] {
@@ -464,7 +490,7 @@ fn real_listing_round_trips() {
 
 #[test]
 fn own_drop_shadows_nothing_but_foreign_drops_do() {
-    let desired = desired_rules(&spec(NatMode::Routed));
+    let desired = desired_rules(&spec(NatMode::Routed), FilterChain::DockerUser);
     let with_first = |first: &str| {
         let mut present =
             parse_listing(Table::Filter, &format!("{first}\n{REAL_DOCKER_USER}")).unwrap();
@@ -551,7 +577,7 @@ async fn upgrade_replaces_the_old_accept_and_back() {
     assert_eq!(report.inserted.len(), 1);
     assert!(nft.table("filter").contains(old));
     assert!(!nft.table("filter").contains("ctstate"));
-    assert!(fw.verify().await.unwrap().is_empty());
+    assert!(fw.verify().await.unwrap().missing.is_empty());
 }
 
 #[tokio::test]
@@ -568,7 +594,7 @@ async fn two_agents_in_one_vm_settle() {
     let b = Firewall::detect(
         FirewallSpec {
             tun: "cvm1234".into(),
-            host_tunnel_ip: Ipv4Addr::new(10, 254, 252, 1),
+            host_tunnel_ip: Ipv4Addr::new(10, 254, 252, 1).into(),
             tag: "connector-lab".into(),
             ..spec(NatMode::Masquerade)
         },
@@ -586,6 +612,295 @@ async fn two_agents_in_one_vm_settle() {
         assert!(!a.ensure().await.unwrap().changed());
         assert!(!b.ensure().await.unwrap().changed());
     }
-    assert!(a.verify().await.unwrap().is_empty());
-    assert!(b.verify().await.unwrap().is_empty());
+    assert!(a.verify().await.unwrap().missing.is_empty());
+    assert!(b.verify().await.unwrap().missing.is_empty());
+}
+
+fn spec6(nat: NatMode) -> FirewallSpec {
+    FirewallSpec {
+        host_tunnel_ip: "fd5c:9a2e:83b1:fe53::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .into(),
+        ..spec(nat)
+    }
+}
+
+/// `ip6tables-nft -S` of each table next to Engine 20.10, which has no IPv6
+/// firewall: policies only.
+pub(crate) fn engine_20_ipv6_tables() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("raw", "-P PREROUTING ACCEPT\n-P OUTPUT ACCEPT\n"),
+        ("mangle", "-P PREROUTING ACCEPT\n"),
+        (
+            "filter",
+            "-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n",
+        ),
+        ("nat", "-P POSTROUTING ACCEPT\n"),
+    ]
+}
+
+#[tokio::test]
+async fn ipv6_twins_follow_the_ipv4_variant_and_docker_user() {
+    let legacy = Fake::new("v6-legacy", &empty_tables());
+    let nft = Fake::new("v6-nft", &docker_tables());
+    let legacy6 = Fake::new("v6-legacy6", &engine_20_ipv6_tables());
+    let nft6 = Fake::new("v6-nft6", &engine_20_ipv6_tables());
+    let v4 = Firewall::detect(
+        spec(NatMode::Masquerade),
+        &Binaries {
+            legacy: legacy.cmd(),
+            nft: nft.cmd(),
+        },
+    )
+    .await
+    .unwrap();
+    let v6 = v4
+        .twin(
+            spec6(NatMode::Masquerade),
+            &Binaries {
+                legacy: legacy6.cmd(),
+                nft: nft6.cmd(),
+            },
+        )
+        .unwrap();
+    assert_eq!((v6.backend(), v6.family()), (Backend::Nft, Family::V6));
+    assert_eq!(v6.reason(), "the variant IPv4 rules use");
+
+    // No IPv6 DOCKER-USER: the filter rules go at the top of FORWARD.
+    let report = v6.ensure().await.unwrap();
+    assert_eq!(report.chain, FilterChain::Forward);
+    assert_eq!(report.inserted.len(), 5);
+    assert_eq!(
+        nft6.rules("filter"),
+        [
+            "-A FORWARD -o connector-vm -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment connector -j DROP",
+            "-A FORWARD -o connector-vm -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment connector -j ACCEPT",
+            "-A FORWARD -i connector-vm -m comment --comment connector -j ACCEPT",
+        ]
+    );
+    assert_eq!(
+        nft6.rules("nat"),
+        ["-A POSTROUTING -s fd5c:9a2e:83b1:fe53::1/128 ! -o connector-vm -m comment --comment connector -j MASQUERADE"]
+    );
+    assert_eq!(
+        nft6.rules("raw"),
+        ["-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT"]
+    );
+    // The other variant is never run for IPv6, and IPv4's tables are untouched.
+    assert_eq!(legacy6.calls(), "");
+    assert_eq!(nft.table("filter"), DOCKER_FILTER);
+    let found = v6.verify().await.unwrap();
+    assert_eq!((found.chain, found.wanted), (FilterChain::Forward, 5));
+    assert!(found.missing.is_empty());
+    assert!(!v6.ensure().await.unwrap().changed());
+
+    // The engine gains an IPv6 firewall (restarted with ip6tables): the
+    // rules move to its DOCKER-USER, none left behind in FORWARD.
+    let filter = fs::read_to_string(nft6.dir.join("filter")).unwrap();
+    fs::write(
+        nft6.dir.join("filter"),
+        format!("{filter}-N DOCKER-USER\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\n"),
+    )
+    .unwrap();
+    let found = v6.verify().await.unwrap();
+    assert_eq!(
+        (found.chain, found.missing.len()),
+        (FilterChain::DockerUser, 3)
+    );
+    let report = v6.ensure().await.unwrap();
+    assert_eq!(report.chain, FilterChain::DockerUser);
+    assert_eq!((report.removed_stale.len(), report.inserted.len()), (3, 3));
+    assert!(nft6
+        .rules("filter")
+        .iter()
+        .all(|r| !r.contains("FORWARD -o")));
+    assert!(!v6.ensure().await.unwrap().changed());
+
+    let removed = v6.remove().await.unwrap();
+    assert_eq!(removed.len(), 5);
+    assert!(nft6.rules("raw").is_empty() && nft6.rules("nat").is_empty());
+    assert_eq!(
+        nft6.rules("filter"),
+        ["-A FORWARD -j DOCKER-USER", "-A DOCKER-USER -j RETURN"]
+    );
+}
+
+#[tokio::test]
+async fn ipv6_without_ip6tables_fails_alone() {
+    let nft = Fake::new("no6-nft", &docker_tables());
+    let legacy = Fake::new("no6-legacy", &[]);
+    let v4 = Firewall::detect(
+        spec(NatMode::Routed),
+        &Binaries {
+            legacy: legacy.cmd(),
+            nft: nft.cmd(),
+        },
+    )
+    .await
+    .unwrap();
+    let missing = Binaries {
+        legacy: IptablesCmd::from_str("/nonexistent/ip6tables-legacy").unwrap(),
+        nft: IptablesCmd::from_str("/nonexistent/ip6tables-nft").unwrap(),
+    };
+    let v6 = v4.twin(spec6(NatMode::Routed), &missing).unwrap();
+    let err = v6.ensure().await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("could not run `/nonexistent/ip6tables-nft -w 10 -t filter -S`"),
+        "{err}"
+    );
+    assert!(v6.verify().await.unwrap_err().is_not_found());
+    // IPv4 is not affected.
+    assert_eq!(v4.ensure().await.unwrap().inserted.len(), 4);
+    assert!(v4.verify().await.unwrap().missing.is_empty());
+    // A twin's spec is checked like any other.
+    let mut bad = spec6(NatMode::Routed);
+    bad.tag = "two words".into();
+    assert!(matches!(
+        v4.twin(bad, &missing),
+        Err(FirewallError::Spec(_))
+    ));
+}
+
+/// A network namespace of its own, deleted on drop (also when a test fails).
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("cnv6{}", std::process::id());
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name} failed (needs root)");
+        Netns(name)
+    }
+
+    /// `program` run inside the namespace.
+    fn cmd(&self, program: &str) -> IptablesCmd {
+        IptablesCmd {
+            program: "ip".into(),
+            pre_args: vec![
+                "netns".into(),
+                "exec".into(),
+                self.0.clone(),
+                program.into(),
+            ],
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+async fn run_in(ipt: &IptablesCmd, args: &str) -> String {
+    let args: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
+    ipt.run(&args).await.unwrap()
+}
+
+/// The real iptables and ip6tables (both variants) in a throw-away network
+/// namespace: Docker's IPv4 chains in one variant and, as next to Engine
+/// 20.10, no IPv6 firewall at all. Run as root with
+/// `cargo test -p connector-agent -- --ignored real_`.
+#[tokio::test]
+#[ignore = "needs root, ip netns and both iptables variants"]
+async fn real_ip6tables_in_a_namespace() {
+    for variant in ["nft", "legacy"] {
+        let ns = Netns::new();
+        let bins = |fam: &str| Binaries {
+            legacy: ns.cmd(&format!("{fam}-legacy")),
+            nft: ns.cmd(&format!("{fam}-nft")),
+        };
+        let (v4_bins, v6_bins) = (bins("iptables"), bins("ip6tables"));
+        let backend = if variant == "nft" {
+            Backend::Nft
+        } else {
+            Backend::Legacy
+        };
+        let ipt = v4_bins.get(backend);
+        for step in [
+            "-N DOCKER",
+            "-N DOCKER-USER",
+            "-A FORWARD -j DOCKER-USER",
+            "-A DOCKER-USER -j RETURN",
+        ] {
+            run_in(ipt, step).await;
+        }
+        let v4 = Firewall::detect(spec(NatMode::Masquerade), &v4_bins)
+            .await
+            .unwrap();
+        assert_eq!(v4.backend(), backend);
+        let v6 = v4.twin(spec6(NatMode::Masquerade), &v6_bins).unwrap();
+        let ip6 = v6_bins.get(backend);
+
+        assert_eq!(v4.ensure().await.unwrap().inserted.len(), 5);
+        let report = v6.ensure().await.unwrap();
+        assert_eq!(
+            (report.chain, report.inserted.len()),
+            (FilterChain::Forward, 5)
+        );
+        let listed = format!(
+            "{}{}{}",
+            run_in(ip6, "-t raw -S").await,
+            run_in(ip6, "-t filter -S").await,
+            run_in(ip6, "-t nat -S").await
+        );
+        println!("ip6tables-{variant} -S after ensure:\n{listed}");
+        let rules: Vec<&str> = listed.lines().filter(|l| l.starts_with("-A")).collect();
+        assert_eq!(
+            rules,
+            [
+                "-A PREROUTING -i connector-vm -m comment --comment connector -j ACCEPT",
+                "-A FORWARD -o connector-vm -m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment connector -j DROP",
+                "-A FORWARD -o connector-vm -m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment connector -j ACCEPT",
+                "-A FORWARD -i connector-vm -m comment --comment connector -j ACCEPT",
+                "-A POSTROUTING -s fd5c:9a2e:83b1:fe53::1/128 ! -o connector-vm -m comment --comment connector -j MASQUERADE",
+            ]
+        );
+        assert!(v6.verify().await.unwrap().missing.is_empty());
+        assert!(!v6.ensure().await.unwrap().changed());
+        // The other variant's IPv6 tables were left alone.
+        let other = v6_bins.get(match backend {
+            Backend::Nft => Backend::Legacy,
+            Backend::Legacy => Backend::Nft,
+        });
+        assert!(!run_in(other, "-t filter -S").await.contains("connector"));
+
+        // A rule deleted behind the agent's back comes back, once.
+        run_in(ip6, "-t raw -F PREROUTING").await;
+        assert_eq!(v6.ensure().await.unwrap().inserted.len(), 1);
+
+        // The engine gains an IPv6 DOCKER-USER: the filter rules move there.
+        for step in [
+            "-N DOCKER-USER",
+            "-I FORWARD 1 -j DOCKER-USER",
+            "-A DOCKER-USER -j RETURN",
+        ] {
+            run_in(ip6, step).await;
+        }
+        let report = v6.ensure().await.unwrap();
+        assert_eq!(report.chain, FilterChain::DockerUser);
+        assert_eq!((report.removed_stale.len(), report.inserted.len()), (3, 3));
+        let filter = run_in(ip6, "-t filter -S").await;
+        println!("ip6tables-{variant} -t filter -S with DOCKER-USER:\n{filter}");
+        assert_eq!(filter.matches("-A DOCKER-USER -").count(), 4, "{filter}");
+        assert!(!filter.contains("-A FORWARD -i connector-vm"), "{filter}");
+
+        // Removal leaves no tagged rule in either family.
+        assert_eq!(v6.remove().await.unwrap().len(), 5);
+        assert_eq!(v4.remove().await.unwrap().len(), 5);
+        for ipt in [ip6, ipt] {
+            for table in ["raw", "filter", "nat"] {
+                let text = run_in(ipt, &format!("-t {table} -S")).await;
+                assert!(!text.contains("connector"), "{text}");
+            }
+        }
+    }
 }
