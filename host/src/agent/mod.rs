@@ -570,28 +570,32 @@ pub async fn verify(docker: &Docker, name: &str, run: &[String]) -> Result<ExecO
     crate::engine::exec(docker, name, &cmd, limits).await
 }
 
-/// Turns `connector-agent verify` output into the status section.
+/// Turns `connector-agent verify` output into the status section. Lines
+/// about IPv6 (`ipv6: …`, or naming an `… ipv6]` rule) go apart: IPv4 works
+/// whatever they say.
 pub fn firewall_status(result: Result<ExecOutput>) -> FirewallStatus {
     match result {
         Err(e) => FirewallStatus {
             backend: None,
             all_present: false,
             detail: vec![format!("{e:#}")],
+            ipv6: Vec::new(),
             checked_secs: None,
         },
         Ok(out) => {
-            let lines: Vec<String> = out.stdout.lines().map(str::to_owned).collect();
             let backend = ["nft", "legacy"]
                 .into_iter()
                 .find(|b| {
                     out.stdout.contains(&format!("({b})")) || out.stdout.contains(&format!("[{b}]"))
                 })
                 .map(str::to_owned);
-            let mut detail: Vec<String> = lines
-                .into_iter()
+            let (ipv6, mut detail): (Vec<String>, Vec<String>) = out
+                .stdout
+                .lines()
                 .filter(|l| !l.starts_with("ok:"))
-                .collect();
-            if out.exit_code != 0 && detail.is_empty() {
+                .map(str::to_owned)
+                .partition(|l| l.starts_with("ipv6:") || l.contains(" ipv6]"));
+            if out.exit_code != 0 && detail.is_empty() && ipv6.is_empty() {
                 detail.push(
                     out.stderr
                         .lines()
@@ -602,8 +606,9 @@ pub fn firewall_status(result: Result<ExecOutput>) -> FirewallStatus {
             }
             FirewallStatus {
                 backend,
-                all_present: out.exit_code == 0,
+                all_present: out.exit_code == 0 || detail.is_empty(),
                 detail,
+                ipv6,
                 checked_secs: None,
             }
         }
@@ -633,6 +638,36 @@ fn key_archive(private: &StaticSecret) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn verified(stdout: &str, exit_code: i64) -> FirewallStatus {
+        firewall_status(Ok(ExecOutput {
+            stdout: stdout.into(),
+            stderr: String::new(),
+            exit_code,
+        }))
+    }
+
+    #[test]
+    fn ipv6_problems_are_reported_apart_and_do_not_fail_ipv4() {
+        let s = verified(
+            "ok: all 5 rules tagged \"c\" are in place (nft)\n\
+             ipv6: forwarding is off in the Docker VM (net.ipv6.conf.all.forwarding=0): IPv6 subnets are unreachable\n",
+            1,
+        );
+        assert!(s.all_present);
+        assert_eq!(s.backend.as_deref(), Some("nft"));
+        assert!(s.detail.is_empty());
+        assert_eq!(s.ipv6.len(), 1);
+        let s = verified(
+            "missing: [nft] -t raw -A PREROUTING -i t -j ACCEPT\nmissing: [nft ipv6] -t raw -A PREROUTING -i t -j ACCEPT\n",
+            1,
+        );
+        assert!(!s.all_present);
+        assert_eq!(s.detail, vec!["missing: [nft] -t raw -A PREROUTING -i t -j ACCEPT"]);
+        assert_eq!(s.ipv6.len(), 1);
+        let s = verified("", 1);
+        assert!(!s.all_present && s.detail == vec!["verify failed"]);
+    }
     use std::path::Path;
 
     fn config(extra: &str) -> Config {

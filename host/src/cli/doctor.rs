@@ -178,6 +178,18 @@ pub async fn run(config_path: Option<&Path>) -> Vec<Check> {
         )
     });
 
+    // IPv6 in the VM matters once an IPv6 subnet is routed.
+    if !firewall.ipv6.is_empty() && routed(&status).any(|(_, s)| s.addr().is_ipv6()) {
+        checks.push(Check::failed(
+            "vm-ipv6",
+            firewall.ipv6.join("; "),
+            format!(
+                "IPv6 only (IPv4 works): turn IPv6 forwarding on in the Docker VM (Docker does when it runs an IPv6 network), or set ipv6 = false; then docker restart {}",
+                config.agent_name
+            ),
+        ));
+    }
+
     match &docker {
         None => checks.push(Check::skipped("probe", "Docker is unreachable")),
         Some(docker) => checks.extend(probe_checks(docker, &status, &config).await),

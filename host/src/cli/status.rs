@@ -54,6 +54,9 @@ pub fn render(s: &StatusReport) -> String {
             .map(|t| format!(" (checked {t}s ago)"))
             .unwrap_or_default()
     );
+    for line in &s.firewall.ipv6 {
+        out += &format!("  {line}\n");
+    }
     let t = &s.tunnel;
     out += &format!(
         "tunnel: {} {} listen {} peer {} handshake {} last datagram {} rx {} B tx {} B\n",

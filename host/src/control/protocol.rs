@@ -126,6 +126,10 @@ pub struct FirewallStatus {
     pub all_present: bool,
     /// The agent's report, one line per rule problem (or its error).
     pub detail: Vec<String>,
+    /// IPv6 problems in the VM (forwarding off, no ip6tables, IPv6 rules
+    /// missing): IPv4 works regardless, so they do not clear `all_present`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6: Vec<String>,
     /// Age of this report: the daemon asks the agent in the background and
     /// answers `status` from the last answer. `None` = not asked yet.
     #[serde(default)]
@@ -355,13 +359,14 @@ mod tests {
             prop::option::of(text()),
             any::<bool>(),
             prop::collection::vec(text(), 0..3),
-            any::<Option<u64>>(),
+            (prop::collection::vec(text(), 0..2), any::<Option<u64>>()),
         )
             .prop_map(
-                |(backend, all_present, detail, checked_secs)| FirewallStatus {
+                |(backend, all_present, detail, (ipv6, checked_secs))| FirewallStatus {
                     backend,
                     all_present,
                     detail,
+                    ipv6,
                     checked_secs,
                 },
             );

@@ -139,6 +139,7 @@ pub fn initial_report(
             backend: None,
             all_present: false,
             detail: vec!["not asked yet".into()],
+            ipv6: Vec::new(),
             checked_secs: None,
         },
         tunnel: TunnelStatus {
