@@ -119,7 +119,7 @@ lab_ipt_variants() {
 lab_ipt_cmd() { case $1 in *6) echo "ip6tables-${1%6}" ;; *) echo "iptables-$1" ;; esac; }
 
 # The IPv6 twin of the variant that holds Docker's chains.
-lab_docker_ip6t() { local v; v=$(lab_docker_ipt); echo "ip6${v}"; }
+lab_docker_ip6t() { local v; v=$(lab_docker_ipt); echo "ip6tables${v#iptables}"; }
 
 # The variant that holds Docker's chains.
 lab_docker_ipt() {
