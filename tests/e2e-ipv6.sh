@@ -12,7 +12,7 @@
 # Needs: target/debug/connector, images connector-agent:dev and connector-workload:dev
 # (scripts/setup builds them), a running dockerd, python3, ip6tables.
 #
-# Its own lab names: prefix cn6<pid>, veth 10.236.0.0/30 and fd00:236::/126, networks
+# Its own lab names: prefix cnv<pid>, veth 10.236.0.0/30 and fd00:236::/126, networks
 # 10.236.16-18.0/24 + fd42:236:a-c::/64 and 10.236.130.0/24 + fd42:236:d::/64 (inside the
 # "corporate" IPv4 route 10.236.128.0/17), tunnel 10.254.246.0/30 + fd5c:9a2e:83b1:fe36::/126,
 # UDP port 51876, agent container connector-agent-v6, test label io.connector.v6test. Takes
@@ -23,7 +23,7 @@
 # The last line is "N passed, M failed"; the exit status is 0 only if M = 0.
 set -uo pipefail
 
-LAB_PREFIX=cn6$$
+LAB_PREFIX=cnv$$
 LAB_AGENT_NAME=connector-agent-v6
 LAB_AGENT_TAG=$LAB_AGENT_NAME
 LAB_LISTEN_PORT=51876
@@ -38,7 +38,7 @@ LAB_MAC_IP6=fd00:236::2
 LAB_EMU_TAG=connector-v6-emulation
 LAB_PROBE_TAG=connector-v6-probe
 LAB_LABEL_KEY=io.connector.v6test
-LAB_LABEL="$LAB_LABEL_KEY=$LAB_PREFIX"
+LAB_LABEL="$LAB_LABEL_KEY=1"
 
 P=$LAB_PREFIX
 TUNNEL_V6=fd5c:9a2e:83b1:fe36::/126

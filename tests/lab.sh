@@ -14,6 +14,8 @@
 
 LAB_REPO=${LAB_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 LAB_PREFIX=${LAB_PREFIX:-cnt$$}
+# The prefix without its pid: what lab_cleanup_all looks for, left by any run.
+LAB_STEM=${LAB_STEM:-${LAB_PREFIX%%[0-9]*}}
 LAB_NS="${LAB_PREFIX}-mac"
 LAB_VETH_VM="${LAB_PREFIX}v"
 LAB_VETH_MAC="${LAB_PREFIX}m"
@@ -473,7 +475,7 @@ lab_cleanup_all() {
   local c
   # Daemon of this run first (it should clean up after itself on SIGTERM).
   if lab_daemon_alive; then lab_daemon_stop TERM 10 >/dev/null 2>&1 || true; fi
-  lab_topologies_remove cnt
+  lab_topologies_remove "$LAB_STEM"
   # Containers and networks.
   if docker info >/dev/null 2>&1; then
     lab_learn_agent
@@ -489,7 +491,7 @@ lab_cleanup_all() {
 
 # Lines describing anything the lab would have left behind (empty = clean).
 lab_leftovers() {
-  lab_topologies_left cnt
+  lab_topologies_left "$LAB_STEM"
   if docker info >/dev/null 2>&1; then
     docker ps -a --filter "label=$LAB_LABEL" --format 'container {{.Names}}'
     docker ps -a --filter "name=^/${LAB_AGENT_NAME}" --format 'container {{.Names}}'
