@@ -112,18 +112,19 @@ agent_tun() {
 }
 
 # Routes via the host tun in the Mac (not the tunnel's own connected route), sorted.
-mac_tun_routes() {
-  ip -n "$LAB_NS" -4 route show dev "$LAB_TUN" 2>/dev/null | grep -v 'proto kernel' \
-    | awk '{ d = $1; if (d !~ /\//) d = d "/32"; print d }' | sort -u
+mac_tun_routes() { # both families, but not the kernel's own (tunnel network, link-local)
+  { ip -n "$LAB_NS" -4 route show dev "$LAB_TUN" 2>/dev/null; ip -n "$LAB_NS" -6 route show dev "$LAB_TUN" 2>/dev/null; } \
+    | grep -v -e 'proto kernel' -e '^fe80:' -e '^ff00:' -e '^multicast' \
+    | awk '{ d = $1; if (d !~ /\//) d = d (d ~ /:/ ? "/128" : "/32"); print d }' | sort -u
 }
-# IPv4 subnets of all of Docker's bridge networks, sorted.
+# IPv4 and IPv6 subnets of all of Docker's bridge networks, sorted.
 docker_bridge_subnets() {
   local ids
   ids=$(docker network ls -q --filter driver=bridge)
   [ -n "$ids" ] || return 0
   # shellcheck disable=SC2086
   docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' $ids 2>/dev/null \
-    | tr ' ' '\n' | grep '\.' | sort -u
+    | tr ' ' '\n' | grep . | sort -u
 }
 routes_match_docker() { [ "$(mac_tun_routes)" = "$(docker_bridge_subnets)" ]; }
 routes_diff() {
@@ -370,14 +371,13 @@ check("networks routed = routes via the tun", routed == routes,
 docker_nets = set()
 for line in E["DOCKER_NETS"].splitlines():
     name, *subnets = line.split()
-    docker_nets |= {(name, str(ipaddress.ip_network(x))) for x in subnets}  # IPv6 too: listed as skipped
+    docker_nets |= {(name, str(ipaddress.ip_network(x))) for x in subnets}
 listed = {(n["name"], str(ipaddress.ip_network(n["subnet"]))) for n in nets}
 check("networks = Docker's bridge networks", docker_nets == listed,
       f"{len(listed)} listed; not listed {sorted(docker_nets - listed)}; unknown {sorted(listed - docker_nets)}")
 v6 = [(n["subnet"], n["state"], n["reason"]) for n in nets if n["name"] == E["V6_NET"]]
-check(f"network {E['V6_NET']} (dual stack): IPv4 routed, IPv6 skipped with a reason",
-      sorted((ipaddress.ip_network(x).version, st) for x, st, _ in v6) == [(4, "routed"), (6, "skipped")]
-      and all(r for x, st, r in v6 if st == "skipped"), v6)
+check(f"network {E['V6_NET']} (dual stack): IPv4 and IPv6 routed",
+      sorted((ipaddress.ip_network(x).version, st) for x, st, _ in v6) == [(4, "routed"), (6, "routed")], v6)
 for name in E["LAB_NETS"].split():
     mine = [n for n in nets if n["name"] == name]
     check(f"network {name} routed", bool(mine) and all(n["state"] == "routed" for n in mine),

@@ -303,7 +303,7 @@ lab_network() { # NAME SUBNET [docker network create options...]
 probe_in() { if [ -n "${PROBE_NS-$LAB_NS}" ]; then ip netns exec "${PROBE_NS-$LAB_NS}" "$@"; else "$@"; fi; }
 
 # An address as a URL's host: IPv6 in brackets.
-url_host() { case $1 in *:*) echo "[$1]" ;; *) echo "$1" ;; esac; }
+url_host() { case $1 in *.*|\[*) echo "$1" ;; *:*) echo "[$1]" ;; *) echo "$1" ;; esac; }
 
 http_probe() { # IP EXPECTED-BODY-SUBSTRING [SECONDS]
   local body
