@@ -73,7 +73,7 @@ agent_rules6() { lab_agent_rules | awk '$1 ~ /6$/'; }
 agent_has_rules6() { [ -n "$(agent_rules6)" ]; }
 tun_routes6_are() { [ "$(mac_tun_routes6 | sort)" = "$1" ]; }
 tun_has_address6() { ip -n "$LAB_NS" -6 addr show dev "$LAB_TUN" 2>/dev/null | grep -q "inet6 $HOST_TUN_IP6/126"; }
-all_reached() { [ "$(probe_targets "$1" 1 | grep -c .)" = "${#TARGETS[@]}" ]; }
+all_reached() { [ "$(probe_all_parallel "$1" 1 | grep -c .)" = "${#TARGETS[@]}" ]; }
 agent_arg_present() { docker inspect -f '{{join .Config.Cmd " "}}' "$LAB_AGENT_NAME" 2>/dev/null | grep -q -- "$1"; }
 
 write_config() { # PATH [EXTRA...]
@@ -96,23 +96,6 @@ daemon_up() { # CONFIG NAME
   return 1
 }
 daemon_down() { lab_daemon_stop TERM 20 || lab_warn "daemon did not stop within 20 s"; }
-
-# Probe every IPv6 target with FUNCTION; echo the labels of those that answered.
-probe_targets() { # FUNCTION SECONDS
-  local fn=$1 secs=$2 t label ip name i=0 pids=() labels=()
-  for t in "${TARGETS[@]}"; do
-    IFS='|' read -r label ip name <<<"$t"
-    case "$fn" in
-      http_probe) http_probe "$ip" "$name" "$secs" & ;;
-      udp_probe) udp_probe "$ip" "v6tok-$i" "$secs" & ;;
-      ping_probe) ping_probe "$ip" "$secs" & ;;
-    esac
-    pids+=($!); labels+=("$label ($ip)"); i=$((i + 1))
-  done
-  for i in "${!pids[@]}"; do
-    if wait "${pids[$i]}"; then echo "${labels[$i]}"; fi
-  done
-}
 
 vpn_up() {
   ip -n "$LAB_NS" link add "$VPN" type veth peer name "$VPN_PEER"
@@ -169,7 +152,7 @@ case_before_daemon() {
   local proto fn reached
   for proto in HTTP UDP ICMPv6; do
     case $proto in HTTP) fn=http_probe ;; UDP) fn=udp_probe ;; ICMPv6) fn=ping_probe ;; esac
-    reached=$(probe_targets "$fn" 1)
+    reached=$(probe_all_parallel "$fn" 1)
     if [ -z "$reached" ]; then
       lab_pass "before connector: $proto over IPv6 from the Mac to the containers fails" "no container answered"
     else
@@ -205,7 +188,7 @@ case_reach_every_container() {
   for proto in HTTP UDP ICMPv6; do
     case $proto in HTTP) fn=http_probe ;; UDP) fn=udp_probe ;; ICMPv6) fn=ping_probe ;; esac
     wait_until 10 all_reached "$fn" || true
-    reached=$(probe_targets "$fn" 2)
+    reached=$(probe_all_parallel "$fn" 2)
     missing=""
     for t in "${TARGETS[@]}"; do
       IFS='|' read -r label ip name <<<"$t"

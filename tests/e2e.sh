@@ -84,23 +84,6 @@ setup() {
   lab_write_config "$CONFIG"
 }
 
-# Run one probe per target in parallel; echo the labels of the targets that answered.
-probe_all_parallel() { # PROBE-FUNCTION SECONDS
-  local fn=$1 secs=$2 t label ip name i=0 pids=() labels=()
-  for t in "${TARGETS[@]}"; do
-    IFS='|' read -r label ip name <<<"$t"
-    case "$fn" in
-      http_probe) http_probe "$ip" "$name" "$secs" & ;;
-      udp_probe) udp_probe "$ip" "tok-$i" "$secs" & ;;
-      ping_probe) ping_probe "$ip" "$secs" & ;;
-    esac
-    pids+=($!); labels+=("$label ($ip)"); i=$((i + 1))
-  done
-  for i in "${!pids[@]}"; do
-    if wait "${pids[$i]}"; then echo "${labels[$i]}"; fi
-  done
-}
-
 # ---------------------------------------------------------- case 1: before connector
 case_before_daemon() {
   local proto fn reached

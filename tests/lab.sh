@@ -333,6 +333,24 @@ ping_probe() { # IP [SECONDS]
   fi
 }
 
+# probe_all_parallel FN SECONDS — one probe per entry of the suite's TARGETS array
+# ("label|ip|expected body"), in parallel; echo the labels of the targets that answered.
+probe_all_parallel() { # PROBE-FUNCTION SECONDS
+  local fn=$1 secs=$2 t label ip name i=0 pids=() labels=()
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r label ip name <<<"$t"
+    case "$fn" in
+      http_probe) http_probe "$ip" "$name" "$secs" & ;;
+      udp_probe) udp_probe "$ip" "tok-$i" "$secs" & ;;
+      ping_probe) ping_probe "$ip" "$secs" & ;;
+    esac
+    pids+=($!); labels+=("$label ($ip)"); i=$((i + 1))
+  done
+  for i in "${!pids[@]}"; do
+    if wait "${pids[$i]}"; then echo "${labels[$i]}"; fi
+  done
+}
+
 # -------------------------------------------------------------------------- daemon
 lab_write_config() { # PATH [EXTRA-TOML-LINE...]
   local path=$1; shift

@@ -332,7 +332,8 @@ impl Config {
             ));
         }
         let first = tunnel_v6.network().segments()[0];
-        if first & 0xffc0 == 0xfe80 || first & 0xff00 == 0xff00 || tunnel_v6.network().is_loopback() {
+        if first & 0xffc0 == 0xfe80 || first & 0xff00 == 0xff00 || tunnel_v6.network().is_loopback()
+        {
             return Err(invalid(
                 "tunnel_v6",
                 &tunnel_v6_text,

@@ -147,7 +147,11 @@ pub fn agent_command(config: &Config, host_public: &PublicKey) -> Vec<String> {
 
 /// The agent's IPv6 end of the tunnel; none when IPv6 is off.
 fn ipv6_args(config: &Config) -> Vec<String> {
-    match (config.agent_tunnel_ip6(), config.host_tunnel_ip6(), config.tunnel_v6) {
+    match (
+        config.agent_tunnel_ip6(),
+        config.host_tunnel_ip6(),
+        config.tunnel_v6,
+    ) {
         (Some(address), Some(peer), Some(net)) => vec![
             "--address6".into(),
             address.to_string(),
@@ -663,7 +667,10 @@ mod tests {
             1,
         );
         assert!(!s.all_present);
-        assert_eq!(s.detail, vec!["missing: [nft] -t raw -A PREROUTING -i t -j ACCEPT"]);
+        assert_eq!(
+            s.detail,
+            vec!["missing: [nft] -t raw -A PREROUTING -i t -j ACCEPT"]
+        );
         assert_eq!(s.ipv6.len(), 1);
         let s = verified("", 1);
         assert!(!s.all_present && s.detail == vec!["verify failed"]);

@@ -364,7 +364,9 @@ fn conflicts_check(status: &StatusReport, routes: &[RouteEntry], config: &Config
 /// over IPv6 as well when a container has an address in a routed IPv6 subnet.
 async fn probe_checks(docker: &Docker, status: &StatusReport, config: &Config) -> Vec<Check> {
     let subnets: Vec<IpNet> = routed(status).map(|(_, s)| s).collect();
-    let ips = crate::engine::container_ips(docker).await.unwrap_or_default();
+    let ips = crate::engine::container_ips(docker)
+        .await
+        .unwrap_or_default();
     let target = |v6: bool| {
         ips.iter()
             .find(|(name, ip)| {

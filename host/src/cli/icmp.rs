@@ -89,11 +89,11 @@ pub fn ping(ip: IpAddr, timeout: Duration) -> io::Result<bool> {
         {
             // IPv4 raw sockets (and macOS datagram ones) include the IP header;
             // IPv6 sockets never do.
-                let ihl = usize::from(data.first().copied().unwrap_or(0) & 0x0f) * 4;
-                data.get(ihl..).unwrap_or(&[])
-            } else {
-                &data[..]
-            };
+            let ihl = usize::from(data.first().copied().unwrap_or(0) & 0x0f) * 4;
+            data.get(ihl..).unwrap_or(&[])
+        } else {
+            &data[..]
+        };
         if from.as_socket().map(|a| a.ip()) == Some(ip) && is_our_reply(icmp, v6, seq) {
             return Ok(true);
         }
@@ -115,7 +115,10 @@ mod tests {
         assert!(!is_our_reply(&reply, false, 8));
         assert!(!is_our_reply(&req, false, 7));
         assert!(!is_our_reply(&reply[..6], false, 7));
-        assert!(!is_our_reply(&reply, true, 7), "an ICMPv4 reply is not an ICMPv6 one");
+        assert!(
+            !is_our_reply(&reply, true, 7),
+            "an ICMPv4 reply is not an ICMPv6 one"
+        );
     }
 
     #[test]

@@ -361,15 +361,15 @@ mod tests {
             prop::collection::vec(text(), 0..3),
             (prop::collection::vec(text(), 0..2), any::<Option<u64>>()),
         )
-            .prop_map(
-                |(backend, all_present, detail, (ipv6, checked_secs))| FirewallStatus {
+            .prop_map(|(backend, all_present, detail, (ipv6, checked_secs))| {
+                FirewallStatus {
                     backend,
                     all_present,
                     detail,
                     ipv6,
                     checked_secs,
-                },
-            );
+                }
+            });
         let health = (
             text(),
             any::<(u64, u32, Option<u64>, Option<u64>, Option<u64>)>(),

@@ -341,7 +341,10 @@ mod tests {
     #[test]
     fn ipv6_follows_the_same_rules_and_can_be_turned_off() {
         let networks = [
-            net("a", &["fd00:1::/64", "fe80:1::/64", "fd5c:9a2e:83b1:fe53::/64"]),
+            net(
+                "a",
+                &["fd00:1::/64", "fe80:1::/64", "fd5c:9a2e:83b1:fe53::/64"],
+            ),
             net("b", &["fd00:2::/64"]),
         ];
         // A VPN's fd00::/8 conflicts; its ::/1 + 8000::/1 halves do not.
@@ -367,19 +370,29 @@ mod tests {
                 tunnel: "fd5c:9a2e:83b1:fe53::/126".into()
             })
         );
-        assert!(matches!(reason("fd00:2::/64"), Some(SkipReason::Conflict { .. })));
+        assert!(matches!(
+            reason("fd00:2::/64"),
+            Some(SkipReason::Conflict { .. })
+        ));
 
         let off = plan(&PlanInput {
             networks: &networks,
             filter: &all(),
-            tunnel: TunnelNets { v6: None, ..tunnel() },
+            tunnel: TunnelNets {
+                v6: None,
+                ..tunnel()
+            },
             interface: "connector0",
             host_routes: &[route("fd00:1::/64", "connector0")],
             extra: &[],
             policy: &ConflictPolicy::default(),
         });
         assert!(off.add.is_empty());
-        assert_eq!(off.remove, nets(&["fd00:1::/64"]), "a route left from before goes");
+        assert_eq!(
+            off.remove,
+            nets(&["fd00:1::/64"]),
+            "a route left from before goes"
+        );
         assert!(off
             .decisions
             .iter()

@@ -7,15 +7,7 @@ use super::types::{OsError, TunConfig};
 pub(super) fn create_tun_with_tun_rs(
     config: &TunConfig,
 ) -> Result<connector_tunnel::tun::AsyncDevice, OsError> {
-    connector_tunnel::tun::create(&connector_tunnel::tun::TunSpec {
-        name: config.name.clone(),
-        address: config.address,
-        peer: config.peer,
-        prefix: config.prefix,
-        address6: config.address6,
-        mtu: config.mtu,
-    })
-    .map_err(|e| match e {
+    connector_tunnel::tun::create(config).map_err(|e| match e {
         connector_tunnel::TunnelError::Tun(io) => OsError::Tun(io),
         other => OsError::Tun(std::io::Error::other(other.to_string())),
     })

@@ -1,26 +1,13 @@
 //! What every OS file of the facade speaks: the tun's spec, a route of the
 //! host's table, and the error.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-/// What the tun device should look like.
-#[derive(Debug, Clone)]
-pub struct TunConfig {
-    /// Interface name; `None` lets the OS choose (macOS always picks `utunN`).
-    pub name: Option<String>,
-    /// Our address inside the tunnel.
-    pub address: Ipv4Addr,
-    /// The agent's address inside the tunnel (point-to-point destination).
-    pub peer: Ipv4Addr,
-    /// Prefix length of the tunnel network.
-    pub prefix: u8,
-    /// Our IPv6 address inside the tunnel and the tunnel's IPv6 prefix
-    /// length; `None` = IPv6 is off.
-    pub address6: Option<(Ipv6Addr, u8)>,
-    pub mtu: u16,
-}
+/// What the tun device should look like: the tunnel crate's spec, which
+/// both ends create their device from.
+pub use connector_tunnel::tun::TunSpec as TunConfig;
 
 /// One route of the host's main routing table.
 #[derive(Debug, Clone, PartialEq, Eq)]
