@@ -217,12 +217,6 @@ impl Config {
     }
 
     fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let invalid =
-            |key: &'static str, value: &dyn std::fmt::Display, reason: &str| ConfigError::Invalid {
-                key,
-                value: value.to_string(),
-                reason: reason.to_owned(),
-            };
         let non_empty = |key: &'static str, value: Option<String>, default: &str| {
             let value = value.unwrap_or_else(|| default.to_owned());
             if value.trim().is_empty() {
@@ -293,20 +287,7 @@ impl Config {
                 "expected an IPv4 CIDR such as 10.254.253.0/30",
             )
         })?;
-        if tunnel.prefix_len() > 30 {
-            return Err(invalid(
-                "tunnel",
-                &tunnel_text,
-                "needs room for two addresses: use a prefix of /30 or shorter",
-            ));
-        }
-        if tunnel.trunc() != tunnel {
-            return Err(invalid(
-                "tunnel",
-                &tunnel_text,
-                &format!("has host bits set; did you mean {}?", tunnel.trunc()),
-            ));
-        }
+        check_tunnel("tunnel", &tunnel_text, tunnel.into())?;
         let tunnel_v6_text = raw
             .tunnel_v6
             .unwrap_or_else(|| DEFAULT_TUNNEL_V6.to_owned());
@@ -317,20 +298,7 @@ impl Config {
                 &format!("expected an IPv6 CIDR such as {DEFAULT_TUNNEL_V6}"),
             )
         })?;
-        if tunnel_v6.prefix_len() > 126 {
-            return Err(invalid(
-                "tunnel_v6",
-                &tunnel_v6_text,
-                "needs room for two addresses: use a prefix of /126 or shorter",
-            ));
-        }
-        if tunnel_v6.trunc() != tunnel_v6 {
-            return Err(invalid(
-                "tunnel_v6",
-                &tunnel_v6_text,
-                &format!("has host bits set; did you mean {}?", tunnel_v6.trunc()),
-            ));
-        }
+        check_tunnel("tunnel_v6", &tunnel_v6_text, tunnel_v6.into())?;
         let first = tunnel_v6.network().segments()[0];
         if first & 0xffc0 == 0xfe80 || first & 0xff00 == 0xff00 || tunnel_v6.network().is_loopback()
         {
@@ -480,6 +448,35 @@ impl Config {
     }
 }
 
+fn invalid(key: &'static str, value: &dyn std::fmt::Display, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// What both tunnel networks need: room for the host's and the agent's
+/// address, and no host bits.
+fn check_tunnel(key: &'static str, text: &str, net: IpNet) -> Result<(), ConfigError> {
+    let max = net.max_prefix_len() - 2;
+    if net.prefix_len() > max {
+        return Err(invalid(
+            key,
+            &text,
+            &format!("needs room for two addresses: use a prefix of /{max} or shorter"),
+        ));
+    }
+    if net.trunc() != net {
+        return Err(invalid(
+            key,
+            &text,
+            &format!("has host bits set; did you mean {}?", net.trunc()),
+        ));
+    }
+    Ok(())
+}
+
 fn nth_v6(net: Ipv6Net, n: u128) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(net.network()) + n)
 }
@@ -626,6 +623,10 @@ mod tests {
             ("tunnel = \"10.0.0.0/31\"", "tunnel", "10.0.0.0/31"),
             ("tunnel = \"10.0.0.1/30\"", "tunnel", "10.0.0.1/30"),
             ("tunnel = \"banana\"", "tunnel", "banana"),
+            ("tunnel_v6 = \"fd00::/127\"", "tunnel_v6", "/126 or shorter"),
+            ("tunnel_v6 = \"fd00::1/64\"", "tunnel_v6", "did you mean fd00::/64"),
+            ("tunnel_v6 = \"fe80::/64\"", "tunnel_v6", "link-local"),
+            ("tunnel_v6 = \"10.0.0.0/30\"", "tunnel_v6", "IPv6 CIDR"),
             (
                 "listen_address = \"localhost:1\"",
                 "listen_address",
