@@ -148,18 +148,7 @@ setup() {
 }
 
 # ------------------------------------------------------------------------- cases
-case_before_daemon() {
-  local proto fn reached
-  for proto in HTTP UDP ICMPv6; do
-    case $proto in HTTP) fn=http_probe ;; UDP) fn=udp_probe ;; ICMPv6) fn=ping_probe ;; esac
-    reached=$(probe_all_parallel "$fn" 1)
-    if [ -z "$reached" ]; then
-      lab_pass "before connector: $proto over IPv6 from the Mac to the containers fails" "no container answered"
-    else
-      lab_fail "before connector: $proto over IPv6 from the Mac to the containers fails" "answered: $(echo "$reached" | paste -sd, -)"
-    fi
-  done
-}
+case_before_daemon() { lab_all_unreachable ICMPv6 "over IPv6"; }
 
 # The block is the emulated firewall, not a missing path: without it the Mac reaches
 # the container over the veth.

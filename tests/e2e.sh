@@ -85,18 +85,7 @@ setup() {
 }
 
 # ---------------------------------------------------------- case 1: before connector
-case_before_daemon() {
-  local proto fn reached
-  for proto in HTTP UDP ping; do
-    case $proto in HTTP) fn=http_probe ;; UDP) fn=udp_probe ;; ping) fn=ping_probe ;; esac
-    reached=$(probe_all_parallel "$fn" 1)
-    if [ -z "$reached" ]; then
-      lab_pass "before connector: $proto from the Mac to the containers fails" "no container answered"
-    else
-      lab_fail "before connector: $proto from the Mac to the containers fails" "answered: $(echo "$reached" | paste -sd, -)"
-    fi
-  done
-}
+case_before_daemon() { lab_all_unreachable ping; }
 
 # Lab sanity: the block is the emulated 28.2 firewall, not a routing problem.
 case_lab_sanity() {

@@ -351,6 +351,21 @@ probe_all_parallel() { # PROBE-FUNCTION SECONDS
   done
 }
 
+# lab_all_unreachable PING-NAME [WHAT] — the "before connector" case: HTTP, UDP and ping (named
+# PING-NAME in the case's name) from the Mac to the suite's TARGETS all fail.
+lab_all_unreachable() {
+  local ping_name=$1 what=${2:+ $2} proto fn reached
+  for proto in HTTP UDP "$ping_name"; do
+    case $proto in HTTP) fn=http_probe ;; UDP) fn=udp_probe ;; *) fn=ping_probe ;; esac
+    reached=$(probe_all_parallel "$fn" 1)
+    if [ -z "$reached" ]; then
+      lab_pass "before connector: $proto$what from the Mac to the containers fails" "no container answered"
+    else
+      lab_fail "before connector: $proto$what from the Mac to the containers fails" "answered: $(echo "$reached" | paste -sd, -)"
+    fi
+  done
+}
+
 # -------------------------------------------------------------------------- daemon
 lab_write_config() { # PATH [EXTRA-TOML-LINE...]
   local path=$1; shift
